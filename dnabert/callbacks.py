@@ -1,0 +1,154 @@
+"""Trainer plumbing that is about the run, not the model: atomic checkpoints, progress, throughput, artifacts."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file in the target folder, fsync, then rename over the target.
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in /tmp, so on a
+    cluster (checkpoints on another filesystem) the final step is a copy, not an atomic rename, and a job
+    killed during it leaves a truncated checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            with open(partial, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def checkpoint_is_readable(path: Path) -> bool:
+    """A cheap integrity check: the zip directory of a torch checkpoint is at its end, so truncation fails."""
+    try:
+        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # any unreadable file is simply not a candidate
+        return False
+    return True
+
+
+def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest readable checkpoint in a run directory; a corrupt newest one falls back with a warning."""
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if checkpoint_is_readable(candidate):
+            return candidate
+        rank_zero_warn(f"Checkpoint {candidate} is unreadable (truncated or corrupt); trying an older one.")
+    return None
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Progress in optimiser steps out of max_steps (the stream is endless, so batches have no total)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        super().on_train_epoch_start(trainer)
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.initial = trainer.global_step
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_description("step")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable and trainer.global_step != bar.n:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        tokens_per_s = trainer.callback_metrics.get("train/tokens_per_s")
+        if tokens_per_s is not None:
+            metrics["tok/s"] = f"{float(tokens_per_s):,.0f}"
+        return metrics
+
+
+class ThroughputLogger(L.Callback):
+    """Logs sequences and real (non-padding) tokens seen, summed over ranks, and tokens per second.
+
+    Token counts come from the CPU side of each batch (`num_tokens`), so measuring costs no device sync.
+    """
+
+    def __init__(self) -> None:
+        self.tokens_since_log = 0
+        self.sequences_since_log = 0
+        self.tokens_seen = 0
+        self.sequences_seen = 0
+        self.window_start = time.perf_counter()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"tokens_seen": self.tokens_seen, "sequences_seen": self.sequences_seen}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.tokens_seen = state_dict["tokens_seen"]
+        self.sequences_seen = state_dict["sequences_seen"]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: dict[str, Any], batch_idx: int) -> None:
+        self.tokens_since_log += batch["num_tokens"]
+        self.sequences_since_log += batch["input_ids"].shape[0]
+        step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if not step_done or trainer.global_step % trainer.log_every_n_steps:
+            return
+        counts = torch.tensor([self.tokens_since_log, self.sequences_since_log], dtype=torch.float64)
+        counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        elapsed = time.perf_counter() - self.window_start
+        self.tokens_seen += int(counts[0])
+        self.sequences_seen += int(counts[1])
+        pl_module.log_dict({
+            "train/tokens_per_s": float(counts[0]) / max(elapsed, 1e-9),
+            "train/tokens_seen": float(self.tokens_seen),
+            "train/sequences_seen": float(self.sequences_seen),
+        })
+        self.tokens_since_log = self.sequences_since_log = 0
+        self.window_start = time.perf_counter()
+
+
+class RunArtifacts(L.Callback):
+    """At the end of training: plots and a report of the curves, a Hugging Face export, and where it all is."""
+
+    def __init__(self, run_dir: str, export: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.export = export
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from dnabert.report import write_report
+
+        for logger in trainer.loggers:
+            logger.save()
+        lines = [f"Run directory: {self.run_dir}"]
+        try:
+            lines += [f"  report: {path}" for path in write_report(self.run_dir)]
+        except Exception as err:  # a report must never cost the user their trained model
+            rank_zero_warn(f"Could not write the run report: {err}")
+        if self.export:
+            from dnabert.export import export_model
+
+            export_dir = self.run_dir / "hf_model"
+            export_model(pl_module.model, pl_module.k, export_dir, layout="original",
+                         card_config=pl_module.hparams.get("train_config"))
+            lines.append(f"  Hugging Face model: {export_dir}")
+        checkpoint_dir = self.run_dir / "checkpoints"
+        lines.append(f"  checkpoints: {checkpoint_dir}")
+        rank_zero_info("\n".join(lines))

@@ -1,0 +1,357 @@
+"""Compute estimate: parameters, FLOPs, tokens, memory and wall time of a pretraining run, before launching.
+
+Users of the original DNABERT learned the cost (about 25 days on 8 RTX 2080 Ti) only after the fact. This
+module answers "how long and how much memory?" from the model shape and the run settings, by stated
+arithmetic:
+
+- Training FLOPs per real token (forward + backward = 3 x forward):
+  ``6 * N_matmul`` (the encoder's weight matrices, 2 FLOPs per multiply-add) ``+ 12 * layers * hidden * s``
+  (attention scores and their product with the values, s = length of the token's sequence)
+  ``+ 6 * (hidden^2 + hidden * vocab)`` per *masked* token only (the MLM head runs on masked positions).
+  Check: the encoder forward of BERT-base k=6 on one 512-token sequence gives 96.6 GFLOPs; the MultiMolecule
+  model card reports 96.9 GFLOPs (48.4 G MACs).
+- Real tokens: the "original" length rule (recipe.md) makes half the sequences full length and half of uniform
+  random length, so the mean is about 3/4 of the maximum; "fixed" makes every sequence full length.
+- MFU is counted on useful (real-token) FLOPs, as usual; padded batches execute more, reported separately.
+- Memory per GPU: 16 bytes per parameter (fp32 weights, fp32 gradients, AdamW's two fp32 moments) plus bf16
+  activations of one micro-batch per layer ``34 * s * b * h`` bytes (Korthikanti et al. 2022, no
+  recomputation), ``+ 5 * heads * s^2 * b`` bytes when attention materialises its score matrix (eager
+  attention; SDPA/flash kernels do not), plus the head's logits on masked tokens (bf16 logits + fp32
+  softmax: 6 bytes per entry). CUDA context and allocator fragmentation (about 1-2 GB) are not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dnabert.errors import DnabertError
+
+# Dense (no sparsity) 16-bit tensor-core peaks in FLOP/s, from the vendors' datasheets.
+# The RTX 2080 Ti figure is fp16 with fp32 accumulation (53.8 T; GeForce Turing halves the 107.6 T
+# fp16-accumulate rate), because mixed precision (apex O1, torch.autocast) accumulates matmuls in fp32.
+GPU_PEAK_FLOPS: dict[str, float] = {
+    "h100": 989e12,
+    "h200": 989e12,
+    "a100": 312e12,
+    "l40s": 362e12,
+    "a10": 125e12,
+    "v100": 125e12,
+    "rtx 2080 ti": 53.8e12,
+}
+
+# Bytes per parameter held by mixed-precision AdamW: fp32 master weights, fp32 gradients, two fp32 moments.
+OPTIMIZER_BYTES_PER_PARAM = 16
+# The recipe's cut: half the windows are full length (recipe.md "Data").
+ORIGINAL_FULL_LENGTH_PROBABILITY = 0.5
+ORIGINAL_MIN_NUCLEOTIDES = 5
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Everything the projection derived, in plain units (counts, FLOPs, bytes, seconds)."""
+
+    parameters: int
+    matmul_parameters: int
+    k: int
+    max_tokens: int
+    length_rule: str
+    mean_tokens_per_sequence: float
+    global_batch_size: int
+    micro_batch_size: int
+    accumulate_grad_batches: int
+    max_steps: int
+    gpus: int
+    total_sequences: int
+    total_tokens: float
+    forward_flops_full_sequence: float
+    train_flops_per_token: float
+    train_flops_per_sequence: float
+    train_flops_per_step: float
+    train_flops: float
+    train_flops_padded: float
+    memory_states_bytes: float
+    memory_activations_bytes: float
+    memory_per_gpu_bytes: float
+    gpu_name: str | None
+    peak_flops_per_gpu: float | None
+    mfu: float | None
+    tokens_per_s: float | None
+    wall_seconds: float | None
+    wall_seconds_padded: float | None
+
+
+def count_parameters(config: Any) -> tuple[int, int]:
+    """(all parameters, encoder weight-matrix parameters) of a BertForMaskedLM with tied decoder, no pooler.
+
+    Works for any object with BertConfig attribute names (ModelConfig, transformers.BertConfig).
+    """
+    hidden = config.hidden_size
+    ffn = config.intermediate_size
+    vocab = config.vocab_size
+    embeddings = (vocab + config.max_position_embeddings + config.type_vocab_size) * hidden + 2 * hidden
+    layer_matrices = 4 * hidden * hidden + 2 * hidden * ffn
+    layer = layer_matrices + 9 * hidden + ffn  # biases (q, k, v, out, ffn-out) and two LayerNorms
+    head = hidden * hidden + 3 * hidden + vocab  # transform dense + LayerNorm + decoder bias (weight is tied)
+    layers = config.num_hidden_layers
+    return embeddings + layers * layer + head, layers * layer_matrices
+
+
+def token_length_moments(k: int, max_tokens: int, length_rule: str) -> tuple[float, float]:
+    """Exact (E[tokens], E[tokens^2]) per sequence under a length rule, [CLS]/[SEP] included.
+
+    "original": with probability 1/2 a window is full length, else ``max(int(u * M), 5)`` nucleotides with
+    M = max_tokens - 2 + k - 1 (recipe.md); enumerating the M equally likely values of int(u * M) is exact.
+    The last piece of each N-free stretch is ignored (few windows in a chromosome-scale genome).
+    """
+    if length_rule == "fixed":
+        return float(max_tokens), float(max_tokens) ** 2
+    if length_rule != "original":
+        raise DnabertError(f"length_rule={length_rule!r} is unknown; use 'original' or 'fixed'.")
+    max_nucleotides = max_tokens - 2 + k - 1
+    nucleotides = np.maximum(np.arange(max_nucleotides), ORIGINAL_MIN_NUCLEOTIDES)
+    tokens = np.maximum(nucleotides - k + 1, 0) + 2
+    full = ORIGINAL_FULL_LENGTH_PROBABILITY
+    mean = full * max_tokens + (1 - full) * tokens.mean()
+    mean_square = full * max_tokens**2 + (1 - full) * (tokens.astype(np.float64) ** 2).mean()
+    return float(mean), float(mean_square)
+
+
+def peak_flops_for(gpu_name: str) -> float:
+    """Dense 16-bit peak of a GPU named as torch.cuda.get_device_name() does, or short ('h100')."""
+    name = gpu_name.lower().replace("-", " ")
+    for key in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):  # "a100" before "a10"
+        if key in name or key.replace(" ", "") in name.replace(" ", ""):
+            return GPU_PEAK_FLOPS[key]
+    raise DnabertError(
+        f"gpu_name={gpu_name!r} is not in the peak-FLOP/s table ({', '.join(GPU_PEAK_FLOPS)}); "
+        "pick one of those or pass a measured throughput (measured_tokens_per_s)."
+    )
+
+
+def estimate(
+    model_config: Any,
+    k: int,
+    max_tokens: int,
+    global_batch_size: int,
+    max_steps: int,
+    micro_batch_size: int,
+    devices: int,
+    num_nodes: int,
+    gpu_name: str | None = None,
+    mfu: float = 0.4,
+    length_rule: str = "original",
+    measured_tokens_per_s: float | None = None,
+    mask_rate: float = 0.15,
+    materialised_attention: bool = False,
+) -> Estimate:
+    """Project the cost of a run; see the module docstring for every formula.
+
+    ``measured_tokens_per_s`` is the whole job's real-token throughput (all GPUs), e.g. ``train/tokens_per_s``
+    from a short run; when given it replaces the peak x MFU projection.
+    """
+    gpus = devices * num_nodes
+    if min(global_batch_size, micro_batch_size, gpus, max_steps, max_tokens) <= 0:
+        raise DnabertError("global batch, micro-batch, devices, nodes, steps and max_tokens must all be > 0.")
+    if global_batch_size % (micro_batch_size * gpus):
+        raise DnabertError(
+            f"global batch {global_batch_size} is not a multiple of micro-batch {micro_batch_size} x "
+            f"{gpus} GPUs; change one of them so gradient accumulation is a whole number."
+        )
+    parameters, matmul_parameters = count_parameters(model_config)
+    hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    head_flops_per_masked_token = 6 * (hidden * hidden + hidden * model_config.vocab_size)
+
+    mean_tokens, mean_square_tokens = token_length_moments(k, max_tokens, length_rule)
+
+    def sequence_flops(tokens: float, tokens_squared: float) -> float:
+        masked_tokens = mask_rate * (tokens - 2)  # [CLS]/[SEP] are never masked
+        return (
+            6 * matmul_parameters * tokens
+            + 12 * layers * hidden * tokens_squared
+            + head_flops_per_masked_token * masked_tokens
+        )
+
+    flops_per_sequence = sequence_flops(mean_tokens, mean_square_tokens)
+    # A padded batch runs every row at full length, but the head still sees only the real masked tokens.
+    padded_flops_per_sequence = sequence_flops(max_tokens, max_tokens**2) - head_flops_per_masked_token * (
+        mask_rate * (max_tokens - mean_tokens)
+    )
+    total_sequences = global_batch_size * max_steps
+    total_tokens = total_sequences * mean_tokens
+    forward_full = (2 * matmul_parameters * max_tokens + 4 * layers * hidden * max_tokens**2)
+
+    states = OPTIMIZER_BYTES_PER_PARAM * parameters
+    activation_elements = layers * max_tokens * micro_batch_size * hidden
+    activations = 34 * activation_elements
+    if materialised_attention:
+        activations += 5 * model_config.num_attention_heads * max_tokens**2 * micro_batch_size * layers
+    activations += 6 * mask_rate * max_tokens * micro_batch_size * model_config.vocab_size
+
+    peak = peak_flops_for(gpu_name) if gpu_name else None
+    train_flops = flops_per_sequence * total_sequences
+    train_flops_padded = padded_flops_per_sequence * total_sequences
+    if measured_tokens_per_s:
+        tokens_per_s: float | None = measured_tokens_per_s
+        flops_per_s = measured_tokens_per_s * flops_per_sequence / mean_tokens
+        achieved_mfu = flops_per_s / (gpus * peak) if peak else None
+    elif peak:
+        achieved_mfu = mfu
+        tokens_per_s = gpus * peak * mfu / (flops_per_sequence / mean_tokens)
+    else:
+        tokens_per_s = achieved_mfu = None
+    wall = total_tokens / tokens_per_s if tokens_per_s else None
+    return Estimate(
+        parameters=parameters,
+        matmul_parameters=matmul_parameters,
+        k=k,
+        max_tokens=max_tokens,
+        length_rule=length_rule,
+        mean_tokens_per_sequence=mean_tokens,
+        global_batch_size=global_batch_size,
+        micro_batch_size=micro_batch_size,
+        accumulate_grad_batches=global_batch_size // (micro_batch_size * gpus),
+        max_steps=max_steps,
+        gpus=gpus,
+        total_sequences=total_sequences,
+        total_tokens=total_tokens,
+        forward_flops_full_sequence=forward_full,
+        train_flops_per_token=flops_per_sequence / mean_tokens,
+        train_flops_per_sequence=flops_per_sequence,
+        train_flops_per_step=flops_per_sequence * global_batch_size,
+        train_flops=train_flops,
+        train_flops_padded=train_flops_padded,
+        memory_states_bytes=states,
+        memory_activations_bytes=activations,
+        memory_per_gpu_bytes=states + activations,
+        gpu_name=gpu_name,
+        peak_flops_per_gpu=peak,
+        mfu=achieved_mfu,
+        tokens_per_s=tokens_per_s,
+        wall_seconds=wall,
+        wall_seconds_padded=wall * train_flops_padded / train_flops if wall else None,
+    )
+
+
+def _si(value: float, unit: str = "") -> str:
+    """1.23e19 -> '12.3 E' style with SI prefixes, so big numbers read at a glance."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:.1f} h ({hours / 24:.1f} days)" if hours >= 48 else f"{hours:.2f} h"
+
+
+def format_estimate(est: Estimate) -> str:
+    """A readable multi-line summary of an Estimate, printed by `train.py ... estimate=true`."""
+    lines = [
+        f"parameters          {est.parameters:,} ({_si(est.matmul_parameters)} in encoder weight matrices)",
+        f"batch               {est.global_batch_size} sequences/step = {est.gpus} GPUs x "
+        f"{est.micro_batch_size} x {est.accumulate_grad_batches} accumulation; {est.max_steps:,} steps",
+        f"tokens              {est.total_sequences:,} sequences, mean "
+        f"{est.mean_tokens_per_sequence:.1f} real tokens each ({est.length_rule} length rule, max "
+        f"{est.max_tokens}) = {_si(est.total_tokens)} tokens",
+        f"forward FLOPs       {_si(est.forward_flops_full_sequence, 'FLOP')} per full {est.max_tokens}-token "
+        "sequence (encoder)",
+        f"training FLOPs      {_si(est.train_flops_per_token, 'FLOP')}/token, "
+        f"{_si(est.train_flops_per_sequence, 'FLOP')}/sequence, {_si(est.train_flops_per_step, 'FLOP')}/step",
+        f"training FLOPs      {est.train_flops:.3g} in all ({est.train_flops_padded:.3g} if every row is "
+        f"padded to {est.max_tokens})",
+        f"memory per GPU      {est.memory_per_gpu_bytes / 2**30:.1f} GiB = "
+        f"{est.memory_states_bytes / 2**30:.1f} GiB weights+grads+AdamW (16 B/param) + "
+        f"{est.memory_activations_bytes / 2**30:.1f} GiB bf16 activations of one micro-batch "
+        "(+1-2 GiB CUDA context)",
+    ]
+    if est.wall_seconds is None:
+        lines.append("wall time           unknown: give gpu_name (e.g. h100) or a measured tokens/s")
+    else:
+        source = (
+            f"{est.gpus} x {est.gpu_name} at {est.mfu:.0%} MFU ({_si(est.peak_flops_per_gpu or 0, 'FLOP/s')} "
+            "dense 16-bit peak each)"
+            if est.mfu is not None
+            else "measured throughput"
+        )
+        lines.append(
+            f"wall time           {_duration(est.wall_seconds)} at {_si(est.tokens_per_s or 0)} tokens/s, "
+            f"{source}; {_duration(est.wall_seconds_padded or math.nan)} with padded rows at the same "
+            "utilisation"
+        )
+    return "\n".join(lines)
+
+
+def estimate_from_config(cfg: Any, devices: int, num_nodes: int) -> str:
+    """The formatted estimate of a composed training config (`python train.py ... estimate=true`).
+
+    Reads ``k``, ``model``, ``global_batch_size``, ``max_steps``, ``data.micro_batch_size``,
+    ``data.max_tokens`` and ``data.length_rule``; the GPU is the visible CUDA device unless ``estimate_gpu``
+    names one, the MFU ``estimate_mfu`` (default 0.4).
+    """
+    from omegaconf import OmegaConf
+
+    from dnabert.kmer import vocab_size
+    from dnabert.model import ModelConfig
+
+    k = OmegaConf.select(cfg, "k", default=None) or OmegaConf.select(cfg, "data.k")
+    model_fields = {field: value for field, value in OmegaConf.to_container(cfg.model, resolve=True).items()
+                    if field in ModelConfig.__dataclass_fields__}
+    model_fields.setdefault("vocab_size", vocab_size(k))
+    gpu_name = OmegaConf.select(cfg, "estimate_gpu", default=None)
+    if gpu_name is None:
+        import torch
+
+        gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    est = estimate(
+        ModelConfig.from_dict(model_fields), k,
+        max_tokens=OmegaConf.select(cfg, "data.max_tokens", default=512),
+        global_batch_size=cfg.global_batch_size,
+        max_steps=cfg.max_steps,
+        micro_batch_size=cfg.data.micro_batch_size,
+        devices=devices,
+        num_nodes=num_nodes,
+        gpu_name=gpu_name,
+        mfu=OmegaConf.select(cfg, "estimate_mfu", default=0.4),
+        length_rule=OmegaConf.select(cfg, "data.length_rule", default="original"),
+    )
+    return format_estimate(est)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dnabert.estimate --preset bert_base --gpus 8 --gpu h100`: the paper's run by default."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=6)
+    parser.add_argument("--preset", default="bert_base", help="model preset name (dnabert.model.preset)")
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--global-batch", type=int, default=2000)
+    parser.add_argument("--micro-batch", type=int, default=10)
+    parser.add_argument("--max-steps", type=int, default=120_000)
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs per node")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--gpu", default=None, help=f"one of: {', '.join(GPU_PEAK_FLOPS)}")
+    parser.add_argument("--mfu", type=float, default=0.4)
+    parser.add_argument("--length-rule", default="original", choices=("original", "fixed"))
+    parser.add_argument("--tokens-per-s", type=float, default=None, help="measured whole-job throughput")
+    args = parser.parse_args(argv)
+    from dnabert.model import preset  # lazy: the model module pulls in torch
+
+    try:
+        est = estimate(
+            preset(args.preset, args.k), args.k, args.max_tokens, args.global_batch, args.max_steps,
+            args.micro_batch, args.gpus, args.nodes, gpu_name=args.gpu, mfu=args.mfu,
+            length_rule=args.length_rule, measured_tokens_per_s=args.tokens_per_s,
+        )
+    except DnabertError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(format_estimate(est))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,522 @@
+"""A reference genome as the data path sees it: selected contigs, their A/C/G/T-only intervals, a held-out
+split, and fast reads of many windows at once.
+
+Why it looks like this:
+- Scanning GRCh38 for N/IUPAC runs takes minutes, so the intervals are cached in an .npz beside the FASTA (or in
+  `cache_dir` when that directory is read-only), keyed by the file's size/mtime and the contig selection.
+- pyfaidx builds and validates the .fai and reads bgzip files; for plain FASTA the hot path memory-maps the file
+  and gathers all bytes of a micro-batch with one fancy-index using the .fai offsets (pyfaidx per window would
+  dominate the data path).
+- File handles (mmap, pyfaidx) are opened lazily per process id: handles opened in the parent and inherited by
+  forked dataloader workers share a file offset and return wrong sequence (stack.md, trap 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyfaidx
+
+from dnabert.errors import DnabertError
+from dnabert.kmer import INVALID_CODE, encode_nucleotides
+
+logger = logging.getLogger(__name__)
+
+PRIMARY_CHROMOSOMES = tuple(f"{n}" for n in range(1, 23)) + ("X", "Y")
+_SCAN_CHUNK = 1 << 23  # bytes of sequence scanned at once: bounded memory on 250 Mbp chromosomes
+_CACHE_VERSION = 1  # bump when the cached interval format or the scan changes
+
+
+def default_cache_dir() -> Path:
+    """Where indexes go when the FASTA's directory is read-only ($XDG_CACHE_HOME/dnabert)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dnabert"
+
+
+@dataclass(frozen=True)
+class GenomeSource:
+    """One genome of the corpus: a name, its FASTA file(s), its sampling weight and an optional contig choice."""
+
+    name: str
+    fasta: str | Path | Sequence[str | Path]
+    weight: float = 1.0
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+
+    @property
+    def fasta_paths(self) -> list[Path]:
+        paths = [self.fasta] if isinstance(self.fasta, (str, Path)) else list(self.fasta)
+        return [Path(path).expanduser() for path in paths]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out (validation) split settings; the same seed always holds out the same regions."""
+
+    val_fraction: float = 0.01
+    val_block_size: int = 10_000
+    val_contigs: Sequence[str] = ()
+    seed: int = 0
+
+
+@dataclass
+class _Contig:
+    name: str
+    length: int
+    file_index: int
+    offset: int  # byte offset of the first base (plain FASTA); unused for bgzip
+    line_bases: int
+    line_bytes: int
+
+
+def _dir_is_writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK)
+
+
+def _index_dir(fasta: Path, cache_dir: Path) -> Path:
+    """Beside the FASTA when possible (users find it and it moves with the file), else the cache dir."""
+    if _dir_is_writable(fasta.parent):
+        return fasta.parent
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return cache_dir
+
+
+def _path_tag(path: Path) -> str:
+    """Short tag of an absolute path, so files of the same name in different places don't share a cache."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+
+
+class _FastaFile:
+    """One FASTA file: its .fai records and lazily opened, per-process readers."""
+
+    def __init__(self, path: Path, cache_dir: Path) -> None:
+        self.path = path
+        if not path.is_file():
+            raise DnabertError(f"FASTA file {path} does not exist; check the genome's `fasta` setting.")
+        if not os.access(path, os.R_OK):
+            raise DnabertError(f"FASTA file {path} is not readable; fix its permissions.")
+        self.bgzip = _is_gzip(path)
+        index_dir = _index_dir(path, cache_dir)
+        beside = path.with_name(path.name + ".fai")
+        if index_dir == path.parent or beside.exists() and beside.stat().st_mtime >= path.stat().st_mtime:
+            self.fai = beside
+        else:
+            self.fai = index_dir / f"{path.name}.{_path_tag(path)}.fai"
+        self.gzi = self.fai.with_name(self.fai.name[: -len(".fai")] + ".gzi")
+        self._pid: int | None = None
+        self._faidx: pyfaidx.Faidx | None = None
+        self._memmap: np.memmap | None = None
+        records = self._open_faidx().index
+        if not records:
+            raise DnabertError(
+                f"FASTA file {path} has no '>' header line; it is not a FASTA file (or is empty)."
+            )
+        self.records = {name: (rec.rlen, rec.offset, rec.lenc, rec.lenb) for name, rec in records.items()}
+        if not self.bgzip:
+            self._check_index_matches_file()
+
+    def _open_faidx(self) -> pyfaidx.Faidx:
+        try:
+            return pyfaidx.Faidx(
+                str(self.path), indexname=str(self.fai), gzi_indexname=str(self.gzi), as_raw=True
+            )
+        except pyfaidx.UnsupportedCompressionFormat as err:
+            raise DnabertError(
+                f"FASTA file {self.path} is gzip-compressed but not with bgzip, so it cannot be read at random "
+                f"positions; re-compress with bgzip (`zcat {self.path.name} | bgzip > new.fa.gz`) or decompress it."
+            ) from err
+        except pyfaidx.FastaIndexingError as err:
+            raise DnabertError(
+                f"FASTA file {self.path} is malformed ({err}); every record needs a '>' header and lines of "
+                "equal length (except the last of each record): reformat it, e.g. `samtools faidx` rejects it too."
+            ) from err
+        except OSError as err:
+            raise DnabertError(f"cannot read FASTA file {self.path} or write its index {self.fai}: {err}") from err
+
+    def _check_index_matches_file(self) -> None:
+        """A .fai newer than its FASTA is trusted by pyfaidx even if the FASTA was replaced (copied with its
+        old mtime, edited in place): check that the sequence lines sit where the .fai says."""
+        data = self.memmap()
+        size = data.shape[0]
+        for name, (length, offset, line_bases, line_bytes) in self.records.items():
+            last = offset + (length - 1) // line_bases * line_bytes + (length - 1) % line_bases
+            line_end = offset + line_bases
+            ok = (
+                last < size
+                and int(data[offset - 1]) == ord("\n")
+                and int(data[offset]) not in b"\n\r>"
+                and int(data[last]) not in b"\n\r>"
+                and (last + 1 == size or int(data[last + 1]) in b"\n\r")
+                and (length <= line_bases or int(data[line_end]) in b"\n\r")
+            )
+            if not ok:
+                raise DnabertError(
+                    f"the FASTA index {self.fai} does not match {self.path} (record {name!r}): the FASTA changed "
+                    f"after it was indexed, or its lines have unequal lengths. Delete {self.fai} and run again."
+                )
+
+    def _reopen_if_forked(self) -> None:
+        if self._pid != os.getpid():
+            self._faidx = None
+            self._memmap = None
+            self._pid = os.getpid()
+
+    def faidx(self) -> pyfaidx.Faidx:
+        self._reopen_if_forked()
+        if self._faidx is None:
+            self._faidx = self._open_faidx()
+        return self._faidx
+
+    def memmap(self) -> np.memmap:
+        self._reopen_if_forked()
+        if self._memmap is None:
+            self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._memmap
+
+    def __getstate__(self) -> dict:
+        # Spawned workers get a pickled copy: never ship open handles.
+        return {**self.__dict__, "_pid": None, "_faidx": None, "_memmap": None}
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+@dataclass
+class ContigStats:
+    """What the scan found in one contig; used for the start-up report."""
+
+    length: int
+    acgt: int
+    n: int
+    iupac: int
+
+
+@dataclass
+class Genome:
+    """Selected contigs of one genome, their A/C/G/T-only intervals and the held-out split."""
+
+    source: GenomeSource
+    k: int
+    contigs: list[_Contig]
+    files: list[_FastaFile]
+    stats: list[ContigStats]
+    intervals: np.ndarray  # (n, 3) int64 (contig_index, start, end): every A/C/G/T run of at least k bp
+    train_intervals: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    val_intervals: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    selection_note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def contig_names(self) -> list[str]:
+        return [contig.name for contig in self.contigs]
+
+    @classmethod
+    def open(
+        cls,
+        source: GenomeSource,
+        k: int,
+        held_out: HeldOut | None = None,
+        cache_dir: str | Path | None = None,
+        rescan: bool = False,
+    ) -> Genome:
+        """Validate the FASTA file(s), load or build the interval cache and split off the held-out regions."""
+        cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        paths = source.fasta_paths
+        if not paths:
+            raise DnabertError(f"genome {source.name!r} has no `fasta` file; set fasta to a path.")
+        files = [_FastaFile(path, cache_dir) for path in paths]
+        all_contigs = _contigs_of(files, source.name)
+        selected, note = _select_contigs(all_contigs, source)
+        contigs = [all_contigs[name] for name in selected]
+        intervals, stats = _load_or_scan(files, contigs, cache_dir, rescan)
+        long_enough = intervals[:, 2] - intervals[:, 1] >= k
+        if not long_enough.any():
+            raise DnabertError(
+                f"genome {source.name!r} ({', '.join(map(str, paths))}) has no A/C/G/T stretch of at least "
+                f"k={k} bp in the selected contigs; check the file and the include/exclude settings."
+            )
+        genome = cls(source, k, contigs, files, stats, intervals[long_enough], selection_note=note)
+        genome.split(held_out or HeldOut())
+        return genome
+
+    def split(self, held_out: HeldOut) -> None:
+        """Set train/val intervals: whole `val_contigs` plus seeded blocks holding `val_fraction` of the bp."""
+        self.train_intervals, self.val_intervals = held_out_split(
+            self.intervals, self.contig_names, held_out, self.k, self.name
+        )
+
+    def read_codes(self, contig_index: int, starts: np.ndarray, length: int) -> np.ndarray:
+        """Nucleotide codes (n, length) of equal-length stretches [start, start+length) of one contig."""
+        starts = np.asarray(starts, dtype=np.int64)
+        positions = starts[:, None] + np.arange(length, dtype=np.int64)[None, :]
+        return self.gather_codes(np.full(len(starts), contig_index), positions)
+
+    def gather_codes(self, contig_index: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Codes at `positions` (n, L) of contigs `contig_index` (n,): one fancy-index per FASTA file."""
+        contig_index = np.asarray(contig_index, dtype=np.int64)
+        codes = np.empty(positions.shape, dtype=np.uint8)
+        file_of_row = np.array([self.contigs[c].file_index for c in range(len(self.contigs))])[contig_index]
+        for file_index in np.unique(file_of_row):
+            rows = np.flatnonzero(file_of_row == file_index)
+            fasta = self.files[file_index]
+            if fasta.bgzip:
+                codes[rows] = self._read_bgzip(fasta, contig_index[rows], positions[rows])
+            else:
+                offset, line_bases, line_bytes = self._layout[:, contig_index[rows]]
+                rows_positions = positions[rows]
+                byte = (
+                    offset[:, None]
+                    + rows_positions
+                    + rows_positions // line_bases[:, None] * (line_bytes - line_bases)[:, None]
+                )
+                codes[rows] = encode_nucleotides(fasta.memmap()[byte])
+        return codes
+
+    def _read_bgzip(self, fasta: _FastaFile, contig_index: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """bgzip has no byte-addressable layout: one pyfaidx read per row covering its positions."""
+        out = np.empty(positions.shape, dtype=np.uint8)
+        faidx = fasta.faidx()
+        for row, (contig, row_positions) in enumerate(zip(contig_index, positions, strict=True)):
+            first, last = int(row_positions.min()), int(row_positions.max())
+            text = faidx.fetch(self.contigs[contig].name, first + 1, last + 1)
+            out[row] = encode_nucleotides(str(text))[row_positions - first]
+        return out
+
+    @property
+    def _layout(self) -> np.ndarray:
+        """(3, n_contigs) int64: byte offset, bases per line, bytes per line, for the vectorised gather."""
+        if not hasattr(self, "_layout_cache"):
+            self._layout_cache = np.array(
+                [[c.offset, c.line_bases, c.line_bytes] for c in self.contigs], dtype=np.int64
+            ).T.reshape(3, -1)
+        return self._layout_cache
+
+    def report(self) -> str:
+        """What was kept: contigs, bp used for train/val, bp dropped as N, other IUPAC letters or short runs."""
+        total = sum(s.length for s in self.stats)
+        n_bp = sum(s.n for s in self.stats)
+        iupac = sum(s.iupac for s in self.stats)
+        used = int(np.sum(self.intervals[:, 2] - self.intervals[:, 1]))
+        short = sum(s.acgt for s in self.stats) - used
+        train = int(np.sum(self.train_intervals[:, 2] - self.train_intervals[:, 1]))
+        val = int(np.sum(self.val_intervals[:, 2] - self.val_intervals[:, 1]))
+        names = self.contig_names
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} contigs)" if len(names) > 6 else "")
+        lines = [
+            f"genome {self.name!r}: {len(names)} contigs [{shown}], {total:,} bp",
+            f"  used {used:,} bp A/C/G/T in {len(self.intervals):,} intervals: train {train:,} bp, "
+            f"held-out {val:,} bp",
+            f"  dropped {n_bp:,} bp N, {iupac:,} bp other IUPAC/non-ACGT, {short:,} bp in A/C/G/T runs "
+            f"shorter than k={self.k}",
+        ]
+        if self.selection_note:
+            lines.append(f"  {self.selection_note}")
+        return "\n".join(lines)
+
+
+def _contigs_of(files: list[_FastaFile], genome_name: str) -> dict[str, _Contig]:
+    contigs: dict[str, _Contig] = {}
+    for file_index, fasta in enumerate(files):
+        for name, (length, offset, line_bases, line_bytes) in fasta.records.items():
+            if name in contigs:
+                raise DnabertError(
+                    f"contig {name!r} of genome {genome_name!r} appears in more than one FASTA file "
+                    f"({fasta.path}); give each genome's files distinct contig names."
+                )
+            contigs[name] = _Contig(name, length, file_index, offset, max(line_bases, 1), max(line_bytes, 1))
+    return contigs
+
+
+def _select_contigs(contigs: dict[str, _Contig], source: GenomeSource) -> tuple[list[str], str]:
+    """Default: GRCh38 primary chromosomes (chr1..22, X, Y or 1..22, X, Y), else every contig (with a note)."""
+    names = list(contigs)
+    note = ""
+    for setting, requested in (("include", source.include), ("exclude", source.exclude)):
+        unknown = [name for name in requested or () if name not in contigs]
+        if unknown:
+            raise DnabertError(
+                f"genome {source.name!r}: {setting} names contig(s) {unknown[:5]} that are not in "
+                f"{', '.join(str(f) for f in source.fasta_paths)}; contigs there include {names[:8]}."
+            )
+    if source.include:
+        selected = list(source.include)
+    else:
+        primary = [name for prefix in ("chr", "") for name in (prefix + p for p in PRIMARY_CHROMOSOMES)]
+        selected = [name for name in primary if name in contigs]
+        if not selected:
+            selected = names
+            note = "no GRCh38 primary chromosome names (chr1..chr22, chrX, chrY) found: using all contigs"
+    excluded = set(source.exclude or ())
+    selected = [name for name in selected if name not in excluded]
+    if not selected:
+        raise DnabertError(f"genome {source.name!r}: include/exclude leave no contig; loosen `exclude`.")
+    return selected, note
+
+
+def _cache_path(files: list[_FastaFile], contigs: list[_Contig], cache_dir: Path) -> Path:
+    identity = {
+        "version": _CACHE_VERSION,
+        "files": [(f.path.name, f.path.stat().st_size, f.path.stat().st_mtime_ns) for f in files],
+        "contigs": [c.name for c in contigs],
+    }
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    first = files[0].path
+    directory = _index_dir(first, cache_dir)
+    tag = "" if directory == first.parent else f".{_path_tag(first)}"
+    return directory / f"{first.name}{tag}.dnabert-intervals-{key}.npz"
+
+
+def _load_or_scan(
+    files: list[_FastaFile], contigs: list[_Contig], cache_dir: Path, rescan: bool
+) -> tuple[np.ndarray, list[ContigStats]]:
+    path = _cache_path(files, contigs, cache_dir)
+    if path.exists() and not rescan:
+        with np.load(path) as cached:
+            logger.info("interval index loaded from %s", path)
+            return cached["intervals"], [ContigStats(*map(int, row)) for row in cached["stats"]]
+    interval_parts, stats = [], []
+    for contig_index, contig in enumerate(contigs):
+        starts, ends, contig_stats = scan_contig(files[contig.file_index], contig)
+        interval_parts.append(np.column_stack([np.full(len(starts), contig_index), starts, ends]))
+        stats.append(contig_stats)
+    intervals = np.concatenate(interval_parts).astype(np.int64).reshape(-1, 3)
+    stats_array = np.array([[s.length, s.acgt, s.n, s.iupac] for s in stats], dtype=np.int64)
+    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with temporary.open("wb") as handle:
+            np.savez(handle, intervals=intervals, stats=stats_array)
+        temporary.replace(path)  # atomic: concurrent ranks never read half a file
+        logger.info("interval index written to %s", path)
+    except OSError as err:
+        logger.warning("could not write the interval cache %s (%s); the next start scans again", path, err)
+    return intervals, stats
+
+
+def scan_contig(fasta: _FastaFile, contig: _Contig) -> tuple[np.ndarray, np.ndarray, ContigStats]:
+    """A/C/G/T runs [start, end) of one contig and its base counts, scanned in bounded-memory chunks."""
+    starts, ends = [], []
+    n_count = invalid_count = 0
+    for chunk_start in range(0, contig.length, _SCAN_CHUNK):
+        raw = _read_stretch(fasta, contig, chunk_start, min(_SCAN_CHUNK, contig.length - chunk_start))
+        valid = encode_nucleotides(raw) != INVALID_CODE
+        invalid_count += int(valid.size - np.count_nonzero(valid))
+        n_count += int(np.count_nonzero((raw == ord("N")) | (raw == ord("n"))))
+        edges = np.diff(valid.astype(np.int8), prepend=0, append=0)
+        starts.append(np.flatnonzero(edges == 1) + chunk_start)
+        ends.append(np.flatnonzero(edges == -1) + chunk_start)
+    run_starts, run_ends = _merge_touching(np.concatenate(starts), np.concatenate(ends))
+    acgt = int(np.sum(run_ends - run_starts))
+    return run_starts, run_ends, ContigStats(contig.length, acgt, n_count, invalid_count - n_count)
+
+
+def _read_stretch(fasta: _FastaFile, contig: _Contig, start: int, length: int) -> np.ndarray:
+    """Raw sequence bytes of one stretch (newlines removed)."""
+    if fasta.bgzip:
+        text = fasta.faidx().fetch(contig.name, start + 1, start + length)
+        return np.frombuffer(str(text).encode("ascii", errors="replace"), dtype=np.uint8)
+    first = contig.offset + start // contig.line_bases * contig.line_bytes + start % contig.line_bases
+    end = start + length - 1
+    last = contig.offset + end // contig.line_bases * contig.line_bytes + end % contig.line_bases
+    raw = np.asarray(fasta.memmap()[first : last + 1])
+    return raw[(raw != ord("\n")) & (raw != ord("\r"))]
+
+
+def _merge_touching(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge sorted half-open intervals where one ends exactly where the next starts (chunk borders)."""
+    if starts.size == 0:
+        return starts.astype(np.int64), ends.astype(np.int64)
+    new_run = np.ones(starts.size, dtype=bool)
+    new_run[1:] = starts[1:] != ends[:-1]
+    first = np.flatnonzero(new_run)
+    last = np.append(first[1:], starts.size) - 1
+    return starts[first].astype(np.int64), ends[last].astype(np.int64)
+
+
+def held_out_split(
+    intervals: np.ndarray, contig_names: list[str], held_out: HeldOut, k: int, genome_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split intervals into (train, val) that never overlap.
+
+    `val_contigs` go to val whole; of the rest, a seeded random set of `val_block_size` blocks (aligned on each
+    contig) holding at least `val_fraction` of the A/C/G/T bp goes to val. Pieces shorter than k are dropped.
+    """
+    if not 0.0 <= held_out.val_fraction < 1.0:
+        raise DnabertError(
+            f"val_fraction={held_out.val_fraction} must be in [0, 1): it is the share of bp held out for "
+            "validation (1 would leave nothing to train on)."
+        )
+    if held_out.val_block_size < 1:
+        raise DnabertError(f"val_block_size={held_out.val_block_size} must be a positive number of bp.")
+    unknown = [name for name in held_out.val_contigs if name not in contig_names]
+    if unknown:
+        raise DnabertError(
+            f"genome {genome_name!r}: val_contigs {unknown[:5]} are not among its selected contigs "
+            f"{contig_names[:8]}; fix val_contigs."
+        )
+    val_contig_indices = [contig_names.index(name) for name in held_out.val_contigs]
+    whole_val = np.isin(intervals[:, 0], val_contig_indices)
+    pieces, block_keys = _cut_at_blocks(intervals[~whole_val], held_out.val_block_size)
+    piece_bp = pieces[:, 2] - pieces[:, 1]
+    unique_blocks, block_of_piece = np.unique(block_keys, return_inverse=True)
+    block_bp = np.bincount(block_of_piece, weights=piece_bp, minlength=len(unique_blocks))
+    rng = np.random.default_rng(np.random.SeedSequence([held_out.seed, 0x5EED_0A11]))
+    order = rng.permutation(len(unique_blocks))
+    wanted = held_out.val_fraction * piece_bp.sum()
+    n_val_blocks = int(np.searchsorted(np.cumsum(block_bp[order]), wanted)) + 1 if wanted > 0 else 0
+    is_val_block = np.zeros(len(unique_blocks), dtype=bool)
+    is_val_block[order[:n_val_blocks]] = True
+    is_val_piece = is_val_block[block_of_piece]
+    train = _drop_short(_merge_pieces(pieces[~is_val_piece]), k)
+    val = _drop_short(np.concatenate([intervals[whole_val], _merge_pieces(pieces[is_val_piece])]), k)
+    val = val[np.lexsort((val[:, 1], val[:, 0]))]
+    if len(train) == 0:
+        raise DnabertError(
+            f"genome {genome_name!r}: the held-out split (val_fraction={held_out.val_fraction}, "
+            f"val_contigs={list(held_out.val_contigs)}) leaves no training sequence; hold out less."
+        )
+    if len(val) == 0 and (held_out.val_fraction > 0 or held_out.val_contigs):
+        raise DnabertError(
+            f"genome {genome_name!r}: the held-out split (val_fraction={held_out.val_fraction}, "
+            f"val_block_size={held_out.val_block_size}) has no A/C/G/T stretch of k={k} bp; raise them."
+        )
+    return train, val
+
+
+def _cut_at_blocks(intervals: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut intervals at multiples of block_size; returns pieces (n, 3) and a unique key per (contig, block)."""
+    first_block = intervals[:, 1] // block_size
+    last_block = (intervals[:, 2] - 1) // block_size
+    counts = last_block - first_block + 1
+    parent = np.repeat(np.arange(len(intervals)), counts)
+    block = first_block[parent] + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    starts = np.maximum(intervals[parent, 1], block * block_size)
+    ends = np.minimum(intervals[parent, 2], (block + 1) * block_size)
+    pieces = np.column_stack([intervals[parent, 0], starts, ends]).astype(np.int64).reshape(-1, 3)
+    keys = intervals[parent, 0] * (1 << 40) + block
+    return pieces, keys
+
+
+def _merge_pieces(pieces: np.ndarray) -> np.ndarray:
+    """Merge consecutive pieces of the same contig that touch (undo block cuts inside one split)."""
+    if len(pieces) == 0:
+        return pieces.reshape(0, 3)
+    new_run = np.ones(len(pieces), dtype=bool)
+    new_run[1:] = (pieces[1:, 0] != pieces[:-1, 0]) | (pieces[1:, 1] != pieces[:-1, 2])
+    first = np.flatnonzero(new_run)
+    last = np.append(first[1:], len(pieces)) - 1
+    return np.column_stack([pieces[first, 0], pieces[first, 1], pieces[last, 2]])
+
+
+def _drop_short(intervals: np.ndarray, k: int) -> np.ndarray:
+    return intervals[intervals[:, 2] - intervals[:, 1] >= k].reshape(-1, 3).astype(np.int64)

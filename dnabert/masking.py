@@ -1,0 +1,215 @@
+"""Whole-k-mer masking for the MLM objective, and the 15% -> 20% masking-rate schedule.
+
+Overlapping k-mers share nucleotides: a lone masked k-mer can be read off its neighbours. So masking works
+on nucleotides ("whole_kmer" mode): hidden nucleotides are drawn i.i.d. with p = 1-(1-rate)^(1/k) and a token
+is masked iff any of its k nucleotides is hidden. Every k-mer token is then masked with probability exactly
+`rate` (sequence edges included, any k, any length), and a hidden nucleotide masks every k-mer containing it.
+
+Rows may hold several windows one after another (`[CLS] k-mers [SEP] [CLS] k-mers [SEP] [PAD]...`, packed
+rows). Token t gets the nucleotide slot s(t) = t + (k-1) * (number of [CLS] at or before t); each window's
+tokens then cover a slot range disjoint from every other window's, so a hidden nucleotide never spans windows,
+and no extra input (window lengths) is needed.
+
+"original" mode reproduces the original DNABERT code instead: span centres drawn Bernoulli(`rate`) over
+the real tokens, each expanded to k consecutive tokens and clipped to its window. There `rate` is a CENTRE
+rate (the original `mlm_probability`), so about 1-(1-rate)^k of the tokens are masked;
+`centre_rate_for(0.15, k)` gives the centre rate that masks 15%. The mode only changes WHICH tokens are
+masked: both modes replace them the same way (80% [MASK], 10% a random k-mer different from the original,
+10% unchanged, as the model card says; the original code could draw special tokens or the original token
+itself as the "random" one).
+
+Everything is vectorised torch on the tensor's device (masking runs after the batch reaches the GPU, so it
+can read the optimiser step); the only Python loop is over the k span offsets of "original" mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dnabert.errors import DnabertError
+from dnabert.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, check_k
+
+IGNORE_INDEX = -100  # the label of unmasked positions: ignored by torch.nn.functional.cross_entropy
+MASKING_MODES = ("whole_kmer", "original")
+
+
+def _check_fraction(value: float, setting: str, *, closed: bool = False) -> float:
+    """Validate a probability-like setting; the error names the setting so the user finds it in the config."""
+    low_ok = value >= 0 if closed else value > 0
+    high_ok = value <= 1 if closed else value < 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low_ok and high_ok):
+        interval = "[0, 1]" if closed else "(0, 1)"
+        raise DnabertError(f"{setting}={value!r} must be a number in {interval}; set it to e.g. 0.15.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class MaskSchedule:
+    """Masking rate by optimiser step: `rate` before `switch_step`, `final_rate` from it on (None: never).
+
+    DNABERT masked 15% for the first 100k steps and 20% for the last 20k.
+    """
+
+    rate: float = 0.15
+    final_rate: float = 0.20
+    switch_step: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_fraction(self.rate, "masking.rate")
+        _check_fraction(self.final_rate, "masking.final_rate")
+        if self.switch_step is not None and (
+            isinstance(self.switch_step, bool)
+            or not isinstance(self.switch_step, int)
+            or self.switch_step < 0
+        ):
+            raise DnabertError(
+                f"masking.switch_step={self.switch_step!r} must be a step count >= 0 (or null: never switch)."
+            )
+
+    def rate_at(self, step: int) -> float:
+        """The rate for optimiser step `step` (Lightning's global_step)."""
+        if self.switch_step is None or step < self.switch_step:
+            return self.rate
+        return self.final_rate
+
+
+def centre_rate_for(masked_fraction: float, k: int) -> float:
+    """Per-position probability whose k-wide union covers `masked_fraction`: 1-(1-f)^(1/k).
+
+    It is the "original" mode centre rate that masks about f of the interior tokens (0.0267 for 15% at k=6),
+    and the hidden-nucleotide probability of "whole_kmer" mode.
+    """
+    fraction = _check_fraction(masked_fraction, "masking.rate")
+    return 1.0 - (1.0 - fraction) ** (1.0 / check_k(k))
+
+
+def _window_index(input_ids: torch.Tensor) -> torch.Tensor:
+    """Per token, the number of [CLS] tokens at or before it: tokens of one packed window share the value."""
+    return torch.cumsum(input_ids == CLS_ID, dim=1)
+
+
+def nucleotide_slots(input_ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Slot s(t) of each token's first nucleotide; token t covers slots [s(t), s(t)+k).
+
+    Shifting every window by k-1 slots per [CLS] keeps the slot ranges of different windows disjoint.
+    """
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return positions + (check_k(k) - 1) * _window_index(input_ids)
+
+
+def _check_inputs(input_ids: torch.Tensor, generator: torch.Generator | None) -> None:
+    """A (B, T) integer batch and a generator on its device; programming errors, hence ValueError."""
+    if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(
+            f"input_ids must be an integer tensor (B, T), got {input_ids.dtype} {tuple(input_ids.shape)}"
+        )
+    if generator is not None and generator.device.type != input_ids.device.type:
+        raise ValueError(
+            f"the masking generator is on {generator.device} but the batch is on {input_ids.device}; "
+            "create the generator on the batch's device."
+        )
+
+
+def whole_kmer_mask_positions(
+    input_ids: torch.Tensor, k: int, rate: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Which tokens "whole_kmer" masking hides (bool (B, T)): those with a hidden nucleotide, specials never.
+
+    The draw has a fixed shape (B, k*T + 1), an upper bound on the slots (at most T windows of k-1 extra
+    slots), so it needs no device-to-host sync and depends only on the batch shape and the generator.
+    """
+    k = check_k(k)
+    hidden_probability = centre_rate_for(rate, k)
+    _check_inputs(input_ids, generator)
+    batch, length = input_ids.shape
+    hidden = (
+        torch.rand((batch, k * length + 1), generator=generator, device=input_ids.device) < hidden_probability
+    )
+    hidden_before = torch.nn.functional.pad(torch.cumsum(hidden, dim=1, dtype=torch.int32), (1, 0))
+    first_slot = nucleotide_slots(input_ids, k)
+    hidden_in_token = hidden_before.gather(1, first_slot + k) - hidden_before.gather(1, first_slot)
+    return (hidden_in_token > 0) & (input_ids >= NUM_SPECIAL_TOKENS)
+
+
+def original_mask_positions(
+    input_ids: torch.Tensor, k: int, centre_rate: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Which tokens the original DNABERT masking hides (bool (B, T)).
+
+    Centres are drawn Bernoulli(centre_rate) over real tokens and expanded to the k tokens at offsets
+    -(k-1)//2 .. k-1-(k-1)//2 (the original {3:[-1,1], 4:[-1,1,2], 5:[-2,-1,1,2], 6:[-2,-1,1,2,3]} plus the
+    centre), clipped to the real tokens of the centre's window.
+    """
+    k = check_k(k)
+    centre_rate = _check_fraction(centre_rate, "masking.rate")
+    _check_inputs(input_ids, generator)
+    real = input_ids >= NUM_SPECIAL_TOKENS
+    window = _window_index(input_ids)
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    centres = (draw < centre_rate) & real
+    length = input_ids.shape[1]
+    masked = torch.zeros_like(centres)
+    first_offset = -((k - 1) // 2)
+    for offset in range(first_offset, first_offset + k):
+        # token t is covered by the centre at t - offset, if that centre lies in the same window
+        if abs(offset) >= length:
+            continue
+        if offset >= 0:
+            covered = centres[:, : length - offset] & (window[:, : length - offset] == window[:, offset:])
+            masked[:, offset:] |= covered
+        else:
+            covered = centres[:, -offset:] & (window[:, -offset:] == window[:, :offset])
+            masked[:, :offset] |= covered
+    return masked & real
+
+
+def mask_batch(
+    input_ids: torch.Tensor,
+    k: int,
+    rate: float,
+    generator: torch.Generator | None = None,
+    mode: str = "whole_kmer",
+    mask_token_fraction: float = 0.8,
+    random_token_fraction: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask a batch for MLM: returns (masked_ids, labels), both LongTensor (B, T) on the input's device.
+
+    `rate` is the masked fraction in "whole_kmer" mode and the span-centre rate in "original" mode (see the
+    module docstring). Of the masked tokens, `mask_token_fraction` become [MASK], `random_token_fraction` a
+    uniformly drawn k-mer different from the original, the rest stay. labels hold the original id at masked
+    positions and IGNORE_INDEX elsewhere. `input_ids` is not modified.
+    """
+    if mode == "whole_kmer":
+        masked = whole_kmer_mask_positions(input_ids, k, rate, generator)
+    elif mode == "original":
+        masked = original_mask_positions(input_ids, k, rate, generator)
+    else:
+        raise DnabertError(f"masking.mode={mode!r} is unknown; choose one of {', '.join(MASKING_MODES)}.")
+    mask_token_fraction = _check_fraction(mask_token_fraction, "masking.mask_token_fraction", closed=True)
+    random_token_fraction = _check_fraction(
+        random_token_fraction, "masking.random_token_fraction", closed=True
+    )
+    if mask_token_fraction + random_token_fraction > 1:
+        raise DnabertError(
+            "masking.mask_token_fraction + masking.random_token_fraction must not exceed 1 "
+            f"(got {mask_token_fraction} + {random_token_fraction})."
+        )
+
+    device = input_ids.device
+    labels = torch.where(masked, input_ids, IGNORE_INDEX)
+    choice = torch.rand(input_ids.shape, generator=generator, device=device)
+    to_mask_token = masked & (choice < mask_token_fraction)
+    to_random = (
+        masked & (choice >= mask_token_fraction) & (choice < mask_token_fraction + random_token_fraction)
+    )
+    # Draw among the 4^k - 1 other k-mers: a uniform draw over one fewer id, shifted past the original id.
+    num_kmers = 4**k
+    random_ids = NUM_SPECIAL_TOKENS + torch.randint(
+        0, num_kmers - 1, input_ids.shape, generator=generator, device=device
+    )
+    random_ids += (random_ids >= input_ids).long()
+    masked_ids = torch.where(to_mask_token, MASK_ID, input_ids)
+    masked_ids = torch.where(to_random, random_ids, masked_ids)
+    return masked_ids, labels

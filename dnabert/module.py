@@ -1,0 +1,203 @@
+"""The LightningModule: masks on the device, computes the MLM loss on masked positions, owns the optimiser.
+
+Masking happens here rather than in the dataloader because workers run ahead of the trainer and never know
+the optimiser step; here the mask rate follows `global_step` exactly, under gradient accumulation, several
+workers and resume. All randomness (mask, dropout) is derived from (seed, step, micro-batch, rank), so a
+resumed run draws exactly what an uninterrupted run would have drawn, with no RNG state to save.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import zlib
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from transformers import get_linear_schedule_with_warmup
+
+from dnabert.errors import DnabertError
+from dnabert.kmer import NUM_SPECIAL_TOKENS, PAD_ID, check_k, vocab_size
+from dnabert.masking import MaskSchedule, mask_batch
+from dnabert.model import DnaBertForMaskedLM, ModelConfig
+
+IGNORE_INDEX = -100
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes and Python versions (unlike hash())."""
+    digest = zlib.crc32(repr(parts).encode())
+    return (digest * 2654435761 + parts[0]) % (2**63 - 1)
+
+
+def no_decay_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Biases and LayerNorm weights are exempt from weight decay (BERT's recipe)."""
+    exempt = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            if param_name == "bias" or isinstance(module, torch.nn.LayerNorm):
+                exempt.add(full_name)
+    return exempt
+
+
+class DnaBertLitModule(L.LightningModule):
+    """BERT masked-language-model pretraining on k-mer ids, with the DNABERT optimiser and schedules."""
+
+    def __init__(
+        self,
+        k: int,
+        model_config: dict[str, Any],
+        masking: dict[str, Any],
+        optim: dict[str, Any],
+        seed: int = 0,
+        max_consecutive_nonfinite: int = 20,
+        init_from: str | None = None,
+        train_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.k = check_k(k)
+        config = ModelConfig(**model_config)
+        if config.vocab_size != vocab_size(k):
+            raise DnabertError(
+                f"model.vocab_size={config.vocab_size} does not fit k={k} (needs {vocab_size(k)}); "
+                "leave model.vocab_size at its default ${vocab_size:${k}}."
+            )
+        self.model = DnaBertForMaskedLM(config)
+        if init_from:
+            from dnabert.export import load_pretrained_into
+
+            load_pretrained_into(self.model, init_from, k)
+        self.mask_mode = masking.get("mode", "whole_kmer")
+        self.schedule = MaskSchedule(
+            rate=masking["rate"], final_rate=masking["final_rate"], switch_step=masking.get("switch_step")
+        )
+        self.optim_config = optim
+        self.seed = seed
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.consecutive_nonfinite = 0
+        self.skipped_steps = 0
+        # Windows of the micro-batches since the last optimiser step: reported when a step goes non-finite.
+        self._recent_windows: collections.deque[torch.Tensor] = collections.deque(maxlen=64)
+
+    # ----------------------------------------------------------------------------------------- masking
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Count real tokens and pick the mask seed on the CPU, so the training step needs no host sync."""
+        windows = batch["window"]
+        batch["num_tokens"] = int((batch["input_ids"] != PAD_ID).sum())
+        training = self.trainer is not None and self.trainer.training
+        step = self.global_step if training else -1  # held-out masks stay the same at every evaluation
+        batch["mask_seed"] = derive_seed(self.seed, step, zlib.crc32(windows.numpy().tobytes()))
+        if training:
+            self._recent_windows.append(windows.clone())
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Mask on the device at the rate of the current optimiser step (held-out: the base rate)."""
+        training = self.trainer is not None and self.trainer.training
+        rate = self.schedule.rate_at(self.global_step) if training else self.schedule.rate
+        generator = torch.Generator(device=batch["input_ids"].device).manual_seed(batch["mask_seed"])
+        batch["input_ids"], batch["labels"] = mask_batch(
+            batch["input_ids"], self.k, rate, generator, mode=self.mask_mode
+        )
+        batch["mask_rate"] = rate
+        return batch
+
+    # ------------------------------------------------------------------------------------------- steps
+    def masked_lm_outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss and accuracy over masked positions only; the LM head runs on those positions alone."""
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        masked = labels != IGNORE_INDEX
+        logits = self.model(input_ids, attention_mask=input_ids != PAD_ID, masked_positions=masked)
+        targets = labels[masked]
+        loss = F.cross_entropy(logits.float(), targets)
+        accuracy = (logits.argmax(dim=-1) == targets).float().mean()
+        return {"loss": loss, "accuracy": accuracy}
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Reseed dropout from (seed, micro-batch, rank): resume replays the same dropout masks."""
+        torch.manual_seed(derive_seed(self.seed, batch["mask_seed"], self.global_rank))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        outputs = self.masked_lm_outputs(batch)
+        self.log("train/loss", outputs["loss"], prog_bar=True)
+        self.log("train/ppl", torch.exp(outputs["loss"].detach()))
+        self.log("train/acc", outputs["accuracy"])
+        self.log("mask_rate", batch["mask_rate"])
+        return outputs["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        outputs = self.masked_lm_outputs(batch)
+        size = batch["input_ids"].shape[0]
+        self.log("val/loss", outputs["loss"], batch_size=size, sync_dist=True, prog_bar=True)
+        self.log("val/acc", outputs["accuracy"], batch_size=size, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        val_loss = self.trainer.callback_metrics.get("val/loss")
+        if val_loss is not None:
+            self.log("val/ppl", torch.exp(val_loss), sync_dist=False)
+
+    # ---------------------------------------------------------------------------- non-finite guard
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip an update whose gradients are not finite, so one bad batch cannot corrupt the weights.
+
+        Dropping the gradients (None) makes AdamW leave the parameters and their moments untouched.
+        This costs one host sync per optimiser step (not per micro-batch).
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            self.consecutive_nonfinite = 0
+            self._recent_windows.clear()
+            return
+        for param in self.parameters():
+            param.grad = None
+        self.consecutive_nonfinite += 1
+        self.skipped_steps += 1
+        windows = [tuple(w) for batch in self._recent_windows for w in batch.tolist()]
+        self._recent_windows.clear()
+        rank_zero_warn(
+            f"Non-finite loss or gradient at step {self.global_step}: update skipped "
+            f"({self.consecutive_nonfinite} in a row, {self.skipped_steps} in all). "
+            f"Windows (genome, contig, start, end) of that step: {windows[:8]}"
+            + (" ..." if len(windows) > 8 else "")
+        )
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
+            raise DnabertError(
+                f"{self.consecutive_nonfinite} consecutive optimiser steps had non-finite gradients "
+                f"(last at step {self.global_step}); stopping. The last checkpoint before this is intact. "
+                "Lower optim.lr, use precision=bf16-mixed instead of fp16, or check the data."
+            )
+
+    # ---------------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_config
+        exempt = no_decay_parameter_names(self.model)
+        named = [(f"model.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n[6:] not in exempt], "weight_decay": cfg["weight_decay"]},
+            {"params": [p for n, p in named if n[6:] in exempt], "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda" and cfg.get("fused", True)
+        optimizer = torch.optim.AdamW(
+            groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"], fused=fused or None
+        )
+        total_steps = cfg.get("total_steps") or self.trainer.max_steps
+        if not total_steps or total_steps < 0:
+            raise DnabertError("optim.total_steps is unset and trainer.max_steps is not a positive number.")
+        scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def uniform_loss(k: int) -> float:
+    """Cross-entropy of a model that knows nothing: ln(4^k). The first reference point of a curve."""
+    return k * math.log(4)
+
+
+__all__ = ["DnaBertLitModule", "IGNORE_INDEX", "NUM_SPECIAL_TOKENS", "derive_seed", "uniform_loss"]

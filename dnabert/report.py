@@ -1,0 +1,270 @@
+"""Is my curve normal? Plots and a one-page summary of a run's logged metrics, with reference lines.
+
+DNABERT users asked for reference loss/perplexity curves (issues #45, #51, #74). Two fixed points make any curve
+readable: ln(4^k), the loss of a model that knows nothing (uniform over the 4^k k-mers), and ln(4), the loss of
+a model that pins down a masked k-mer up to one nucleotide (whole-k-mer masking usually hides about one
+nucleotide per masked k-mer that its visible neighbours do not give away).
+
+`python -m dnabert.report <run dir>` writes `<run dir>/plots/curves.png` and `<run dir>/report.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dnabert.errors import DnabertError  # noqa: E402
+
+LOSS_METRICS = ("train/loss", "val/loss")
+# A run whose loss never went more than this fraction below the uniform baseline has not learnt anything.
+FLAT_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The numbers report.md states, taken straight from the metrics CSV."""
+
+    steps: int
+    tokens_seen: float | None
+    sequences_seen: float | None
+    first_val_loss: float | None
+    last_val_loss: float | None
+    best_val_loss: float | None
+    best_val_step: int | None
+    final_train_loss: float | None
+    k: int | None
+    uniform_loss: float | None
+    verdict: str
+
+
+def find_metrics_csv(run_dir: Path) -> list[Path]:
+    """Lightning's CSVLogger files under a run, oldest first (resumed runs may add version_N folders)."""
+    preferred = run_dir / "csv" / "metrics.csv"
+    found = sorted(run_dir.rglob("metrics.csv"), key=lambda path: path.stat().st_mtime)
+    if preferred.is_file() and preferred not in found:
+        found.append(preferred)
+    if not found:
+        raise DnabertError(
+            f"No metrics file under {run_dir} (expected {preferred}, written by Lightning's CSVLogger). "
+            "Point the report at a run directory of a run that logged at least one step."
+        )
+    return found
+
+
+def load_metrics(run_dir: Path) -> pd.DataFrame:
+    """All metrics CSVs of a run as one frame indexed by step; where a resumed run repeats a step, it wins."""
+    frames = []
+    for path in find_metrics_csv(run_dir):
+        try:
+            frames.append(pd.read_csv(path))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise DnabertError(f"{path} is not a readable metrics CSV ({err}); delete or repair it.") from err
+    metrics = pd.concat(frames, ignore_index=True)
+    if "step" not in metrics.columns or not any(name in metrics.columns for name in LOSS_METRICS):
+        raise DnabertError(
+            f"The metrics CSV(s) under {run_dir} have no 'step' and loss columns ({', '.join(LOSS_METRICS)}); "
+            "were they written by this project's training?"
+        )
+    # CSVLogger writes sparse rows (each holds some metrics): keep the last value of each metric per step.
+    return metrics.groupby("step", sort=True).last()
+
+
+def read_k(run_dir: Path) -> int | None:
+    """k from the run's resolved Hydra config (`k` at top level, or `data.k`); None when absent."""
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.load(config_path)
+        k = OmegaConf.select(config, "k", default=None) or OmegaConf.select(config, "data.k", default=None)
+    except Exception:  # an unreadable config only costs the reference lines, not the report
+        return None
+    return int(k) if k is not None else None
+
+
+def series(metrics: pd.DataFrame, name: str) -> pd.Series:
+    """One metric's logged values by step (NaNs from the sparse layout dropped; non-finite values kept)."""
+    if name not in metrics.columns:
+        return pd.Series(dtype=float)
+    column = pd.to_numeric(metrics[name], errors="coerce")
+    return column[metrics[name].notna()]
+
+
+def judge(losses: pd.Series, uniform: float | None) -> str:
+    """A one-line verdict from simple rules on the held-out loss (train loss when there is no validation)."""
+    if losses.empty:
+        return "no loss logged yet: nothing to judge"
+    not_finite = losses[~np.isfinite(losses.to_numpy())]
+    if len(not_finite):
+        return f"diverged: the loss became {not_finite.iloc[0]} at step {int(not_finite.index[0])}"
+    first, last, best = losses.iloc[0], losses.iloc[-1], losses.min()
+    if uniform is not None:
+        if last < uniform / 2:
+            return f"healthy: the loss fell below ln(4^k)/2 = {uniform / 2:.3f}"
+        if last > uniform * (1 - FLAT_FRACTION):
+            return f"not learning: the loss is flat at the uniform baseline ln(4^k) = {uniform:.3f}"
+    if last > best * 1.1:
+        return "getting worse: the last loss is more than 10% above the best; check the learning rate"
+    if last < first:
+        return "learning, not there yet: the loss is falling but still above ln(4^k)/2" if uniform else (
+            "learning: the loss is falling (k unknown, so no baseline to compare with)"
+        )
+    return "not learning: the loss has not fallen since the first value"
+
+
+def summarise(metrics: pd.DataFrame, k: int | None) -> Summary:
+    """The report's numbers; the verdict judges val loss, or train loss for runs without validation."""
+    val_loss, train_loss = series(metrics, "val/loss"), series(metrics, "train/loss")
+    tokens, sequences = series(metrics, "train/tokens_seen"), series(metrics, "train/sequences_seen")
+    uniform = k * math.log(4) if k else None
+    finite_val = val_loss[np.isfinite(val_loss.to_numpy())]
+    return Summary(
+        steps=int(metrics.index.max()),
+        tokens_seen=float(tokens.iloc[-1]) if len(tokens) else None,
+        sequences_seen=float(sequences.iloc[-1]) if len(sequences) else None,
+        first_val_loss=float(val_loss.iloc[0]) if len(val_loss) else None,
+        last_val_loss=float(val_loss.iloc[-1]) if len(val_loss) else None,
+        best_val_loss=float(finite_val.min()) if len(finite_val) else None,
+        best_val_step=int(finite_val.idxmin()) if len(finite_val) else None,
+        final_train_loss=float(train_loss.iloc[-1]) if len(train_loss) else None,
+        k=k,
+        uniform_loss=uniform,
+        verdict=judge(val_loss if len(val_loss) else train_loss, uniform),
+    )
+
+
+def _reference_lines(axis: plt.Axes, uniform: float | None, transform=lambda value: value) -> None:
+    if uniform is None:
+        return
+    axis.axhline(transform(uniform), color="grey", linestyle="--", linewidth=1, label="uniform ln(4^k)")
+    axis.axhline(transform(math.log(4)), color="grey", linestyle=":", linewidth=1, label="one hidden nt ln(4)")
+
+
+def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> None:
+    """Six panels: loss, perplexity, accuracy, learning rate, mask rate vs step; loss vs tokens seen."""
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8.5), constrained_layout=True)
+    (loss_axis, ppl_axis, acc_axis), (lr_axis, mask_axis, tokens_axis) = axes
+
+    def draw(axis: plt.Axes, names: tuple[str, ...], title: str) -> None:
+        for name in names:
+            values = series(metrics, name)
+            if len(values):
+                marker = "o" if name.startswith("val/") else None
+                axis.plot(values.index, values.to_numpy(), marker=marker, markersize=3, label=name)
+        axis.set_title(title)
+        axis.set_xlabel("optimiser step")
+        axis.grid(alpha=0.3)
+
+    draw(loss_axis, LOSS_METRICS, "masked-token loss (nats)")
+    _reference_lines(loss_axis, uniform)
+    draw(ppl_axis, ("train/ppl", "val/ppl"), "perplexity")
+    _reference_lines(ppl_axis, uniform, transform=math.exp)
+    ppl_axis.set_yscale("log")
+    draw(acc_axis, ("train/acc", "val/acc"), "masked-token accuracy")
+    draw(lr_axis, ("lr",), "learning rate")
+    draw(mask_axis, ("mask_rate",), "mask rate")
+
+    tokens = series(metrics, "train/tokens_seen")
+    tokens_axis.set_title("loss vs tokens seen")
+    tokens_axis.set_xlabel("real tokens seen")
+    tokens_axis.grid(alpha=0.3)
+    if len(tokens) >= 1:
+        for name in LOSS_METRICS:
+            values = series(metrics, name)
+            if len(values):  # validation steps have no token count of their own: interpolate by step
+                seen = np.interp(values.index, tokens.index, tokens.to_numpy())
+                marker = "o" if name.startswith("val/") else None
+                tokens_axis.plot(seen, values.to_numpy(), marker=marker, markersize=3, label=name)
+        _reference_lines(tokens_axis, uniform)
+    else:
+        tokens_axis.text(0.5, 0.5, "train/tokens_seen not logged", ha="center", transform=tokens_axis.transAxes)
+    for axis in axes.flat:
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _number(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render_markdown(summary: Summary, run_dir: Path) -> str:
+    """report.md: the numbers, the reference points, the verdict."""
+    ratio = (
+        summary.last_val_loss / summary.uniform_loss
+        if summary.last_val_loss is not None and summary.uniform_loss
+        else None
+    )
+    baseline = (
+        f"{summary.uniform_loss:.4f} (ln(4^{summary.k})); one-hidden-nucleotide reference ln(4) = "
+        f"{math.log(4):.4f}"
+        if summary.uniform_loss
+        else "unknown (no k in .hydra/config.yaml)"
+    )
+    best = f"{_number(summary.best_val_loss)} at step {summary.best_val_step}" if summary.best_val_loss else "n/a"
+    return "\n".join([
+        f"# Run report: {run_dir.name}",
+        "",
+        f"**Verdict: {summary.verdict}.**",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| optimiser steps | {summary.steps} |",
+        f"| tokens seen | {_number(summary.tokens_seen, ',.0f')} |",
+        f"| sequences seen | {_number(summary.sequences_seen, ',.0f')} |",
+        f"| first val loss | {_number(summary.first_val_loss)} |",
+        f"| last val loss | {_number(summary.last_val_loss)} |",
+        f"| best val loss | {best} |",
+        f"| final train loss | {_number(summary.final_train_loss)} |",
+        f"| uniform baseline | {baseline} |",
+        f"| last val loss / uniform baseline | {_number(ratio, '.3f')} |",
+        "",
+        "Curves: [plots/curves.png](plots/curves.png)",
+        "",
+    ])
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Write plots/curves.png and report.md for a run directory; returns their paths."""
+    run_dir = Path(run_dir)
+    metrics = load_metrics(run_dir)
+    k = read_k(run_dir)
+    summary = summarise(metrics, k)
+    png_path = run_dir / "plots" / "curves.png"
+    plot_curves(metrics, summary.uniform_loss, png_path)
+    markdown_path = run_dir / "report.md"
+    markdown_path.write_text(render_markdown(summary, run_dir))
+    return [png_path, markdown_path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Plot a run's curves and write report.md.")
+    parser.add_argument("run_dir", type=Path, help="the run directory (holds csv/metrics.csv)")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_report(args.run_dir)
+    except DnabertError as err:
+        parser.exit(2, f"error: {err}\n")
+    markdown = paths[1].read_text()
+    print(next(line for line in markdown.splitlines() if line.startswith("**Verdict")))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

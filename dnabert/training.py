@@ -1,0 +1,158 @@
+"""Turn a composed Hydra config into a running Trainer: derive, check, build, resume, fit.
+
+Everything a user can get wrong is checked here, before any process is spawned or a GPU touched, and reported
+as one DnabertError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dnabert.callbacks import (
+    AtomicCheckpointIO,
+    RunArtifacts,
+    StepProgressBar,
+    ThroughputLogger,
+    find_resume_checkpoint,
+)
+from dnabert.config import accumulation_steps, auto_precision, mask_switch_step, resolve_device_count
+from dnabert.errors import DnabertError
+from dnabert.module import DnaBertLitModule
+
+log = logging.getLogger("dnabert")
+
+@dataclass(frozen=True)
+class Plan:
+    """The numbers derived from the config that decide how a run is laid out."""
+
+    devices: int
+    num_nodes: int
+    accumulation: int
+    precision: str
+    switch_step: int
+    run_dir: Path
+
+    def describe(self, cfg: DictConfig) -> str:
+        micro = cfg.data.micro_batch_size
+        return (
+            f"global batch {cfg.global_batch_size} = micro {micro} x accumulation {self.accumulation} x "
+            f"devices {self.devices} x nodes {self.num_nodes}; precision {self.precision}; "
+            f"{cfg.max_steps} steps, mask rate {cfg.masking.rate} -> {cfg.masking.final_rate} "
+            f"from step {self.switch_step}; run directory {self.run_dir}"
+        )
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    trainer_cfg = cfg.trainer
+    devices = resolve_device_count(trainer_cfg.accelerator, trainer_cfg.devices)
+    num_nodes = int(trainer_cfg.num_nodes)
+    return Plan(
+        devices=devices,
+        num_nodes=num_nodes,
+        accumulation=accumulation_steps(cfg.global_batch_size, cfg.data.micro_batch_size, devices, num_nodes),
+        precision=auto_precision(str(trainer_cfg.precision), trainer_cfg.accelerator),
+        switch_step=mask_switch_step(cfg.max_steps, cfg.masking.final_rate_steps),
+        run_dir=Path(cfg.paths.output_dir),
+    )
+
+
+def check_output_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise DnabertError(
+            f"Cannot write to the run directory {run_dir} ({err.strerror}). "
+            "Set paths.output_root (or paths.output_dir) to a writable folder."
+        ) from err
+
+
+def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    init_from = model_cfg.pop("init_from", None)
+    masking = OmegaConf.to_container(cfg.masking, resolve=True)
+    masking["switch_step"] = plan.switch_step
+    return DnaBertLitModule(
+        k=cfg.k,
+        model_config=model_cfg,
+        masking=masking,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        seed=cfg.seed,
+        max_consecutive_nonfinite=cfg.max_consecutive_nonfinite,
+        init_from=init_from,
+        train_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """`data.fasta=...` is the one-genome shorthand; otherwise `data.genomes` lists them with weights."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    fasta = data_cfg.pop("fasta", None)
+    if fasta:
+        data_cfg["genomes"] = [{"name": Path(fasta).name.split(".")[0], "fasta": fasta, "weight": 1.0}]
+    if not data_cfg.get("genomes"):
+        raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
+    return instantiate(data_cfg, _convert_="all")
+
+
+def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """An explicit `ckpt_path` wins; otherwise continue from the run directory's newest good checkpoint."""
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise DnabertError(f"ckpt_path={cfg.ckpt_path} does not exist. Point it at a .ckpt file.")
+        return str(path)
+    found = find_resume_checkpoint(run_dir / "checkpoints")
+    if found is not None:
+        log.info("Resuming from %s (same run name, same run directory).", found)
+    return str(found) if found else None
+
+
+def build_trainer(cfg: DictConfig, plan: Plan) -> L.Trainer:
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += [StepProgressBar(), ThroughputLogger(), RunArtifacts(str(plan.run_dir), export=cfg.export)]
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    val_every = trainer_cfg.pop("val_every_n_steps")
+    trainer_cfg.update(
+        devices=plan.devices,
+        precision=plan.precision,
+        max_steps=cfg.max_steps,
+        accumulate_grad_batches=plan.accumulation,
+        # The stream is endless: validate every N optimiser steps, counted in micro-batches.
+        val_check_interval=val_every * plan.accumulation,
+        check_val_every_n_epoch=None,
+        default_root_dir=str(plan.run_dir),
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    return instantiate(trainer_cfg, _convert_="all")
+
+
+def run(cfg: DictConfig) -> Path | None:
+    """Train (or only estimate) as the config says; returns the run directory."""
+    plan = make_plan(cfg)
+    if cfg.estimate:
+        from dnabert.estimate import estimate_from_config
+
+        print(estimate_from_config(cfg, plan.devices, plan.num_nodes))
+        return None
+    check_output_dir(plan.run_dir)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        log.info(plan.describe(cfg))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, plan)
+    trainer = build_trainer(cfg, plan)
+    ckpt_path = resolve_ckpt_path(cfg, plan.run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return plan.run_dir

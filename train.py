@@ -1,0 +1,48 @@
+"""The one entry point: `python train.py` runs the demo; `python train.py experiment=dnabert6_paper ...` the paper.
+
+Any setting can be overridden on the command line (Hydra); see README.md and configs/.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+os.environ.setdefault("DNABERT_ROOT", str(Path(__file__).resolve().parent))
+
+from dnabert.config import register_resolvers  # noqa: E402  (DNABERT_ROOT must be set first)
+from dnabert.errors import DnabertError  # noqa: E402
+
+register_resolvers()
+
+
+def user_error(err: BaseException) -> DnabertError | None:
+    """The DnabertError behind an exception, also when OmegaConf wrapped it while resolving the config."""
+    while err is not None:
+        if isinstance(err, DnabertError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from dnabert.training import run
+
+    try:
+        run(cfg)
+    except (DnabertError, OmegaConfBaseException) as err:
+        problem = user_error(err)
+        if problem is None:
+            raise
+        print(f"dnabert: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
