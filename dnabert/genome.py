@@ -35,7 +35,9 @@ _CACHE_VERSION = 1  # bump when the cached interval format or the scan changes
 
 
 def default_cache_dir() -> Path:
-    """Where indexes go when the FASTA's directory is read-only ($XDG_CACHE_HOME/dnabert)."""
+    """Where indexes go when the FASTA's directory is read-only: $DNABERT_CACHE_DIR, else ~/.cache/dnabert."""
+    if os.environ.get("DNABERT_CACHE_DIR"):
+        return Path(os.environ["DNABERT_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dnabert"
 
 
@@ -266,14 +268,14 @@ class Genome:
         """Codes at `positions` (n, L) of contigs `contig_index` (n,): one fancy-index per FASTA file."""
         contig_index = np.asarray(contig_index, dtype=np.int64)
         codes = np.empty(positions.shape, dtype=np.uint8)
-        file_of_row = np.array([self.contigs[c].file_index for c in range(len(self.contigs))])[contig_index]
+        file_of_row = self._layout[3, contig_index]
         for file_index in np.unique(file_of_row):
             rows = np.flatnonzero(file_of_row == file_index)
             fasta = self.files[file_index]
             if fasta.bgzip:
                 codes[rows] = self._read_bgzip(fasta, contig_index[rows], positions[rows])
             else:
-                offset, line_bases, line_bytes = self._layout[:, contig_index[rows]]
+                offset, line_bases, line_bytes = self._layout[:3, contig_index[rows]]
                 rows_positions = positions[rows]
                 byte = (
                     offset[:, None]
@@ -295,11 +297,11 @@ class Genome:
 
     @property
     def _layout(self) -> np.ndarray:
-        """(3, n_contigs) int64: byte offset, bases per line, bytes per line, for the vectorised gather."""
+        """(4, n_contigs) int64: byte offset, bases per line, bytes per line, file index (vectorised gather)."""
         if not hasattr(self, "_layout_cache"):
             self._layout_cache = np.array(
-                [[c.offset, c.line_bases, c.line_bytes] for c in self.contigs], dtype=np.int64
-            ).T.reshape(3, -1)
+                [[c.offset, c.line_bases, c.line_bytes, c.file_index] for c in self.contigs], dtype=np.int64
+            ).T.reshape(4, -1)
         return self._layout_cache
 
     def report(self) -> str:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -104,13 +105,17 @@ def kmer_ids_from_codes(codes: np.ndarray, k: int) -> np.ndarray:
     """
     k = check_k(k)
     codes = np.asarray(codes)
+    _check_length(codes.shape[-1], k)
     n_kmers = codes.shape[-1] - k + 1
-    if n_kmers < 1:
-        raise DnabertError(f"a sequence of {codes.shape[-1]} nucleotides is shorter than k={k}: no k-mers.")
     ids = np.full(codes.shape[:-1] + (n_kmers,), NUM_SPECIAL_TOKENS, dtype=np.int64)
     for offset in range(k):
         ids += codes[..., offset : offset + n_kmers].astype(np.int64) << (2 * (k - 1 - offset))
     return ids
+
+
+def _check_length(n_nucleotides: int, k: int) -> None:
+    if n_nucleotides < k:
+        raise DnabertError(f"a sequence of {n_nucleotides} nucleotides is shorter than k={k}: it has no k-mers.")
 
 
 def _valid_codes(sequence: str | bytes, k: int) -> np.ndarray:
@@ -125,8 +130,7 @@ def _valid_codes(sequence: str | bytes, k: int) -> np.ndarray:
             f"invalid nucleotide {char_text!r} at position {position} (0-based); "
             "only A, C, G, T (either case) can be tokenised: remove or split at other characters."
         )
-    if codes.size < k:
-        raise DnabertError(f"sequence of length {codes.size} is shorter than k={k}; it has no k-mers.")
+    _check_length(codes.size, k)
     return codes
 
 
@@ -136,7 +140,7 @@ def tokenize(sequence: str | bytes, k: int, add_special_tokens: bool = True) -> 
     ids = kmer_ids_from_codes(_valid_codes(sequence, k), k)
     if not add_special_tokens:
         return ids
-    return np.concatenate(([CLS_ID], ids, [SEP_ID])).astype(np.int64)
+    return np.concatenate((np.array([CLS_ID]), ids, np.array([SEP_ID]))).astype(np.int64, copy=False)
 
 
 def ids_to_kmers(ids: Iterable[int] | np.ndarray, k: int) -> list[str]:
@@ -159,6 +163,7 @@ def kmers_to_sequence(kmers: Sequence[str]) -> str:
     specials = [token for token in kmers if token in SPECIAL_TOKENS]
     if specials:
         raise DnabertError(f"special token {specials[0]} has no nucleotides; strip specials before merging.")
+    kmers = [token.upper() for token in kmers]
     k = len(kmers[0])
     for index, (previous, current) in enumerate(itertools.pairwise(kmers), start=1):
         if len(current) != k or previous[1:] != current[:-1]:
@@ -168,7 +173,7 @@ def kmers_to_sequence(kmers: Sequence[str]) -> str:
             )
     sequence = kmers[0] + "".join(kmer[-1] for kmer in kmers[1:])
     _valid_codes(sequence, k)  # rejects non-ACGT letters with a clear message
-    return sequence.upper()
+    return sequence
 
 
 def kmer_text(sequence: str | bytes, k: int) -> str:
@@ -195,7 +200,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _write_kmer_lines(k: int, lines: Iterable[bytes], out) -> None:
+def _write_kmer_lines(k: int, lines: Iterable[bytes], out: BinaryIO) -> None:
     for line_number, line in enumerate(lines, start=1):
         sequence = line.strip()
         if not sequence:

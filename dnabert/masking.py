@@ -37,11 +37,10 @@ MASKING_MODES = ("whole_kmer", "original")
 
 def _check_fraction(value: float, setting: str, *, closed: bool = False) -> float:
     """Validate a probability-like setting; the error names the setting so the user finds it in the config."""
-    low_ok = value >= 0 if closed else value > 0
-    high_ok = value <= 1 if closed else value < 1
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low_ok and high_ok):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not ((0 <= value <= 1) if closed else (0 < value < 1)):
         interval = "[0, 1]" if closed else "(0, 1)"
-        raise DnabertError(f"{setting}={value!r} must be a number in {interval}; set it to e.g. 0.15.")
+        raise DnabertError(f"{setting}={value!r} is not a number in {interval}; fix it in the config.")
     return float(value)
 
 
@@ -60,9 +59,7 @@ class MaskSchedule:
         _check_fraction(self.rate, "masking.rate")
         _check_fraction(self.final_rate, "masking.final_rate")
         if self.switch_step is not None and (
-            isinstance(self.switch_step, bool)
-            or not isinstance(self.switch_step, int)
-            or self.switch_step < 0
+            isinstance(self.switch_step, bool) or not isinstance(self.switch_step, int) or self.switch_step < 0
         ):
             raise DnabertError(
                 f"masking.switch_step={self.switch_step!r} must be a step count >= 0 (or null: never switch)."
@@ -102,9 +99,7 @@ def nucleotide_slots(input_ids: torch.Tensor, k: int) -> torch.Tensor:
 def _check_inputs(input_ids: torch.Tensor, generator: torch.Generator | None) -> None:
     """A (B, T) integer batch and a generator on its device; programming errors, hence ValueError."""
     if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise ValueError(
-            f"input_ids must be an integer tensor (B, T), got {input_ids.dtype} {tuple(input_ids.shape)}"
-        )
+        raise ValueError(f"input_ids must be an integer tensor (B, T), got {input_ids.dtype} {tuple(input_ids.shape)}")
     if generator is not None and generator.device.type != input_ids.device.type:
         raise ValueError(
             f"the masking generator is on {generator.device} but the batch is on {input_ids.device}; "
@@ -124,10 +119,8 @@ def whole_kmer_mask_positions(
     hidden_probability = centre_rate_for(rate, k)
     _check_inputs(input_ids, generator)
     batch, length = input_ids.shape
-    hidden = (
-        torch.rand((batch, k * length + 1), generator=generator, device=input_ids.device) < hidden_probability
-    )
-    hidden_before = torch.nn.functional.pad(torch.cumsum(hidden, dim=1, dtype=torch.int32), (1, 0))
+    hidden = torch.rand((batch, k * length + 1), generator=generator, device=input_ids.device) < hidden_probability
+    hidden_before = torch.nn.functional.pad(torch.cumsum(hidden, dim=1), (1, 0))
     first_slot = nucleotide_slots(input_ids, k)
     hidden_in_token = hidden_before.gather(1, first_slot + k) - hidden_before.gather(1, first_slot)
     return (hidden_in_token > 0) & (input_ids >= NUM_SPECIAL_TOKENS)
@@ -188,9 +181,7 @@ def mask_batch(
     else:
         raise DnabertError(f"masking.mode={mode!r} is unknown; choose one of {', '.join(MASKING_MODES)}.")
     mask_token_fraction = _check_fraction(mask_token_fraction, "masking.mask_token_fraction", closed=True)
-    random_token_fraction = _check_fraction(
-        random_token_fraction, "masking.random_token_fraction", closed=True
-    )
+    random_token_fraction = _check_fraction(random_token_fraction, "masking.random_token_fraction", closed=True)
     if mask_token_fraction + random_token_fraction > 1:
         raise DnabertError(
             "masking.mask_token_fraction + masking.random_token_fraction must not exceed 1 "
@@ -201,9 +192,7 @@ def mask_batch(
     labels = torch.where(masked, input_ids, IGNORE_INDEX)
     choice = torch.rand(input_ids.shape, generator=generator, device=device)
     to_mask_token = masked & (choice < mask_token_fraction)
-    to_random = (
-        masked & (choice >= mask_token_fraction) & (choice < mask_token_fraction + random_token_fraction)
-    )
+    to_random = masked & (choice >= mask_token_fraction) & (choice < mask_token_fraction + random_token_fraction)
     # Draw among the 4^k - 1 other k-mers: a uniform draw over one fewer id, shifted past the original id.
     num_kmers = 4**k
     random_ids = NUM_SPECIAL_TOKENS + torch.randint(

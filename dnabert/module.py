@@ -15,16 +15,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import get_linear_schedule_with_warmup
 
 from dnabert.errors import DnabertError
-from dnabert.kmer import NUM_SPECIAL_TOKENS, PAD_ID, check_k, vocab_size
+from dnabert.kmer import PAD_ID, check_k, vocab_size
 from dnabert.masking import MaskSchedule, mask_batch
-from dnabert.model import DnaBertForMaskedLM, ModelConfig
-
-IGNORE_INDEX = -100
+from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, masked_lm_loss
 
 
 def derive_seed(*parts: int) -> int:
@@ -61,7 +58,7 @@ class DnaBertLitModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.k = check_k(k)
-        config = ModelConfig(**model_config)
+        config = ModelConfig.from_dict(model_config)
         if config.vocab_size != vocab_size(k):
             raise DnabertError(
                 f"model.vocab_size={config.vocab_size} does not fit k={k} (needs {vocab_size(k)}); "
@@ -112,11 +109,10 @@ class DnaBertLitModule(L.LightningModule):
         """Loss and accuracy over masked positions only; the LM head runs on those positions alone."""
         input_ids, labels = batch["input_ids"], batch["labels"]
         masked = labels != IGNORE_INDEX
-        logits = self.model(input_ids, attention_mask=input_ids != PAD_ID, masked_positions=masked)
+        logits = self.model(input_ids, masked_positions=masked)
         targets = labels[masked]
-        loss = F.cross_entropy(logits.float(), targets)
-        accuracy = (logits.argmax(dim=-1) == targets).float().mean()
-        return {"loss": loss, "accuracy": accuracy}
+        correct = (logits.argmax(dim=-1) == targets).sum()
+        return {"loss": masked_lm_loss(logits, targets), "correct": correct, "count": masked.sum()}
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Reseed dropout from (seed, micro-batch, rank): resume replays the same dropout masks."""
@@ -126,20 +122,27 @@ class DnaBertLitModule(L.LightningModule):
         outputs = self.masked_lm_outputs(batch)
         self.log("train/loss", outputs["loss"], prog_bar=True)
         self.log("train/ppl", torch.exp(outputs["loss"].detach()))
-        self.log("train/acc", outputs["accuracy"])
+        self.log("train/acc", outputs["correct"] / outputs["count"].clamp(min=1))
         self.log("mask_rate", batch["mask_rate"])
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return outputs["loss"]
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulate sums so held-out loss is the mean over masked tokens of all ranks, not of batches."""
         outputs = self.masked_lm_outputs(batch)
-        size = batch["input_ids"].shape[0]
-        self.log("val/loss", outputs["loss"], batch_size=size, sync_dist=True, prog_bar=True)
-        self.log("val/acc", outputs["accuracy"], batch_size=size, sync_dist=True)
+        count = outputs["count"].double()
+        self._val_totals += torch.stack([outputs["loss"].double() * count, outputs["correct"].double(), count])
 
     def on_validation_epoch_end(self) -> None:
-        val_loss = self.trainer.callback_metrics.get("val/loss")
-        if val_loss is not None:
-            self.log("val/ppl", torch.exp(val_loss), sync_dist=False)
+        loss_sum, correct, count = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum").tolist()
+        if count == 0:
+            return
+        loss = loss_sum / count
+        self.log_dict({"val/loss": loss, "val/ppl": math.exp(loss), "val/acc": correct / count},
+                      prog_bar=False, rank_zero_only=True)
 
     # ---------------------------------------------------------------------------- non-finite guard
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -200,4 +203,3 @@ def uniform_loss(k: int) -> float:
     return k * math.log(4)
 
 
-__all__ = ["DnaBertLitModule", "IGNORE_INDEX", "NUM_SPECIAL_TOKENS", "derive_seed", "uniform_loss"]

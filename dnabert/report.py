@@ -1,9 +1,9 @@
 """Is my curve normal? Plots and a one-page summary of a run's logged metrics, with reference lines.
 
-DNABERT users asked for reference loss/perplexity curves (issues #45, #51, #74). Two fixed points make any curve
-readable: ln(4^k), the loss of a model that knows nothing (uniform over the 4^k k-mers), and ln(4), the loss of
-a model that pins down a masked k-mer up to one nucleotide (whole-k-mer masking usually hides about one
-nucleotide per masked k-mer that its visible neighbours do not give away).
+DNABERT users asked for reference loss/perplexity curves (issues #45, #51, #74). Two fixed points make any
+curve readable: ln(4^k), the loss of a model that knows nothing (uniform over the 4^k k-mers), and ln(4), the
+loss of a model that pins down a masked k-mer up to one nucleotide (whole-k-mer masking usually hides about
+one nucleotide per masked k-mer that its visible neighbours do not give away).
 
 `python -m dnabert.report <run dir>` writes `<run dir>/plots/curves.png` and `<run dir>/report.md`.
 """
@@ -49,6 +49,8 @@ class Summary:
 
 def find_metrics_csv(run_dir: Path) -> list[Path]:
     """Lightning's CSVLogger files under a run, oldest first (resumed runs may add version_N folders)."""
+    if not run_dir.is_dir():
+        raise DnabertError(f"run directory {run_dir} does not exist; give the folder a training run wrote.")
     preferred = run_dir / "csv" / "metrics.csv"
     found = sorted(run_dir.rglob("metrics.csv"), key=lambda path: path.stat().st_mtime)
     if preferred.is_file() and preferred not in found:
@@ -62,21 +64,21 @@ def find_metrics_csv(run_dir: Path) -> list[Path]:
 
 
 def load_metrics(run_dir: Path) -> pd.DataFrame:
-    """All metrics CSVs of a run as one frame indexed by step; where a resumed run repeats a step, it wins."""
+    """All metrics CSVs of a run, oldest first, as text: empty cells are "not logged in this row" while a
+    logged NaN stays the text "nan", so a diverged run is not mistaken for a sparse row."""
     frames = []
     for path in find_metrics_csv(run_dir):
         try:
-            frames.append(pd.read_csv(path))
+            frames.append(pd.read_csv(path, dtype=str, keep_default_na=False))
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise DnabertError(f"{path} is not a readable metrics CSV ({err}); delete or repair it.") from err
-    metrics = pd.concat(frames, ignore_index=True)
+    metrics = pd.concat(frames, ignore_index=True).fillna("")
     if "step" not in metrics.columns or not any(name in metrics.columns for name in LOSS_METRICS):
         raise DnabertError(
-            f"The metrics CSV(s) under {run_dir} have no 'step' and loss columns ({', '.join(LOSS_METRICS)}); "
-            "were they written by this project's training?"
+            f"The metrics CSV(s) under {run_dir} have no 'step' and loss columns "
+            f"({', '.join(LOSS_METRICS)}); were they written by this project's training?"
         )
-    # CSVLogger writes sparse rows (each holds some metrics): keep the last value of each metric per step.
-    return metrics.groupby("step", sort=True).last()
+    return metrics
 
 
 def read_k(run_dir: Path) -> int | None:
@@ -95,11 +97,12 @@ def read_k(run_dir: Path) -> int | None:
 
 
 def series(metrics: pd.DataFrame, name: str) -> pd.Series:
-    """One metric's logged values by step (NaNs from the sparse layout dropped; non-finite values kept)."""
+    """One metric's logged values by step (NaN/inf kept); a resumed run's repeat of a step wins."""
     if name not in metrics.columns:
         return pd.Series(dtype=float)
-    column = pd.to_numeric(metrics[name], errors="coerce")
-    return column[metrics[name].notna()]
+    logged = metrics[metrics[name] != ""]
+    values = pd.Series(logged[name].astype(float).to_numpy(), index=logged["step"].astype(float).astype(int))
+    return values[~values.index.duplicated(keep="last")].sort_index()
 
 
 def judge(losses: pd.Series, uniform: float | None) -> str:
@@ -131,7 +134,7 @@ def summarise(metrics: pd.DataFrame, k: int | None) -> Summary:
     uniform = k * math.log(4) if k else None
     finite_val = val_loss[np.isfinite(val_loss.to_numpy())]
     return Summary(
-        steps=int(metrics.index.max()),
+        steps=int(metrics["step"].replace("", np.nan).astype(float).max()),
         tokens_seen=float(tokens.iloc[-1]) if len(tokens) else None,
         sequences_seen=float(sequences.iloc[-1]) if len(sequences) else None,
         first_val_loss=float(val_loss.iloc[0]) if len(val_loss) else None,
@@ -149,7 +152,8 @@ def _reference_lines(axis: plt.Axes, uniform: float | None, transform=lambda val
     if uniform is None:
         return
     axis.axhline(transform(uniform), color="grey", linestyle="--", linewidth=1, label="uniform ln(4^k)")
-    axis.axhline(transform(math.log(4)), color="grey", linestyle=":", linewidth=1, label="one hidden nt ln(4)")
+    axis.axhline(transform(math.log(4)), color="grey", linestyle=":", linewidth=1,
+                 label="one hidden nt ln(4)")
 
 
 def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> None:
@@ -175,6 +179,8 @@ def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> Non
     draw(acc_axis, ("train/acc", "val/acc"), "masked-token accuracy")
     draw(lr_axis, ("lr",), "learning rate")
     draw(mask_axis, ("mask_rate",), "mask rate")
+    lr_axis.set_ylim(bottom=0)
+    mask_axis.set_ylim(bottom=0)
 
     tokens = series(metrics, "train/tokens_seen")
     tokens_axis.set_title("loss vs tokens seen")
@@ -189,7 +195,8 @@ def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> Non
                 tokens_axis.plot(seen, values.to_numpy(), marker=marker, markersize=3, label=name)
         _reference_lines(tokens_axis, uniform)
     else:
-        tokens_axis.text(0.5, 0.5, "train/tokens_seen not logged", ha="center", transform=tokens_axis.transAxes)
+        tokens_axis.text(0.5, 0.5, "train/tokens_seen not logged", ha="center",
+                         transform=tokens_axis.transAxes)
     for axis in axes.flat:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
@@ -215,7 +222,9 @@ def render_markdown(summary: Summary, run_dir: Path) -> str:
         if summary.uniform_loss
         else "unknown (no k in .hydra/config.yaml)"
     )
-    best = f"{_number(summary.best_val_loss)} at step {summary.best_val_step}" if summary.best_val_loss else "n/a"
+    best = "n/a"
+    if summary.best_val_step is not None:
+        best = f"{_number(summary.best_val_loss)} at step {summary.best_val_step}"
     return "\n".join([
         f"# Run report: {run_dir.name}",
         "",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -21,11 +23,28 @@ from dnabert.callbacks import (
     ThroughputLogger,
     find_resume_checkpoint,
 )
-from dnabert.config import accumulation_steps, auto_precision, mask_switch_step, resolve_device_count
+from dnabert.cluster import cluster_callbacks, cluster_plugins
+from dnabert.config import (
+    accumulation_steps,
+    auto_precision,
+    declared_device_count,
+    mask_switch_step,
+    resolve_device_count,
+)
 from dnabert.errors import DnabertError
+from dnabert.model import ModelConfig
 from dnabert.module import DnaBertLitModule
 
 log = logging.getLogger("dnabert")
+
+# Masking lives in the LightningModule's batch hooks on purpose (it needs the optimiser step): not a mistake.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|after)_batch_transfer`")
+
+
+def route_lightning_logs_through_root() -> None:
+    """`import lightning` adds its own console handler; under Hydra's handlers every line would print twice."""
+    if logging.getLogger().hasHandlers():
+        logging.getLogger("lightning").handlers.clear()
 
 @dataclass(frozen=True)
 class Plan:
@@ -50,7 +69,9 @@ class Plan:
 
 def make_plan(cfg: DictConfig) -> Plan:
     trainer_cfg = cfg.trainer
-    devices = resolve_device_count(trainer_cfg.accelerator, trainer_cfg.devices)
+    # An estimate describes the configured cluster, not this machine: no availability check.
+    count_devices = declared_device_count if cfg.estimate else resolve_device_count
+    devices = count_devices(trainer_cfg.accelerator, trainer_cfg.devices)
     num_nodes = int(trainer_cfg.num_nodes)
     return Plan(
         devices=devices,
@@ -119,6 +140,7 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
 def build_trainer(cfg: DictConfig, plan: Plan) -> L.Trainer:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [StepProgressBar(), ThroughputLogger(), RunArtifacts(str(plan.run_dir), export=cfg.export)]
+    callbacks += cluster_callbacks(str(plan.run_dir))
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     val_every = trainer_cfg.pop("val_every_n_steps")
@@ -133,18 +155,33 @@ def build_trainer(cfg: DictConfig, plan: Plan) -> L.Trainer:
         default_root_dir=str(plan.run_dir),
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins(plan.num_nodes, plan.devices)],
     )
     return instantiate(trainer_cfg, _convert_="all")
 
 
+def describe_estimate(cfg: DictConfig, plan: Plan) -> str:
+    """`estimate=true`: the run's cost from the config alone, projected on `estimate_gpu` at `estimate_mfu`."""
+    from dnabert.estimate import estimate, format_estimate
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("init_from", None)
+    result = estimate(
+        ModelConfig.from_dict(model_cfg), k=cfg.k, max_tokens=cfg.data.max_tokens,
+        global_batch_size=cfg.global_batch_size, max_steps=cfg.max_steps,
+        micro_batch_size=cfg.data.micro_batch_size, devices=plan.devices, num_nodes=plan.num_nodes,
+        gpu_name=cfg.estimate_gpu, mfu=cfg.estimate_mfu, length_rule=cfg.data.length_rule,
+        mask_rate=cfg.masking.rate,
+    )
+    return format_estimate(result)
+
+
 def run(cfg: DictConfig) -> Path | None:
     """Train (or only estimate) as the config says; returns the run directory."""
+    route_lightning_logs_through_root()
     plan = make_plan(cfg)
     if cfg.estimate:
-        from dnabert.estimate import estimate_from_config
-
-        print(estimate_from_config(cfg, plan.devices, plan.num_nodes))
+        print(describe_estimate(cfg, plan))
         return None
     check_output_dir(plan.run_dir)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:

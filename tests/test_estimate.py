@@ -99,17 +99,30 @@ def test_format_estimate_reports_the_numbers():
     assert not math.isnan(estimate(BERT_BASE_K6, **PAPER_RUN, gpu_name="v100").wall_seconds)
 
 
-def test_estimate_from_a_composed_config():
-    pytest.importorskip("dnabert.model")
-    from omegaconf import OmegaConf
-
+def test_estimate_from_the_paper_experiment_config(compose_config):
     from dnabert.estimate import estimate_from_config
 
-    cfg = OmegaConf.create({
-        "k": 6, "global_batch_size": 2000, "max_steps": 120_000, "estimate_gpu": "h100", "estimate_mfu": 0.45,
-        "model": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                  "intermediate_size": 3072, "init_from": None},
-        "data": {"micro_batch_size": 10, "max_tokens": 512, "length_rule": "original"},
-    })
+    cfg = compose_config("experiment=dnabert6_paper", "estimate_gpu=h100", "estimate_mfu=0.45")
     text = estimate_from_config(cfg, devices=8, num_nodes=1)
-    assert "89,196,549" in text and "4.04 h" in text
+    assert "89,196,549" in text and "240,000,000 sequences" in text and "4.04 h" in text
+
+
+def test_training_flop_formula_matches_torch_flop_counter():
+    """Forward + backward of the real model, counted by torch: the formula is exact for equal-length rows."""
+    torch = pytest.importorskip("torch")
+    model_module = pytest.importorskip("dnabert.model")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = model_module.ModelConfig(vocab_size=69, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, max_position_embeddings=64)
+    model = model_module.DnaBertForMaskedLM(config)
+    batch, length = 2, 64
+    input_ids = torch.randint(5, 69, (batch, length))
+    input_ids[:, 0], input_ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    masked = torch.zeros(batch, length, dtype=torch.bool)
+    masked[:, 1:32] = True  # 31 of the 62 k-mer tokens: mask rate 0.5
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids, masked_positions=masked).sum().backward()
+    est = estimate(config, 3, length, global_batch_size=batch, max_steps=1, micro_batch_size=batch, devices=1,
+                   num_nodes=1, length_rule="fixed", mask_rate=0.5)
+    assert est.train_flops_per_sequence == pytest.approx(counter.get_total_flops() / batch, rel=1e-6)

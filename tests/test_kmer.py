@@ -167,6 +167,7 @@ def test_round_trips(k: int) -> None:
         kmers = kmer.kmer_text(sequence, k).split(" ")
         assert kmers == [sequence.upper()[i : i + k] for i in range(length - k + 1)]
         assert kmer.kmers_to_sequence(kmers) == sequence.upper()
+        assert kmer.kmers_to_sequence([token.lower() for token in kmers]) == sequence.upper()
         tokens = kmer.ids_to_kmers(kmer.tokenize(sequence, k), k)
         assert tokens == ["[CLS]", *kmers, "[SEP]"]
         assert kmer.kmers_to_sequence(tokens[1:-1]) == sequence.upper()

@@ -1,0 +1,354 @@
+"""Lightning data side: genomes -> infinite stream of collated micro-batches, sharded over ranks and workers.
+
+Why it looks like this:
+- What sits at stream position i is one question (`SequenceSource.read`); which positions this rank/worker
+  serves, the resumable position and collation are another (`MicroBatchStream`). Another corpus (e.g. rows of
+  a `datasets` table) plugs in by implementing `SequenceSource` alone.
+- Global micro-batch j holds stream positions [j*B, (j+1)*B); rank r serves j = r, r+W, ...; its rank-local
+  micro-batch m goes to worker (m - start) % num_workers. torch's DataLoader takes batches from workers
+  round-robin, so the rank sees m = start, start+1, ... in order, with no window twice and none skipped.
+- Masking is not done here: it runs on the device (dnabert.masking), where the global step is known.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from dnabert.errors import DnabertError
+from dnabert.genome import Genome, GenomeSource, HeldOut
+from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID, kmer_ids_from_codes
+from dnabert.windows import WindowRule, Windows, WindowStream, epoch_windows, read_windows
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SequenceBatch:
+    """Sequences ready to tokenise: codes (n, L) uint8 valid up to `lengths`, and where each row came from."""
+
+    codes: np.ndarray
+    lengths: np.ndarray
+    window: np.ndarray  # (n, 4) int64: genome_index, contig_index, start, end
+
+
+class SequenceSource(Protocol):
+    """What exists at each position of an infinite stream; `read` must be a pure function of its arguments."""
+
+    def read(self, first: int, count: int) -> SequenceBatch: ...
+
+
+class GenomeWindowSource:
+    """Stream positions -> genome windows (WindowStream) -> nucleotide codes read from the FASTA files."""
+
+    def __init__(self, genomes: list[Genome], stream: WindowStream) -> None:
+        self.genomes = genomes
+        self.stream = stream
+
+    def read(self, first: int, count: int) -> SequenceBatch:
+        return read_batch(self.genomes, self.stream.windows(first, count))
+
+
+def read_batch(genomes: list[Genome], windows: Windows) -> SequenceBatch:
+    codes, lengths = read_windows(genomes, windows)
+    window = np.column_stack([windows.genome, windows.contig, windows.start, windows.start + lengths])
+    return SequenceBatch(codes, lengths, window.astype(np.int64))
+
+
+def collate(batch: SequenceBatch, k: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """`[CLS] k-mers [SEP] [PAD]...` rows, T = longest row rounded up to `pad_to_multiple_of` (tensor cores)."""
+    n_kmers = batch.lengths - k + 1
+    kmer_ids = kmer_ids_from_codes(batch.codes, k)
+    width = int(n_kmers.max()) + 2
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = np.full((len(n_kmers), width), PAD_ID, dtype=np.int64)
+    input_ids[:, 0] = CLS_ID
+    columns = np.arange(kmer_ids.shape[1])
+    input_ids[:, 1 : 1 + kmer_ids.shape[1]] = np.where(columns[None, :] < n_kmers[:, None], kmer_ids, PAD_ID)
+    input_ids[np.arange(len(n_kmers)), n_kmers + 1] = SEP_ID
+    return {"input_ids": torch.from_numpy(input_ids), "window": torch.from_numpy(batch.window)}
+
+
+class MicroBatchStream(IterableDataset):
+    """This rank's share of the stream as collated micro-batches; `position` = next rank-local micro-batch."""
+
+    def __init__(
+        self,
+        source: SequenceSource,
+        k: int,
+        micro_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        position: int = 0,
+        pad_to_multiple_of: int = 8,
+    ) -> None:
+        if micro_batch_size < 1:
+            raise DnabertError(f"micro_batch_size={micro_batch_size} must be at least 1.")
+        if not 0 <= rank < world_size:
+            raise DnabertError(f"rank {rank} is outside world_size {world_size}.")
+        self.source = source
+        self.k = k
+        self.micro_batch_size = micro_batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.position = position
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def batch(self, local_index: int) -> dict[str, torch.Tensor]:
+        """Rank-local micro-batch `local_index` (global micro-batch rank + world_size * local_index)."""
+        global_index = self.rank + self.world_size * local_index
+        batch = self.source.read(global_index * self.micro_batch_size, self.micro_batch_size)
+        return collate(batch, self.k, self.pad_to_multiple_of)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # Reads self.position but never advances it: in a worker it is a copy; PositionCountingLoader counts
+        # in the main process what was really handed out.
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        local_index = self.position + worker_id
+        while True:
+            yield self.batch(local_index)
+            local_index += num_workers
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.position = int(state["position"])
+
+
+class PositionCountingLoader(DataLoader):
+    """A DataLoader over a MicroBatchStream that advances the stream's position as batches reach the caller."""
+
+    dataset: MicroBatchStream
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in super().__iter__():
+            self.dataset.position += 1
+            yield batch
+
+
+class _ValidationBatches(Dataset):
+    """This rank's fixed validation micro-batches (map-style: finite, and the same every call)."""
+
+    def __init__(self, genomes: list[Genome], windows: Windows, micro_batch_size: int, k: int, multiple: int,
+                 rank: int, world_size: int) -> None:
+        self.genomes, self.windows, self.k, self.multiple = genomes, windows, k, multiple
+        self.micro_batch_size = micro_batch_size
+        n_global = -(-len(windows) // micro_batch_size)
+        # Equal counts on every rank when possible: a rank with an extra batch would wait alone in DDP syncs.
+        n_used = n_global - n_global % world_size if n_global >= world_size else n_global
+        self.global_indices = list(range(rank, n_used, world_size))
+
+    def __len__(self) -> int:
+        return len(self.global_indices)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        first = self.global_indices[index] * self.micro_batch_size
+        windows = self.windows.take(slice(first, first + self.micro_batch_size))
+        return collate(read_batch(self.genomes, windows), self.k, self.multiple)
+
+
+def genome_sources(genomes: Sequence[GenomeSource | Mapping[str, Any]]) -> list[GenomeSource]:
+    """Accept config dicts (Hydra/OmegaConf) or GenomeSource objects."""
+    sources = []
+    for genome in genomes:
+        if isinstance(genome, GenomeSource):
+            sources.append(genome)
+            continue
+        settings = dict(genome)
+        try:
+            sources.append(GenomeSource(**settings))
+        except TypeError as err:
+            raise DnabertError(
+                f"data.genomes entry {settings} is not valid ({err}); each genome takes name, fasta, weight, "
+                "include, exclude."
+            ) from err
+    names = [source.name for source in sources]
+    if not sources or len(set(names)) != len(names):
+        raise DnabertError(f"data.genomes must list at least one genome with distinct names, got {names}.")
+    return sources
+
+
+class GenomeDataModule(L.LightningDataModule):
+    """Training stream and held-out validation set from one or more genome FASTA files."""
+
+    def __init__(
+        self,
+        genomes: Sequence[GenomeSource | Mapping[str, Any]],
+        k: int = 6,
+        micro_batch_size: int = 10,
+        num_workers: int = 2,
+        seed: int = 0,
+        length_rule: str = "original",
+        max_tokens: int = 512,
+        val_fraction: float = 0.01,
+        val_block_size: int = 10_000,
+        val_contigs: Sequence[str] = (),
+        val_max_windows: int = 2000,
+        reverse_complement: bool = False,
+        cache_dir: str | Path | None = None,
+        pad_to_multiple_of: int = 8,
+        pin_memory: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start_position: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.sources = genome_sources(genomes)
+        self.rule = WindowRule(k, max_tokens, length_rule)
+        self.k = k
+        self.micro_batch_size = micro_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.val_block_size = val_block_size
+        self.val_contigs = list(val_contigs)
+        self.val_max_windows = val_max_windows
+        self.reverse_complement = reverse_complement
+        self.cache_dir = cache_dir
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pin_memory = pin_memory
+        self.rank, self.world_size, self.start_position = rank, world_size, start_position
+        self.genomes: list[Genome] = []
+        self.report = ""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open every genome once (interval caches, held-out split) and log what is used."""
+        if self.genomes:
+            return
+        unmatched = set(self.val_contigs)
+        for source in self.sources:
+            genome = Genome.open(source, self.k, HeldOut(val_fraction=0.0), self.cache_dir)
+            names = set(genome.contig_names)
+            own_val_contigs = [name for name in self.val_contigs if name in names]
+            genome.split(HeldOut(self.val_fraction, self.val_block_size, own_val_contigs, self.seed))
+            unmatched -= names
+            self.genomes.append(genome)
+        if unmatched:
+            raise DnabertError(
+                f"val_contigs {sorted(unmatched)} are not selected contigs of any genome; fix val_contigs."
+            )
+        self.report = self._report()
+        logger.info("%s", self.report)
+
+    def _report(self) -> str:
+        weights = np.array([s.weight for s in self.sources], dtype=np.float64)
+        shares = weights / weights.sum() if weights.sum() > 0 else weights
+        lines = [genome.report() + f"\n  stream share {share:.1%} (weight {genome.source.weight})"
+                 for genome, share in zip(self.genomes, shares, strict=True)]
+        lines.append(
+            f"windows: k={self.k}, up to {self.rule.max_nucleotides} nt ({self.rule.max_tokens} tokens), "
+            f"length rule {self.rule.length_rule!r}, reverse complement {'on' if self.reverse_complement else 'off'}"
+        )
+        return "\n".join(lines)
+
+    def _placement(self) -> tuple[int, int, int]:
+        """(rank, world_size, rank-local start micro-batch): explicit settings win, else the attached trainer."""
+        trainer = self.trainer
+        rank = self.rank if self.rank is not None else (trainer.global_rank if trainer else 0)
+        world = self.world_size if self.world_size is not None else (trainer.world_size if trainer else 1)
+        if self.start_position is not None:
+            start = self.start_position
+        else:
+            start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+        return rank, world, start
+
+    def train_stream(self) -> MicroBatchStream:
+        self.setup()
+        stream = WindowStream(
+            [g.train_intervals for g in self.genomes],
+            [s.weight for s in self.sources],
+            self.rule,
+            self.seed,
+            self.reverse_complement,
+        )
+        rank, world, start = self._placement()
+        return MicroBatchStream(
+            GenomeWindowSource(self.genomes, stream), self.k, self.micro_batch_size, rank, world, start,
+            self.pad_to_multiple_of,
+        )
+
+    def train_dataloader(self) -> PositionCountingLoader:
+        return PositionCountingLoader(
+            self.train_stream(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+
+    def validation_windows(self) -> Windows:
+        """Full-length windows of every genome's held-out split (seeded fixed cut), at most val_max_windows per
+        genome; shorter ones only for a genome whose held-out stretches are all shorter than a window."""
+        self.setup()
+        rule = WindowRule(self.k, self.rule.max_tokens, "fixed")
+        parts = []
+        for index, genome in enumerate(self.genomes):
+            windows = epoch_windows(genome.val_intervals, rule, self.seed, index, epoch=0)
+            full = windows.length == rule.max_nucleotides
+            if full.any():  # held-out stretches shorter than a window only count when nothing else exists
+                windows = windows.take(full)
+            parts.append(windows.take(slice(0, self.val_max_windows)))
+        if not sum(map(len, parts)):
+            raise DnabertError("no held-out validation data: set val_fraction > 0 or name val_contigs.")
+        return Windows.concatenate(parts)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world, _ = self._placement()
+        batches = _ValidationBatches(
+            self.genomes, self.validation_windows(), self.micro_batch_size, self.k, self.pad_to_multiple_of,
+            rank, world,
+        )
+        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory)
+
+
+def corpus_dataset(epoch: int = 0, split: str = "train", **settings: Any) -> datasets.IterableDataset:
+    """The exact windows of one epoch (per genome, in training order) as a `datasets.IterableDataset`.
+
+    Columns: sequence (upper case, reverse-complemented where training would), genome, contig, start, end.
+    `settings` are GenomeDataModule's arguments.
+    """
+    import datasets
+
+    if split not in ("train", "validation"):
+        raise DnabertError(f"split={split!r} must be 'train' or 'validation'.")
+    data = GenomeDataModule(**settings)
+    data.setup()
+    return datasets.IterableDataset.from_generator(
+        _corpus_rows, gen_kwargs={"data": data, "epoch": epoch, "split": split}
+    )
+
+
+def _corpus_rows(data: GenomeDataModule, epoch: int, split: str) -> Iterator[dict[str, Any]]:
+    letters = np.frombuffer(b"ATCG", dtype=np.uint8)
+    if split == "validation":
+        parts = [data.validation_windows()]
+    else:
+        parts = [
+            epoch_windows(genome.train_intervals, data.rule, data.seed, index, epoch, data.reverse_complement)
+            for index, genome in enumerate(data.genomes)
+        ]
+    for windows in parts:
+        for first in range(0, len(windows), 1024):
+            chunk = windows.take(slice(first, first + 1024))
+            batch = read_batch(data.genomes, chunk)
+            for codes, length, (genome, contig, start, end) in zip(
+                batch.codes, batch.lengths, batch.window.tolist(), strict=True
+            ):
+                yield {
+                    "sequence": letters[codes[:length]].tobytes().decode("ascii"),
+                    "genome": data.genomes[genome].name,
+                    "contig": data.genomes[genome].contig_names[contig],
+                    "start": start,
+                    "end": end,
+                }
