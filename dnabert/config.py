@@ -83,6 +83,12 @@ def _accumulation_resolver(global_batch: int, micro: int, accelerator: str, devi
                               int(num_nodes))
 
 
+def _wandb_run_id_resolver(run_dir: str) -> str:
+    from dnabert.cluster import wandb_run_id  # imported when used: cluster pulls in lightning
+
+    return wandb_run_id(run_dir)
+
+
 def register_resolvers() -> None:
     """Make the derived values usable in YAML: ${vocab_size:${k}}, ${accumulation:...}, ${mask_switch:...}."""
     resolvers = {
@@ -90,6 +96,7 @@ def register_resolvers() -> None:
         "accumulation": _accumulation_resolver,
         "mask_switch": lambda max_steps, final: mask_switch_step(int(max_steps), int(final)),
         "precision": auto_precision,
+        "wandb_run_id": _wandb_run_id_resolver,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

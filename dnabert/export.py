@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import BertForMaskedLM, BertTokenizer
 
 from dnabert.errors import DnabertError
-from dnabert.kmer import SPECIAL_TOKENS, check_k, vocab_size, vocab_tokens, write_vocab
+from dnabert.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.model import DnaBertForMaskedLM, ModelConfig
 
 LAYOUTS = ("original", "multimolecule")
@@ -273,7 +273,7 @@ def _model_card(config: ModelConfig, k: int, layout: str, card_config: dict | No
             "from transformers import BertForMaskedLM, BertTokenizer\n\n"
             "tokenizer = BertTokenizer.from_pretrained(path)\n"
             "model = BertForMaskedLM.from_pretrained(path)\n"
-            f'# input: upper-case, space-separated overlapping {k}-mers, e.g. "{" ".join(vocab_tokens(k)[5:8])}"'
+            f'# input: upper-case, space-separated overlapping {k}-mers, e.g. "{kmer_text("GATTACAGATTACA", k)}"'
         )
         vocabulary = (
             f"The original DNABERT vocabulary: {', '.join(SPECIAL_TOKENS)}, then all {4**k} {k}-mers in "
@@ -299,10 +299,11 @@ def _model_card(config: ModelConfig, k: int, layout: str, card_config: dict | No
         "following the DNABERT recipe (Ji et al., Bioinformatics 2021).\n",
         f"## Usage\n\n```python\n{usage}\n```\n",
         f"## Vocabulary\n\n{vocabulary}\n",
-        f"## Model configuration\n\n```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n",
+        "## Model configuration (dnabert's, in the DNABERT vocabulary)\n\n"
+        f"```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n",
     ]
     if card_config:
-        sections.append(f"## Training\n\n```json\n{json.dumps(card_config, indent=2, default=str)}\n```\n")
+        sections.append(f"## Training\n\n```json\n{json.dumps(_plain(card_config), indent=2, default=str)}\n```\n")
     return "\n".join(sections)
 
 

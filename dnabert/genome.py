@@ -114,7 +114,9 @@ class _FastaFile:
         self._pid: int | None = None
         self._faidx: pyfaidx.Faidx | None = None
         self._memmap: np.memmap | None = None
-        records = self._open_faidx().index
+        faidx = self._open_faidx()
+        records = faidx.index
+        faidx.close()
         if not records:
             raise DnabertError(
                 f"FASTA file {path} has no '>' header line; it is not a FASTA file (or is empty)."
@@ -147,6 +149,8 @@ class _FastaFile:
         data = self.memmap()
         size = data.shape[0]
         for name, (length, offset, line_bases, line_bytes) in self.records.items():
+            if length == 0:  # an empty record has no sequence line to check
+                continue
             last = offset + (length - 1) // line_bases * line_bytes + (length - 1) % line_bases
             line_end = offset + line_bases
             ok = (
@@ -407,7 +411,7 @@ def _load_or_scan(
 
 def scan_contig(fasta: _FastaFile, contig: _Contig) -> tuple[np.ndarray, np.ndarray, ContigStats]:
     """A/C/G/T runs [start, end) of one contig and its base counts, scanned in bounded-memory chunks."""
-    starts, ends = [], []
+    starts, ends = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     n_count = invalid_count = 0
     for chunk_start in range(0, contig.length, _SCAN_CHUNK):
         raw = _read_stretch(fasta, contig, chunk_start, min(_SCAN_CHUNK, contig.length - chunk_start))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from transformers import BertConfig
 from transformers.activations import ACT2FN
 
@@ -28,6 +29,7 @@ from dnabert.errors import DnabertError
 from dnabert.kmer import CLS_ID, PAD_ID, vocab_size
 
 IGNORE_INDEX = -100
+ATTENTION_BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
@@ -108,17 +110,33 @@ def packed_layout(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def attention_bias(key_mask: torch.Tensor, window_ids: torch.Tensor | None) -> torch.Tensor:
-    """Boolean (B, 1, T, T) mask for SDPA: True where a query may attend to a key.
+    """Boolean mask for SDPA: True where a query may attend to a key.
 
-    Keys must be real tokens (``key_mask``) in the query's window (when ``window_ids`` is given). Every token
-    may also attend to itself, so a padding query never has an empty row (an all-False row gives NaN in SDPA,
-    and NaN would leak into the gradients); real tokens are unaffected (they are keys of their own window).
+    One window per row (``window_ids`` None): a (B, 1, 1, T) key-padding mask, which SDPA broadcasts over the
+    queries and which keeps the memory-efficient kernel usable on GPU (a dense (B, 1, T, T) mask costs T^2
+    memory per row). A row without any real token may attend to everything, so it never has an empty softmax
+    (all-False gives NaN in SDPA, and NaN would leak into the gradients).
+
+    Packed rows: a dense (B, 1, T, T) mask, keys real and in the query's window; every token may also attend
+    to itself, so a padding query never has an empty row. Real tokens are unaffected either way.
     """
-    allowed = key_mask[:, None, :].expand(-1, key_mask.shape[1], -1)
-    if window_ids is not None:
-        allowed = allowed & (window_ids[:, :, None] == window_ids[:, None, :])
+    if window_ids is None:
+        return (key_mask | ~key_mask.any(dim=1, keepdim=True))[:, None, None, :]
+    allowed = key_mask[:, None, :] & (window_ids[:, :, None] == window_ids[:, None, :])
     diagonal = torch.eye(key_mask.shape[1], dtype=torch.bool, device=key_mask.device)
     return (allowed | diagonal)[:, None, :, :]
+
+
+def flex_block_mask(key_mask: torch.Tensor, window_ids: torch.Tensor) -> BlockMask:
+    """FlexAttention's block-sparse form of ``attention_bias`` for packed rows: only the tiles that hold a
+    window's keys and queries are computed, so attention costs the sum of squared window lengths, not T^2."""
+
+    def same_window(batch, head, query, key):
+        real_key = key_mask[batch, key]
+        return (real_key & (window_ids[batch, query] == window_ids[batch, key])) | (query == key)
+
+    batch, length = key_mask.shape
+    return create_block_mask(same_window, batch, None, length, length, device=key_mask.device)
 
 
 class Embeddings(nn.Module):
@@ -152,15 +170,28 @@ class SelfAttention(nn.Module):
         batch, length, hidden = projected.shape
         return projected.view(batch, length, self.num_heads, hidden // self.num_heads).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        context = F.scaled_dot_product_attention(
-            self._split_heads(self.query(hidden)),
-            self._split_heads(self.key(hidden)),
-            self._split_heads(self.value(hidden)),
-            attn_mask=mask,
-            dropout_p=self.dropout_prob if self.training else 0.0,
-        )
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
+        query, key, value = (self._split_heads(layer(hidden)) for layer in (self.query, self.key, self.value))
+        if isinstance(mask, BlockMask):
+            context = _flex_attention_for(hidden.device)(query, key, value, block_mask=mask)
+        else:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask, dropout_p=self.dropout_prob if self.training else 0.0
+            )
         return context.transpose(1, 2).flatten(2)
+
+
+_COMPILED_FLEX = None
+
+
+def _flex_attention_for(device: torch.device):
+    """FlexAttention needs torch.compile for its fused kernel on GPU; on CPU (tests) the eager reference runs."""
+    global _COMPILED_FLEX
+    if device.type != "cuda":
+        return flex_attention
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
+    return _COMPILED_FLEX
 
 
 class ResidualOutput(nn.Module):
@@ -182,7 +213,7 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)
         self.output = ResidualOutput(config.hidden_size, config)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
         return self.output(self.self(hidden, mask), hidden)
 
 
@@ -203,7 +234,7 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = ResidualOutput(config.intermediate_size, config)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
         attended = self.attention(hidden, mask)
         return self.output(self.intermediate(attended), attended)
 
@@ -213,7 +244,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
         for layer in self.layer:
             hidden = layer(hidden, mask)
         return hidden
@@ -260,16 +291,28 @@ class MaskedLMHead(nn.Module):
 class DnaBertForMaskedLM(nn.Module):
     """BERT + MLM head; its ``state_dict()`` has the keys and shapes of ``transformers.BertForMaskedLM``."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, attention: str = "sdpa") -> None:
+        """``attention``: "sdpa" (default; any device, attention dropout) or "flex" (FlexAttention for packed
+        rows: block-sparse, so packed rows cost no attention over other windows; no attention dropout, hence
+        it requires ``attention_probs_dropout_prob=0``). Rows with one window always use SDPA."""
         super().__init__()
+        if attention not in ATTENTION_BACKENDS:
+            raise DnabertError(f"model attention={attention!r} is unknown; choose one of {ATTENTION_BACKENDS}.")
+        if attention == "flex" and config.attention_probs_dropout_prob > 0:
+            raise DnabertError(
+                "FlexAttention has no attention dropout: set model.attention_probs_dropout_prob=0 "
+                "or use the sdpa attention."
+            )
         self.config = config
+        self.attention = attention
         self.bert = Bert(config)
         self.cls = MaskedLMHead(config)
         self.apply(self._init_weights)
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
     def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation: normal(0, initializer_range) weights, zero biases, LayerNorm 1/0."""
+        """BERT's initialisation: normal(0, initializer_range) weights, zero biases (the decoder's bias is
+        ``cls.predictions.bias``), LayerNorm 1/0, a zero [PAD] embedding."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=std)
@@ -280,8 +323,6 @@ class DnaBertForMaskedLM(nn.Module):
                 nn.init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, Predictions):
             nn.init.zeros_(module.bias)
 
     def encode(
@@ -300,6 +341,8 @@ class DnaBertForMaskedLM(nn.Module):
         elif position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         hidden = self.bert.embeddings(input_ids, position_ids)
+        if window_ids is not None and self.attention == "flex":
+            return self.bert.encoder(hidden, flex_block_mask(key_mask, window_ids))
         return self.bert.encoder(hidden, attention_bias(key_mask, window_ids))
 
     def forward(

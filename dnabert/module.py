@@ -54,7 +54,15 @@ class DnaBertLitModule(L.LightningModule):
         max_consecutive_nonfinite: int = 20,
         init_from: str | None = None,
         train_config: dict[str, Any] | None = None,
+        packed: bool = False,
+        compile_model: bool = False,
+        attention: str = "sdpa",
+        head_on_masked_only: bool = True,
     ) -> None:
+        """Performance levers, each with its off switch: ``packed``: rows hold several windows
+        (``data.pack_rows``); ``compile_model``: torch.compile the model in place, state-dict keys unchanged
+        (``model.compile``); ``attention``: "sdpa" or "flex" for packed rows (``model.attention``);
+        ``head_on_masked_only``: the MLM head runs on masked positions only (``model.head_on_masked_only``)."""
         super().__init__()
         self.save_hyperparameters()
         self.k = check_k(k)
@@ -64,11 +72,15 @@ class DnaBertLitModule(L.LightningModule):
                 f"model.vocab_size={config.vocab_size} does not fit k={k} (needs {vocab_size(k)}); "
                 "leave model.vocab_size at its default ${vocab_size:${k}}."
             )
-        self.model = DnaBertForMaskedLM(config)
+        self.model = DnaBertForMaskedLM(config, attention=attention)
+        self.packed = packed
+        self.head_on_masked_only = head_on_masked_only
         if init_from:
             from dnabert.export import load_pretrained_into
 
             load_pretrained_into(self.model, init_from, k)
+        if compile_model:  # dynamic: micro-batch widths (and packed row counts) vary from batch to batch
+            self.model.compile(dynamic=True)
         self.mask_mode = masking.get("mode", "whole_kmer")
         self.schedule = MaskSchedule(
             rate=masking["rate"], final_rate=masking["final_rate"], switch_step=masking.get("switch_step")
@@ -109,7 +121,8 @@ class DnaBertLitModule(L.LightningModule):
         """Loss and accuracy over masked positions only; the LM head runs on those positions alone."""
         input_ids, labels = batch["input_ids"], batch["labels"]
         masked = labels != IGNORE_INDEX
-        logits = self.model(input_ids, masked_positions=masked)
+        logits = self.model(input_ids, masked_positions=masked, packed=self.packed,
+                            head_on_masked_only=self.head_on_masked_only)
         targets = labels[masked]
         correct = (logits.argmax(dim=-1) == targets).sum()
         return {"loss": masked_lm_loss(logits, targets), "correct": correct, "count": masked.sum()}

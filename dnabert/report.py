@@ -28,6 +28,8 @@ from dnabert.errors import DnabertError  # noqa: E402
 LOSS_METRICS = ("train/loss", "val/loss")
 # A run whose loss never went more than this fraction below the uniform baseline has not learnt anything.
 FLAT_FRACTION = 0.05
+# ... unless it is still falling by more than this fraction of the baseline: then it is merely early.
+EARLY_DROP_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ def judge(losses: pd.Series, uniform: float | None) -> str:
         if last < uniform / 2:
             return f"healthy: the loss fell below ln(4^k)/2 = {uniform / 2:.3f}"
         if last > uniform * (1 - FLAT_FRACTION):
+            if first - last > EARLY_DROP_FRACTION * uniform:
+                return (f"early: the loss is still near the uniform baseline ln(4^k) = {uniform:.3f} but falling; "
+                        "judge again after more steps")
             return f"not learning: the loss is flat at the uniform baseline ln(4^k) = {uniform:.3f}"
     if last > best * 1.1:
         return "getting worse: the last loss is more than 10% above the best; check the learning rate"

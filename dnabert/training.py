@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from dnabert.callbacks import (
     ThroughputLogger,
     find_resume_checkpoint,
 )
-from dnabert.cluster import cluster_callbacks, cluster_plugins
+from dnabert.cluster import check_checkpoint_fits, check_launch, cluster_callbacks, cluster_plugins
 from dnabert.config import (
     accumulation_steps,
     auto_precision,
@@ -32,10 +33,11 @@ from dnabert.config import (
     resolve_device_count,
 )
 from dnabert.errors import DnabertError
-from dnabert.model import ModelConfig
 from dnabert.module import DnaBertLitModule
 
 log = logging.getLogger("dnabert")
+# Performance switches in the model config group that are not architecture: module argument -> config key.
+MODEL_LEVERS = {"compile_model": "compile", "attention": "attention", "head_on_masked_only": "head_on_masked_only"}
 
 # Masking lives in the LightningModule's batch hooks on purpose (it needs the optimiser step): not a mistake.
 warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|after)_batch_transfer`")
@@ -86,7 +88,7 @@ def make_plan(cfg: DictConfig) -> Plan:
 def check_output_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{socket.gethostname()}-{os.getpid()}"  # ranks/nodes probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as err:
@@ -99,6 +101,7 @@ def check_output_dir(run_dir: Path) -> None:
 def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     init_from = model_cfg.pop("init_from", None)
+    levers = {name: model_cfg.pop(key) for name, key in MODEL_LEVERS.items() if key in model_cfg}
     masking = OmegaConf.to_container(cfg.masking, resolve=True)
     masking["switch_step"] = plan.switch_step
     return DnaBertLitModule(
@@ -110,6 +113,8 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
         max_consecutive_nonfinite=cfg.max_consecutive_nonfinite,
         init_from=init_from,
         train_config=OmegaConf.to_container(cfg, resolve=True),
+        packed=bool(cfg.data.get("pack_rows", False)),
+        **levers,
     )
 
 
@@ -160,30 +165,17 @@ def build_trainer(cfg: DictConfig, plan: Plan) -> L.Trainer:
     return instantiate(trainer_cfg, _convert_="all")
 
 
-def describe_estimate(cfg: DictConfig, plan: Plan) -> str:
-    """`estimate=true`: the run's cost from the config alone, projected on `estimate_gpu` at `estimate_mfu`."""
-    from dnabert.estimate import estimate, format_estimate
-
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("init_from", None)
-    result = estimate(
-        ModelConfig.from_dict(model_cfg), k=cfg.k, max_tokens=cfg.data.max_tokens,
-        global_batch_size=cfg.global_batch_size, max_steps=cfg.max_steps,
-        micro_batch_size=cfg.data.micro_batch_size, devices=plan.devices, num_nodes=plan.num_nodes,
-        gpu_name=cfg.estimate_gpu, mfu=cfg.estimate_mfu, length_rule=cfg.data.length_rule,
-        mask_rate=cfg.masking.rate,
-    )
-    return format_estimate(result)
-
-
 def run(cfg: DictConfig) -> Path | None:
     """Train (or only estimate) as the config says; returns the run directory."""
     route_lightning_logs_through_root()
     plan = make_plan(cfg)
     if cfg.estimate:
-        print(describe_estimate(cfg, plan))
+        from dnabert.estimate import estimate_from_config
+
+        print(estimate_from_config(cfg, plan.devices, plan.num_nodes))
         return None
     check_output_dir(plan.run_dir)
+    check_launch(cfg.trainer, cfg.logger, plan.devices, plan.num_nodes)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         log.info(plan.describe(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -191,5 +183,7 @@ def run(cfg: DictConfig) -> Path | None:
     module = build_module(cfg, plan)
     trainer = build_trainer(cfg, plan)
     ckpt_path = resolve_ckpt_path(cfg, plan.run_dir)
+    if ckpt_path:
+        check_checkpoint_fits(ckpt_path, cfg.k, cfg.model)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return plan.run_dir

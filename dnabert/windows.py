@@ -191,6 +191,10 @@ class WindowStream:
         self._mix_counts: dict[int, np.ndarray] = {}
         self._last_chunk: tuple[int, np.ndarray, np.ndarray] = (-1, np.zeros(0, np.int64), np.zeros(0, np.int64))
 
+    def __getstate__(self) -> dict:
+        # Spawned workers recompute epochs themselves; don't pickle an epoch's arrays (~100 MB on GRCh38).
+        return {**self.__dict__, "_epochs": OrderedDict()}
+
     def epoch(self, genome_index: int, epoch: int) -> Windows:
         """One genome's epoch (the last few are kept: consecutive micro-batches mostly hit the same one)."""
         key = (genome_index, epoch)

@@ -47,3 +47,18 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not beside this checkout")
     return SHARED
+
+
+def tiny_run_overrides(output_root: Path, run_name: str = "test", **extra: object) -> list[str]:
+    """A seconds-long run on the bundled genome: a 1-layer model, short windows, small batches."""
+    settings: dict[str, object] = {
+        "model.hidden_size": 32, "model.num_hidden_layers": 1, "model.num_attention_heads": 2,
+        "model.intermediate_size": 64, "data.max_tokens": 64, "data.micro_batch_size": 4,
+        "data.num_workers": 0, "data.val_max_windows": 16, "global_batch_size": 8, "max_steps": 6,
+        "masking.final_rate_steps": 2, "optim.warmup_steps": 2, "trainer.val_every_n_steps": 3,
+        "trainer.log_every_n_steps": 1, "trainer.enable_model_summary": False,
+        "callbacks.model_checkpoint.every_n_train_steps": 2, "export": False,
+        "run_name": run_name, "paths.output_root": str(output_root),
+    }
+    settings.update(extra)
+    return [f"{key}={value}" for key, value in settings.items()]

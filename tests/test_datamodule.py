@@ -29,7 +29,8 @@ def fastas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def make_data(fastas: dict[str, Path], tmp_path: Path, weights=(1.0, 1.0), **settings) -> GenomeDataModule:
-    genomes = [{"name": name, "fasta": str(path), "weight": w} for (name, path), w in zip(fastas.items(), weights, strict=True)]
+    pairs = zip(fastas.items(), weights, strict=True)
+    genomes = [{"name": name, "fasta": str(path), "weight": weight} for (name, path), weight in pairs]
     options = {"k": 6, "micro_batch_size": B, "num_workers": 0, "seed": 11, "pin_memory": False,
                "val_fraction": 0.1, "val_block_size": 2000, "cache_dir": tmp_path / "cache", **settings}
     return GenomeDataModule(genomes, **options)
@@ -68,11 +69,13 @@ def test_collate_pads_to_the_multiple():
     assert ids[1].tolist()[:8] == [CLS_ID, 5, 5, 5, 5, 5, SEP_ID, PAD_ID]
 
 
-def test_ranks_and_workers_partition_the_stream(fastas, tmp_path):
-    world, per_rank = 2, 6
+@pytest.mark.parametrize("batches_per_transfer", [1, 4])
+def test_ranks_and_workers_partition_the_stream(fastas, tmp_path, batches_per_transfer):
+    world, per_rank = 2, 10
     seen: list[tuple[int, ...]] = []
     for rank in range(world):
-        data = make_data(fastas, tmp_path, num_workers=2, rank=rank, world_size=world, start_position=0)
+        data = make_data(fastas, tmp_path, num_workers=2, rank=rank, world_size=world, start_position=0,
+                         batches_per_transfer=batches_per_transfer)
         loader = data.train_dataloader()
         direct = data.train_stream()
         for local_index, batch in zip(range(per_rank), loader, strict=False):

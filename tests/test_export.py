@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import transformers
+from omegaconf import OmegaConf
 
 from dnabert.errors import DnabertError
 from dnabert.export import (
@@ -99,6 +100,18 @@ def test_checkpoint_and_run_dir_export(model, tmp_path, capsys):
     assert_transformers_logits_equal(model, tmp_path / "from_cli")
 
 
+def test_checkpoint_with_omegaconf_hyper_parameters(model, tmp_path):
+    """Hyper-parameters taken from a Hydra config arrive as OmegaConf containers."""
+    hyper_parameters = OmegaConf.create(
+        {"k": K, "model_config": model.config.to_dict(), "train_config": {"optim": {"betas": [0.9, 0.98]}}}
+    )
+    lightning_checkpoint(model, tmp_path / "hydra.ckpt", hyper_parameters=hyper_parameters)
+    out_dir = export_checkpoint(tmp_path / "hydra.ckpt", tmp_path / "out")
+    assert_transformers_logits_equal(model, out_dir)
+    card = (out_dir / "README.md").read_text()
+    assert '"betas": [\n' in card
+
+
 def test_bad_checkpoints_are_clear_errors(model, tmp_path, capsys):
     assert main([str(tmp_path / "typo.ckpt"), str(tmp_path / "out")]) == 2
     assert "typo.ckpt does not exist" in capsys.readouterr().err
@@ -115,6 +128,11 @@ def test_bad_checkpoints_are_clear_errors(model, tmp_path, capsys):
     lightning_checkpoint(model, tmp_path / "wrong.ckpt", hyper_parameters=wrong_size)
     with pytest.raises(DnabertError, match="do not fit"):
         export_checkpoint(tmp_path / "wrong.ckpt", tmp_path / "out")
+
+
+def test_export_of_a_compiled_model_has_plain_keys(model, tmp_path):
+    out_dir = export_model(torch.compile(model), K, tmp_path / "compiled")  # compiles nothing until called
+    assert_transformers_logits_equal(model, out_dir)
 
 
 def test_export_refuses_wrong_k_and_foreign_directories(model, tmp_path):

@@ -212,12 +212,14 @@ def _read_in_workers(genome: Genome, starts: np.ndarray, length: int) -> np.ndar
         def __len__(self) -> int:
             return len(starts)
 
-        def __getitem__(self, index: int) -> np.ndarray:
-            return genome.read_codes(0, starts[index : index + 1], length)[0]
+        def __getitem__(self, index: int) -> tuple[np.ndarray, bool]:
+            codes = genome.read_codes(0, starts[index : index + 1], length)[0]
+            return codes, genome.files[0]._pid == os.getpid()  # the handle in use was opened by this worker
 
-    loader = torch.utils.data.DataLoader(Reads(), batch_size=None, num_workers=2,
-                                         multiprocessing_context="fork")
-    return np.stack([np.asarray(row) for row in loader])
+    loader = torch.utils.data.DataLoader(Reads(), batch_size=None, num_workers=2, multiprocessing_context="fork")
+    rows = list(loader)
+    assert all(own_handle for _, own_handle in rows)
+    return np.stack([np.asarray(codes) for codes, _ in rows])
 
 
 @pytest.mark.parametrize("bgzip", [False, True])
@@ -228,7 +230,7 @@ def test_handles_opened_in_parent_are_reopened_in_forked_workers(tmp_path, synth
     genome = open_genome(fasta)
     genome.read_codes(0, np.array([0]), 10)  # opens the mmap / pyfaidx handle in the parent
     parent_pid = os.getpid()
-    starts = np.random.default_rng(0).integers(0, 19_000, 300)
+    starts = np.random.default_rng(0).integers(0, 19_000, 400)
     codes = _read_in_workers(genome, starts, 200)
     expected = np.stack([encode_nucleotides(records["ctgA"][s : s + 200]) for s in starts])
     assert np.array_equal(codes, expected)

@@ -71,6 +71,7 @@ def test_png_and_numbers_match_the_csv(tmp_path):
     ("losses", "verdict"),
     [
         ([8.3, 8.3, 8.29, 8.3, 8.31, 8.3, 8.3, 8.3, 8.29, 8.3], "not learning"),
+        ([8.3, 8.28, 8.25, 8.22, 8.2, 8.17, 8.15, 8.12, 8.1, 8.08], "early"),  # a real demo run at step 90
         ([8.3, 7.0, 6.0, 5.5, 5.0, 4.8, 4.6, 4.5, 4.4, 4.3], "learning, not there yet"),
         ([8.3, 6.0, 4.0, 3.0, float("nan"), float("nan"), 3.0, 3.0, 3.0, 3.0], "diverged"),
         ([8.3, 3.0, 2.0, 1.5, 1.4, 1.4, 1.4, 1.4, 1.4, 1.4], "healthy"),

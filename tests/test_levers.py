@@ -1,0 +1,159 @@
+"""Every performance lever computes the same thing as its switched-off form (CPU, tiny model, fixed shapes).
+
+torch.compile: the default test compiles with the "aot_eager" backend (dynamo tracing + AOTAutograd, the
+graph capture that can go wrong in our code) in seconds; the inductor code generator takes 30-80 s on 2 CPU
+cores, so the inductor test runs only with DNABERT_TEST_INDUCTOR=1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from dnabert.errors import DnabertError
+from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID
+from dnabert.masking import mask_batch
+from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, attention_bias, masked_lm_loss
+from dnabert.module import DnaBertLitModule
+from dnabert.packing import pack_rows, place
+
+K = 3
+VOCAB = 4**K + 5
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def batch_of(lengths: list[int], seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.full((len(lengths), -(-max(lengths) // 8) * 8), PAD_ID)
+    for row, length in enumerate(lengths):
+        rows[row, 0], rows[row, length - 1] = CLS_ID, SEP_ID
+        rows[row, 1 : length - 1] = torch.randint(5, VOCAB, (length - 2,), generator=generator)
+    return rows
+
+
+def masked_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    return mask_batch(batch_of(lengths, seed), K, 0.3, torch.Generator().manual_seed(seed + 1))
+
+
+def loss_and_grads(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **options):
+    model.zero_grad()
+    masked = labels != IGNORE_INDEX
+    loss = masked_lm_loss(model(input_ids, masked_positions=masked, **options), labels[masked])
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_loss_and_grads(first, second, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(second[0], first[0], atol=atol, rtol=1e-5)
+    assert first[1].keys() == second[1].keys()
+    for name, grad in first[1].items():
+        torch.testing.assert_close(second[1][name], grad, atol=atol, rtol=1e-4, msg=name)
+
+
+def test_key_padding_mask_equals_the_dense_mask():
+    """One window per row: the broadcast (B,1,1,T) mask gives the dense mask's outputs at real tokens."""
+    torch.manual_seed(0)
+    model = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT)).eval()
+    input_ids = batch_of([20, 9, 14])
+    key_mask = input_ids != PAD_ID
+    assert attention_bias(key_mask, None).shape == (3, 1, 1, 24)
+    with torch.no_grad():
+        hidden = model.bert.embeddings(input_ids, torch.arange(24).expand_as(input_ids))
+        broadcast = model.bert.encoder(hidden, attention_bias(key_mask, None))
+        dense = attention_bias(key_mask, torch.zeros_like(input_ids))  # one window: the dense form
+        reference = model.bert.encoder(hidden, dense)
+    torch.testing.assert_close(broadcast[key_mask], reference[key_mask], atol=1e-5, rtol=0)
+
+
+def test_masked_only_head_gives_the_full_heads_loss_and_gradients():
+    torch.manual_seed(0)
+    model = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT))
+    input_ids, labels = masked_batch([24, 11, 17])
+    assert_same_loss_and_grads(
+        loss_and_grads(model, input_ids, labels, head_on_masked_only=False),
+        loss_and_grads(model, input_ids, labels, head_on_masked_only=True),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_equals_sdpa_on_packed_rows():
+    """Forward only: FlexAttention has no backward on CPU (its gradients are torch's to test, on GPU)."""
+    torch.manual_seed(0)
+    config = ModelConfig(**TINY, **NO_DROPOUT)
+    sdpa = DnaBertForMaskedLM(config).eval()
+    flex = DnaBertForMaskedLM(config, attention="flex").eval()
+    flex.load_state_dict(sdpa.state_dict())
+    input_ids, labels = masked_batch([30, 7, 18, 12, 30, 5])
+    packed_ids, plan = pack_rows(input_ids, row_tokens=32)
+    masked = place(labels, plan, IGNORE_INDEX) != IGNORE_INDEX
+    with torch.no_grad():
+        expected = sdpa(packed_ids, masked_positions=masked, packed=True)
+        torch.testing.assert_close(flex(packed_ids, masked_positions=masked, packed=True), expected,
+                                   atol=1e-5, rtol=1e-5)
+        leaky = sdpa(packed_ids, masked_positions=masked, packed=False)
+    assert (leaky - expected).abs().max() > 1e-3  # the block mask really separates the windows
+
+
+def test_flex_attention_refuses_attention_dropout():
+    with pytest.raises(DnabertError, match="attention_probs_dropout_prob=0"):
+        DnaBertForMaskedLM(ModelConfig(**TINY, attention_probs_dropout_prob=0.1), attention="flex")
+    with pytest.raises(DnabertError, match="unknown"):
+        DnaBertForMaskedLM(ModelConfig(**TINY), attention="flash")
+
+
+def compiled_equals_eager(backend: str) -> None:
+    torch.manual_seed(0)
+    eager = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT))
+    compiled = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT))
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(backend=backend, dynamic=True)
+    for seed, lengths in enumerate(([24, 11, 17], [13, 16])):  # a second shape: no recompile needed
+        input_ids, labels = masked_batch(lengths, seed)
+        assert_same_loss_and_grads(loss_and_grads(eager, input_ids, labels),
+                                   loss_and_grads(compiled, input_ids, labels), atol=1e-4)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # in-place compile: no _orig_mod. keys
+
+
+def test_compiled_equals_eager_graph_capture():
+    torch._dynamo.reset()
+    compiled_equals_eager("aot_eager")
+
+
+@pytest.mark.skipif(os.environ.get("DNABERT_TEST_INDUCTOR") != "1", reason="inductor compile takes 30-80 s on CPU")
+def test_compiled_equals_eager_inductor():
+    torch._dynamo.reset()
+    compiled_equals_eager("inductor")
+
+
+def test_fused_adamw_step_equals_the_loop_implementation():
+    torch.manual_seed(0)
+    models = [DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    input_ids, labels = masked_batch([24, 11, 17])
+    for model, fused in zip(models, (False, True), strict=True):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6,
+                                      weight_decay=0.01, fused=fused, foreach=False if not fused else None)
+        for _ in range(3):
+            loss_and_grads(model, input_ids, labels)
+            optimizer.step()
+    for (name, first), second in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(second, first, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_module_switches_reach_the_model():
+    settings = dict(k=K, model_config={**TINY, **NO_DROPOUT}, masking={"rate": 0.15, "final_rate": 0.2},
+                    optim={"lr": 1e-3})
+    default = DnaBertLitModule(**settings)
+    assert (default.packed, default.head_on_masked_only, default.model.attention) == (False, True, "sdpa")
+    levers = DnaBertLitModule(**settings, packed=True, head_on_masked_only=False, attention="flex")
+    assert (levers.packed, levers.head_on_masked_only, levers.model.attention) == (True, False, "flex")
+    input_ids, labels = masked_batch([30, 7, 18, 12])
+    packed_ids, plan = pack_rows(input_ids, row_tokens=32)
+    levers.model.attention = "sdpa"  # same weights, CPU-friendly attention: the packed flag is what matters
+    levers.model.load_state_dict(default.model.state_dict())
+    unpacked_loss = default.masked_lm_outputs({"input_ids": input_ids, "labels": labels})["loss"]
+    packed_loss = levers.masked_lm_outputs({"input_ids": packed_ids, "labels": place(labels, plan, IGNORE_INDEX)})
+    torch.testing.assert_close(packed_loss["loss"], unpacked_loss, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,90 @@
+"""Exact resume: a run killed with SIGKILL and started again reaches the same weights and losses as a run that was
+never interrupted; checkpoints are kept K at a time, a corrupt newest one falls back to the one before, and
+`ckpt_path=` picks one explicitly. A checkpoint of another k or model size is refused by name."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from dnabert.errors import DnabertError
+from dnabert.training import run
+from tests.training_runs import (
+    assert_same_weights,
+    checkpoint,
+    final_weights,
+    finish,
+    metric_by_step,
+    run_dir,
+    start_training,
+    train,
+    wait_for,
+)
+
+STEPS = ("max_steps=40", "trainer.val_every_n_steps=12")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output_root = tmp_path_factory.mktemp("resume")
+    train(output_root, "uninterrupted", *STEPS)
+    return run_dir(output_root, "uninterrupted")
+
+
+def test_only_the_newest_checkpoints_are_kept(uninterrupted: Path) -> None:
+    kept = sorted(p.name for p in (uninterrupted / "checkpoints").glob("*.ckpt"))
+    assert kept == ["last.ckpt", "step=0000032.ckpt", "step=0000036.ckpt", "step=0000040.ckpt"]
+    assert checkpoint(uninterrupted / "checkpoints" / "last.ckpt")["global_step"] == 40
+
+
+def test_killed_run_resumes_exactly_even_from_a_corrupt_newest_checkpoint(uninterrupted: Path) -> None:
+    output_root = uninterrupted.parent.parent
+    process = start_training(output_root, "killed", *STEPS)
+    checkpoints = run_dir(output_root, "killed") / "checkpoints"
+    wait_for(checkpoints / "step=0000008.ckpt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    saved_steps = {checkpoint(p)["global_step"] for p in checkpoints.glob("step=*.ckpt")}
+    assert max(saved_steps) < 40, "the run finished before it was killed: nothing was tested"
+
+    # The newest checkpoint is damaged (a kill while copying it, a full disk): the one before it must be used.
+    newest = max(checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    output = train(output_root, "killed", *STEPS)
+    assert f"Checkpoint {newest} is unreadable" in output
+    assert "Restoring states from the checkpoint path" in output
+
+    resumed = run_dir(output_root, "killed")
+    assert_same_weights(final_weights(resumed), final_weights(uninterrupted))
+    for metric in ("train/loss", "val/loss", "mask_rate", "lr"):
+        expected, got = metric_by_step(uninterrupted, metric), metric_by_step(resumed, metric)
+        assert expected.keys() == got.keys(), metric
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), metric
+
+
+def test_ckpt_path_picks_a_checkpoint_explicitly(uninterrupted: Path) -> None:
+    output_root = uninterrupted.parent.parent
+    chosen = uninterrupted / "checkpoints" / "step=0000032.ckpt"
+    process = start_training(output_root, "forked", *STEPS, f"ckpt_path={chosen}")
+    output = finish(process)
+    assert f"Restoring states from the checkpoint path at {chosen}" in output
+    forked = run_dir(output_root, "forked")
+    assert min(metric_by_step(forked, "train/loss")) > 32  # it started at step 32, not 0
+    assert_same_weights(final_weights(forked), final_weights(uninterrupted))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [(["k=5"], "k=6 (this run: k=5)"), (["model.hidden_size=64"], "model.hidden_size=32 (this run: 64)")],
+)
+def test_checkpoint_of_another_model_is_refused_by_name(compose_config, uninterrupted: Path, tmp_path: Path,
+                                                        overrides: list[str], setting: str) -> None:
+    from tests.training_runs import TINY
+
+    cfg = compose_config(*TINY, f"paths.output_root={tmp_path}", "run_name=other",
+                         f"ckpt_path={uninterrupted / 'checkpoints' / 'last.ckpt'}", *overrides)
+    with pytest.raises(DnabertError, match=f"trained with {setting}"):
+        run(cfg)

@@ -1,0 +1,57 @@
+"""wandb without network or key: offline runs in the run directory, one per run (rank 0 only), the same wandb id
+after a resume; online without credentials is refused before any DDP rank starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dnabert.cluster import wandb_run_id
+from dnabert.errors import DnabertError
+from dnabert.training import run
+from tests.training_runs import TINY, metric_by_step, run_dir, train
+
+
+def offline_runs(directory: Path) -> list[Path]:
+    return sorted((directory / "wandb").glob("offline-run-*"))
+
+
+def test_offline_wandb_logs_rank_zero_only_and_keeps_its_id_across_a_resume(tmp_path: Path) -> None:
+    train(tmp_path, "tracked", "logger=wandb", "trainer=cpu_ddp", "trainer.devices=2")
+    directory = run_dir(tmp_path, "tracked")
+    run_id = (directory / "wandb_run_id").read_text().strip()
+    first = offline_runs(directory)
+    assert len(first) == 1 and first[0].name.endswith(f"-{run_id}")  # two ranks, one wandb run
+    assert list(first[0].glob("*.wandb")), "no wandb record file: nothing would be synced"
+    config = (first[0] / "files" / "config.yaml").read_text()
+    assert str(directory) in config  # the run directory
+    assert "global_batch_size" in config and "micro_batch_size" in config  # the resolved config
+
+    # Resuming (here with one process and accumulation 2 instead of two processes) continues the same wandb run.
+    output = train(tmp_path, "tracked", "logger=wandb", "trainer.devices=1", "max_steps=16")
+    assert "Restoring states from the checkpoint path" in output
+    runs = offline_runs(directory)
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
+    assert max(metric_by_step(directory, "train/loss")) == 15  # the CSV log goes on beside wandb
+
+
+def test_online_without_credentials_is_refused_before_launch(compose_config, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_config(*TINY, f"paths.output_root={tmp_path}", "logger=wandb", "trainer=cpu_ddp")
+    with pytest.raises(DnabertError, match=r"no W&B API key .* WANDB_MODE=offline .* wandb sync"):
+        run(cfg)
+    # With a key it passes the check (nothing is contacted here: the check only looks for credentials).
+    (tmp_path / "no-netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    from dnabert.cluster import check_wandb
+
+    check_wandb(cfg.logger)
+
+
+def test_run_id_is_created_once_per_run_directory(tmp_path: Path) -> None:
+    first = wandb_run_id(str(tmp_path / "run"))
+    assert wandb_run_id(str(tmp_path / "run")) == first
+    assert wandb_run_id(str(tmp_path / "other")) != first
