@@ -216,7 +216,8 @@ class GenomeDataModule(L.LightningDataModule):
     genomes: GenomeSource objects or dicts (name, fasta, weight, include, exclude); k, max_tokens and
     length_rule ("original" | "fixed") fix the windows; val_fraction of each genome's bp (in seeded blocks of
     val_block_size bp) plus the named val_contigs are held out; val_max_windows caps the validation windows per
-    genome. batches_per_transfer micro-batches travel from a worker together (see MicroBatchStream).
+    genome; split_seed places the held-out blocks (apart from the training seed, so that runs with different
+    seeds are evaluated on the same held-out set). batches_per_transfer micro-batches travel from a worker together (see MicroBatchStream).
     rank, world_size and start_position (rank-local micro-batch) default to the attached trainer's
     global_rank, world_size and global_step * accumulate_grad_batches.
     """
@@ -234,10 +235,11 @@ class GenomeDataModule(L.LightningDataModule):
         val_block_size: int = 10_000,
         val_contigs: Sequence[str] = (),
         val_max_windows: int = 2000,
+        split_seed: int = 0,
         reverse_complement: bool = False,
         cache_dir: str | Path | None = None,
         pad_to_multiple_of: int = 8,
-        pin_memory: bool = True,
+        pin_memory: bool = torch.cuda.is_available(),
         batches_per_transfer: int = 8,
         rank: int | None = None,
         world_size: int | None = None,
@@ -254,6 +256,7 @@ class GenomeDataModule(L.LightningDataModule):
         self.val_block_size = val_block_size
         self.val_contigs = list(val_contigs)
         self.val_max_windows = val_max_windows
+        self.split_seed = split_seed
         self.reverse_complement = reverse_complement
         self.cache_dir = cache_dir
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -278,7 +281,7 @@ class GenomeDataModule(L.LightningDataModule):
             genome = Genome.open(source, self.k, HeldOut(val_fraction=0.0), self.cache_dir)
             names = set(genome.contig_names)
             own_val_contigs = [name for name in self.val_contigs if name in names]
-            genome.split(HeldOut(self.val_fraction, self.val_block_size, own_val_contigs, self.seed))
+            genome.split(HeldOut(self.val_fraction, self.val_block_size, own_val_contigs, self.split_seed))
             unmatched -= names
             self.genomes.append(genome)
         if unmatched:
@@ -338,7 +341,7 @@ class GenomeDataModule(L.LightningDataModule):
         rule = WindowRule(self.k, self.rule.max_tokens, "fixed")
         parts = []
         for index, genome in enumerate(self.genomes):
-            windows = epoch_windows(genome.val_intervals, rule, self.seed, index, epoch=0)
+            windows = epoch_windows(genome.val_intervals, rule, self.split_seed, index, epoch=0)
             full = windows.length == rule.max_nucleotides
             if full.any():  # held-out stretches shorter than a window only count when nothing else exists
                 windows = windows.take(full)

@@ -84,7 +84,9 @@ def test_ranks_and_workers_partition_the_stream(fastas, tmp_path, batches_per_tr
     stream = make_data(fastas, tmp_path).train_stream().source.stream.windows(0, world * per_rank * B)
     expected = list(zip(stream.genome.tolist(), stream.contig.tolist(), stream.start.tolist(),
                         (stream.start + stream.length).tolist(), strict=True))
-    assert len(seen) == len(set(seen)) == world * per_rank * B
+    # The shards together are exactly the stream: nothing twice, nothing skipped. (A window may recur in a later
+    # epoch, e.g. an interval shorter than one window, so equality is of multisets, not sets.)
+    assert len(seen) == world * per_rank * B
     assert sorted(seen) == sorted(expected)
 
 

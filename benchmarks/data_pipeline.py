@@ -1,0 +1,195 @@
+"""Data-path throughput, FASTA -> masked micro-batch: ours beside the original DNABERT's way, same windows, one run.
+
+Ours: the real training loader (GenomeDataModule.train_dataloader: window stream, genome mmap reads,
+vectorised k-mer ids, collation, dataloader workers), optional packing (dnabert.packing), then
+dnabert.masking.mask_batch on the CPU batch. In training masking runs on the GPU; doing it here on the CPU is
+the worst case for the data path.
+
+Reference, written the way the original DNABERT did it: each window read as a string (pyfaidx), turned into
+space-joined k-mer text, tokenised by transformers' BertTokenizer over the k-mer vocabulary (padded to
+max_tokens), special tokens found per sequence with the tokenizer, and span masking expanded by a Python loop per
+sequence. (transformers 5's BertTokenizer is the Rust-backed one, faster than the Python tokenizer DNABERT used,
+so the ratio printed here understates our advantage over the original.)
+
+    python -m benchmarks.data_pipeline                         # bundled 1 Mbp genome, full-length windows
+    python -m benchmarks.data_pipeline --length-rule original --workers 2 4
+    python -m benchmarks.data_pipeline --synthetic-mbp 200     # a 200 Mbp random FASTA in /tmp (page cache cold-ish)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyfaidx
+import torch
+
+from dnabert.datamodule import GenomeDataModule
+from dnabert.genome import Genome, GenomeSource, HeldOut
+from dnabert.kmer import PAD_ID, write_vocab
+from dnabert.masking import centre_rate_for, mask_batch
+from dnabert.packing import pack_batch
+from dnabert.windows import WindowRule, WindowStream
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
+
+
+def synthetic_fasta(megabases: int, directory: Path) -> Path:
+    """A random A/C/G/T FASTA of `megabases` Mbp in 10 contigs (60 bp lines), made once and reused."""
+    path = directory / f"dnabert_bench_{megabases}mbp.fa"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"ACGT", dtype=np.uint8)
+    contig_bp = megabases * 1_000_000 // 10
+    full_lines = contig_bp // 60
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as handle:
+        for contig in range(10):
+            bases = letters[rng.integers(0, 4, contig_bp)]
+            lines = np.full((full_lines, 61), ord("\n"), dtype=np.uint8)
+            lines[:, :60] = bases[: full_lines * 60].reshape(full_lines, 60)
+            tail = bases[full_lines * 60 :].tobytes()
+            handle.write(f">chr{contig + 1}\n".encode() + lines.tobytes() + (tail + b"\n" if tail else b""))
+    partial.rename(path)
+    return path
+
+
+def masked_batches(loader: Iterable[dict[str, torch.Tensor]], k: int, rate: float,
+                   pack_row_tokens: int | None) -> Iterator[dict[str, torch.Tensor]]:
+    """Our micro-batches from the real training loader, packed if asked, masked on the CPU (the worst case)."""
+    for index, batch in enumerate(loader):
+        if pack_row_tokens:
+            batch = pack_batch(batch, pack_row_tokens)
+        generator = torch.Generator().manual_seed(index)
+        batch["input_ids"], batch["labels"] = mask_batch(batch["input_ids"], k, rate, generator)
+        yield batch
+
+
+class ReferencePipeline:
+    """The original DNABERT data path on the same windows: strings, k-mer text, BertTokenizer, Python masking."""
+
+    def __init__(self, genome: Genome, stream: WindowStream, k: int, max_tokens: int, vocab_dir: Path) -> None:
+        from transformers import BertTokenizer
+
+        self.fasta = pyfaidx.Fasta(str(genome.source.fasta_paths[0]), as_raw=True, sequence_always_upper=True)
+        self.contig_names = genome.contig_names
+        self.stream, self.k, self.max_tokens = stream, k, max_tokens
+        self.tokenizer = BertTokenizer(vocab=str(write_vocab(k, vocab_dir / "vocab.txt")), do_lower_case=False)
+        self.span = list(range(-((k - 1) // 2), k - (k - 1) // 2))  # the k tokens around a span centre
+
+    def batch(self, first: int, count: int, rate: float) -> dict[str, torch.Tensor]:
+        windows = self.stream.windows(first, count)
+        texts = []
+        for contig, start, length in zip(windows.contig, windows.start, windows.length, strict=True):
+            sequence = self.fasta[self.contig_names[contig]][int(start) : int(start + length)]
+            texts.append(" ".join(sequence[i : i + self.k] for i in range(len(sequence) - self.k + 1)))
+        encoded = self.tokenizer(texts, max_length=self.max_tokens, padding="max_length", truncation=True)
+        input_ids = torch.tensor(encoded["input_ids"])
+        return self.mask(input_ids, centre_rate_for(rate, self.k))
+
+    def mask(self, input_ids: torch.Tensor, centre_rate: float) -> dict[str, torch.Tensor]:
+        labels = input_ids.clone()
+        special = [self.tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
+                   for row in input_ids.tolist()]
+        probability = torch.full(input_ids.shape, centre_rate)
+        probability.masked_fill_(torch.tensor(special, dtype=torch.bool) | (input_ids == PAD_ID), 0.0)
+        centres = torch.bernoulli(probability).bool()
+        masked = torch.zeros_like(centres)
+        for row in range(input_ids.shape[0]):  # the per-sequence span expansion of the original
+            last = int(torch.nonzero(probability[row]).max()) if probability[row].any() else 0
+            covered = set()
+            for centre in torch.nonzero(centres[row]).flatten().tolist():
+                covered.update(i for i in (centre + offset for offset in self.span) if 1 <= i <= last)
+            masked[row, sorted(covered)] = True
+        labels[~masked] = -100
+        replace = torch.bernoulli(torch.full(labels.shape, 0.8)).bool() & masked
+        input_ids[replace] = self.tokenizer.mask_token_id
+        randomise = torch.bernoulli(torch.full(labels.shape, 0.5)).bool() & masked & ~replace
+        input_ids[randomise] = torch.randint(len(self.tokenizer), labels.shape)[randomise]
+        return {"input_ids": input_ids, "labels": labels}
+
+
+def timed(batches: Iterator[dict[str, torch.Tensor]], seconds: float, warmup: int = 2) -> tuple[float, float]:
+    """(windows/s, real tokens/s) over whole batches for about `seconds`, after `warmup` batches."""
+    for _ in range(warmup):
+        next(batches)
+    windows = tokens = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = next(batches)
+        windows += batch["window"].shape[0] if "window" in batch else batch["input_ids"].shape[0]
+        tokens += int((batch["input_ids"] != PAD_ID).sum())
+    elapsed = time.perf_counter() - start
+    return windows / elapsed, tokens / elapsed
+
+
+def reference_batches(reference: ReferencePipeline, micro_batch: int, rate: float) -> Iterator[dict]:
+    index = 0
+    while True:
+        yield reference.batch(index * micro_batch, micro_batch, rate)
+        index += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fasta", type=Path, default=BUNDLED_FASTA)
+    parser.add_argument("--synthetic-mbp", type=int, default=0, help="generate a random FASTA of this size in /tmp")
+    parser.add_argument("--k", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--length-rule", default="fixed", choices=("fixed", "original"),
+                        help="fixed: every window full length (the target's unit); original: the recipe's mix")
+    parser.add_argument("--micro-batch", type=int, default=64, help="windows per micro-batch")
+    parser.add_argument("--pack-row-tokens", type=int, default=0, help="pack windows into rows of this many tokens")
+    parser.add_argument("--rate", type=float, default=0.15)
+    parser.add_argument("--workers", type=int, nargs="*", default=[2], help="DataLoader worker counts to measure")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per configuration")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    fasta = synthetic_fasta(args.synthetic_mbp, Path(tempfile.gettempdir())) if args.synthetic_mbp else args.fasta
+    cache_dir = Path(tempfile.gettempdir()) / "dnabert_bench_cache"
+    genome = Genome.open(GenomeSource("bench", fasta), args.k, HeldOut(val_fraction=0.0), cache_dir)
+    rule = WindowRule(args.k, args.max_tokens, args.length_rule)
+    stream = WindowStream([genome.train_intervals], [1.0], rule, seed=0)
+
+    def ours(workers: int) -> Iterator[dict[str, torch.Tensor]]:
+        data = GenomeDataModule(
+            [GenomeSource("bench", fasta)], k=args.k, micro_batch_size=args.micro_batch, num_workers=workers,
+            length_rule=args.length_rule, max_tokens=args.max_tokens, cache_dir=cache_dir, pin_memory=False,
+        )
+        return masked_batches(data.train_dataloader(), args.k, args.rate, args.pack_row_tokens or None)
+
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        reference = ReferencePipeline(genome, stream, args.k, args.max_tokens, Path(vocab_dir))
+        ref_windows, ref_tokens = timed(reference_batches(reference, args.micro_batch, args.rate), args.seconds)
+    one_windows, one_tokens = timed(ours(0), args.seconds)
+
+    cpus = os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# data pipeline, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or 'cpu'}"
+          f" x {cpus} cores, load average {load:.1f} at the end of setup")
+    print(f"# fasta {fasta} ({genome.intervals[:, 2].sum() - genome.intervals[:, 1].sum():,} bp A/C/G/T), k={args.k},"
+          f" max_tokens={args.max_tokens}, length rule {args.length_rule}, micro-batch {args.micro_batch} windows,"
+          f" packing {'rows of ' + str(args.pack_row_tokens) if args.pack_row_tokens else 'off'}, masking on the CPU")
+    def row(label: str, windows: float, tokens: float, per_core_ratio: float) -> None:
+        print(f"{label:<34}{windows:>12,.0f}{tokens:>14,.0f}{per_core_ratio:>20.1f}")
+
+    print(f"{'pipeline':<34}{'windows/s':>12}{'tokens/s':>14}{'vs reference/core':>20}")
+    row("reference (1 core)", ref_windows, ref_tokens, 1.0)
+    row("ours (1 core, in process)", one_windows, one_tokens, one_windows / ref_windows)
+    for workers in args.workers:
+        windows, tokens = timed(ours(workers), args.seconds)
+        row(f"ours ({workers} dataloader workers)", windows, tokens, windows / ref_windows / workers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
