@@ -2,8 +2,9 @@
 
 Why it looks like this:
 - What sits at stream position i is one question (`SequenceSource.read`); which positions this rank/worker
-  serves, the resumable position and collation are another (`MicroBatchStream`). Another corpus (e.g. rows of
-  a `datasets` table) plugs in by implementing `SequenceSource` alone.
+  serves, the resumable position and collation are another (`MicroBatchStream`). Another corpus plugs in by
+  implementing `SequenceSource` alone; one that can be seen as contigs of A/C/G/T intervals (e.g. the rows of
+  a `datasets` table, dnabert.sources) subclasses `WindowDataModule` and reuses the windows as well.
 - Global micro-batch j holds stream positions [j*B, (j+1)*B); rank r serves j = r, r+W, ...; its rank-local
   micro-batch m is made by worker ((m - start) // G) % num_workers, G = batches_per_transfer (G = 1 gives the
   plain (m - start) % num_workers). torch's DataLoader takes from workers round-robin, so the rank sees
@@ -210,14 +211,139 @@ def genome_sources(genomes: Sequence[GenomeSource | Mapping[str, Any]]) -> list[
     return sources
 
 
-class GenomeDataModule(L.LightningDataModule):
+class WindowDataModule(L.LightningDataModule):
+    """What every windowed corpus shares: the training stream, the validation set and the loaders.
+
+    A subclass fills `self.genomes` in `setup` with objects that have `train_intervals`, `val_intervals` ((n, 3)
+    rows (contig, start, end) of A/C/G/T only) and `gather_codes` (like `Genome`; a table's rows act as contigs,
+    see dnabert.sources) and says in `stream_weights` how the stream mixes them; windows, sharding, resume and
+    validation then work the same for every corpus.
+    """
+
+    # Validation keeps only full-length windows where any exist (comparable losses); a hint for an empty set.
+    full_length_validation = True
+    no_validation_hint = "set data.val_fraction > 0 or name data.val_contigs"
+
+    def __init__(
+        self,
+        k: int,
+        micro_batch_size: int,
+        num_workers: int,
+        seed: int,
+        length_rule: str,
+        max_tokens: int,
+        val_max_windows: int,
+        split_seed: int,
+        reverse_complement: bool,
+        pad_to_multiple_of: int,
+        pin_memory: bool,
+        batches_per_transfer: int,
+        rank: int | None,
+        world_size: int | None,
+        start_position: int | None,
+    ) -> None:
+        super().__init__()
+        self.rule = WindowRule(k, max_tokens, length_rule)
+        self.k = k
+        self.micro_batch_size = micro_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.val_max_windows = val_max_windows
+        self.split_seed = split_seed
+        self.reverse_complement = reverse_complement
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pin_memory = pin_memory
+        self.batches_per_transfer = batches_per_transfer
+        self.rank, self.world_size, self.start_position = rank, world_size, start_position
+        self.genomes: list[Any] = []
+        self.report = ""
+
+    def stream_weights(self) -> list[float]:
+        """Share of the training stream of each entry of `self.genomes`."""
+        raise NotImplementedError
+
+    def windows_report(self) -> str:
+        return (
+            f"windows: k={self.k}, up to {self.rule.max_nucleotides} nt ({self.rule.max_tokens} tokens), "
+            f"length rule {self.rule.length_rule!r}, reverse complement {'on' if self.reverse_complement else 'off'}"
+        )
+
+    def _placement(self) -> tuple[int, int, int]:
+        """(rank, world_size, rank-local start micro-batch): explicit settings win, else the attached trainer."""
+        trainer = self.trainer
+        rank = self.rank if self.rank is not None else (trainer.global_rank if trainer else 0)
+        world = self.world_size if self.world_size is not None else (trainer.world_size if trainer else 1)
+        if self.start_position is not None:
+            start = self.start_position
+        else:
+            start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+        return rank, world, start
+
+    def train_stream(self) -> MicroBatchStream:
+        self.setup()
+        stream = WindowStream(
+            [g.train_intervals for g in self.genomes],
+            self.stream_weights(),
+            self.rule,
+            self.seed,
+            self.reverse_complement,
+        )
+        rank, world, start = self._placement()
+        return MicroBatchStream(
+            GenomeWindowSource(self.genomes, stream), self.k, self.micro_batch_size, rank, world, start,
+            self.pad_to_multiple_of, self.batches_per_transfer if self.num_workers > 0 else 1,
+        )
+
+    def train_dataloader(self) -> PositionCountingLoader:
+        return PositionCountingLoader(
+            self.train_stream(), batch_size=None, num_workers=self.num_workers, pin_memory=self._pin_memory,
+            persistent_workers=False,
+        )
+
+    def validation_windows(self) -> Windows:
+        """Windows of every entry's held-out split (seeded fixed cut), at most val_max_windows per entry; with
+        `full_length_validation`, shorter ones only for an entry whose held-out stretches are all shorter than
+        a window."""
+        self.setup()
+        rule = WindowRule(self.k, self.rule.max_tokens, "fixed")
+        parts = []
+        for index, genome in enumerate(self.genomes):
+            windows = epoch_windows(genome.val_intervals, rule, self.split_seed, index, epoch=0)
+            full = windows.length == rule.max_nucleotides
+            if self.full_length_validation and full.any():
+                windows = windows.take(full)
+            parts.append(windows.take(slice(0, self.val_max_windows)))
+        if not sum(map(len, parts)):
+            raise DnabertError(
+                f"no held-out validation data: {self.no_validation_hint} "
+                "(or turn validation off with trainer.limit_val_batches=0)."
+            )
+        return Windows.concatenate(parts)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world, _ = self._placement()
+        windows = self.validation_windows()  # runs setup, which fills self.genomes
+        batches = _ValidationBatches(
+            self.genomes, windows, self.micro_batch_size, self.k, self.pad_to_multiple_of, rank, world
+        )
+        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                          pin_memory=self._pin_memory)
+
+    @property
+    def _pin_memory(self) -> bool:
+        """Pinning only helps a copy to a GPU; without one torch warns on every loader."""
+        return self.pin_memory and torch.cuda.is_available()
+
+
+class GenomeDataModule(WindowDataModule):
     """Training stream and held-out validation set from one or more genome FASTA files.
 
     genomes: GenomeSource objects or dicts (name, fasta, weight, include, exclude); k, max_tokens and
     length_rule ("original" | "fixed") fix the windows; val_fraction of each genome's bp (in seeded blocks of
     val_block_size bp) plus the named val_contigs are held out; val_max_windows caps the validation windows per
     genome; split_seed places the held-out blocks (apart from the training seed, so that runs with different
-    seeds are evaluated on the same held-out set). batches_per_transfer micro-batches travel from a worker together (see MicroBatchStream).
+    seeds are evaluated on the same held-out set). batches_per_transfer micro-batches travel from a worker
+    together (see MicroBatchStream).
     rank, world_size and start_position (rank-local micro-batch) default to the attached trainer's
     global_rank, world_size and global_step * accumulate_grad_batches.
     """
@@ -245,26 +371,17 @@ class GenomeDataModule(L.LightningDataModule):
         world_size: int | None = None,
         start_position: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            k, micro_batch_size, num_workers, seed, length_rule, max_tokens, val_max_windows, split_seed,
+            reverse_complement, pad_to_multiple_of, pin_memory, batches_per_transfer, rank, world_size,
+            start_position,
+        )
         self.sources = genome_sources(genomes)
-        self.rule = WindowRule(k, max_tokens, length_rule)
-        self.k = k
-        self.micro_batch_size = micro_batch_size
-        self.num_workers = num_workers
-        self.seed = seed
         self.val_fraction = val_fraction
         self.val_block_size = val_block_size
         self.val_contigs = list(val_contigs)
-        self.val_max_windows = val_max_windows
-        self.split_seed = split_seed
-        self.reverse_complement = reverse_complement
         self.cache_dir = cache_dir
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.pin_memory = pin_memory
-        self.batches_per_transfer = batches_per_transfer
-        self.rank, self.world_size, self.start_position = rank, world_size, start_position
         self.genomes: list[Genome] = []
-        self.report = ""
 
     def prepare_data(self) -> None:
         """Build the .fai and interval caches once (Lightning runs this on one process per node before `setup`),
@@ -296,76 +413,11 @@ class GenomeDataModule(L.LightningDataModule):
         shares = weights / weights.sum() if weights.sum() > 0 else weights
         lines = [genome.report() + f"\n  stream share {share:.1%} (weight {genome.source.weight})"
                  for genome, share in zip(self.genomes, shares, strict=True)]
-        lines.append(
-            f"windows: k={self.k}, up to {self.rule.max_nucleotides} nt ({self.rule.max_tokens} tokens), "
-            f"length rule {self.rule.length_rule!r}, reverse complement {'on' if self.reverse_complement else 'off'}"
-        )
+        lines.append(self.windows_report())
         return "\n".join(lines)
 
-    def _placement(self) -> tuple[int, int, int]:
-        """(rank, world_size, rank-local start micro-batch): explicit settings win, else the attached trainer."""
-        trainer = self.trainer
-        rank = self.rank if self.rank is not None else (trainer.global_rank if trainer else 0)
-        world = self.world_size if self.world_size is not None else (trainer.world_size if trainer else 1)
-        if self.start_position is not None:
-            start = self.start_position
-        else:
-            start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
-        return rank, world, start
-
-    def train_stream(self) -> MicroBatchStream:
-        self.setup()
-        stream = WindowStream(
-            [g.train_intervals for g in self.genomes],
-            [s.weight for s in self.sources],
-            self.rule,
-            self.seed,
-            self.reverse_complement,
-        )
-        rank, world, start = self._placement()
-        return MicroBatchStream(
-            GenomeWindowSource(self.genomes, stream), self.k, self.micro_batch_size, rank, world, start,
-            self.pad_to_multiple_of, self.batches_per_transfer if self.num_workers > 0 else 1,
-        )
-
-    def train_dataloader(self) -> PositionCountingLoader:
-        return PositionCountingLoader(
-            self.train_stream(), batch_size=None, num_workers=self.num_workers, pin_memory=self._pin_memory,
-            persistent_workers=False,
-        )
-
-    def validation_windows(self) -> Windows:
-        """Full-length windows of every genome's held-out split (seeded fixed cut), at most val_max_windows per
-        genome; shorter ones only for a genome whose held-out stretches are all shorter than a window."""
-        self.setup()
-        rule = WindowRule(self.k, self.rule.max_tokens, "fixed")
-        parts = []
-        for index, genome in enumerate(self.genomes):
-            windows = epoch_windows(genome.val_intervals, rule, self.split_seed, index, epoch=0)
-            full = windows.length == rule.max_nucleotides
-            if full.any():  # held-out stretches shorter than a window only count when nothing else exists
-                windows = windows.take(full)
-            parts.append(windows.take(slice(0, self.val_max_windows)))
-        if not sum(map(len, parts)):
-            raise DnabertError(
-                "no held-out validation data: set data.val_fraction > 0 or name data.val_contigs "
-                "(or turn validation off with trainer.limit_val_batches=0)."
-            )
-        return Windows.concatenate(parts)
-
-    def val_dataloader(self) -> DataLoader:
-        rank, world, _ = self._placement()
-        batches = _ValidationBatches(
-            self.genomes, self.validation_windows(), self.micro_batch_size, self.k, self.pad_to_multiple_of,
-            rank, world,
-        )
-        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=self.num_workers,
-                          pin_memory=self._pin_memory)
-
-    @property
-    def _pin_memory(self) -> bool:
-        """Pinning only helps a copy to a GPU; without one torch warns on every loader."""
-        return self.pin_memory and torch.cuda.is_available()
+    def stream_weights(self) -> list[float]:
+        return [source.weight for source in self.sources]
 
 
 def corpus_dataset(epoch: int = 0, split: str = "train", **settings: Any) -> datasets.IterableDataset:

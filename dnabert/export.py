@@ -17,16 +17,18 @@ Layouts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import BertForMaskedLM, BertTokenizer
+from transformers.utils import logging as hf_logging
 
 from dnabert.errors import DnabertError
 from dnabert.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
@@ -83,7 +85,8 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         writer = _write_original if layout == "original" else _write_multimolecule
-        writer(state_dict, config, k, staging)
+        with _no_progress_bars():
+            writer(state_dict, config, k, staging)
         (staging / "README.md").write_text(_model_card(config, k, layout, card_config))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -91,6 +94,18 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers draws a "Writing model shards" bar for a one-file save; it only clutters the run's log."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, layout: str = "original") -> Path:

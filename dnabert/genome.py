@@ -389,7 +389,7 @@ def _load_or_scan(
     path = _cache_path(files, contigs, cache_dir)
     if path.exists() and not rescan:
         with np.load(path) as cached:
-            logger.info("interval index loaded from %s", path)
+            logger.debug("interval index loaded from %s", path)
             return cached["intervals"], [ContigStats(*map(int, row)) for row in cached["stats"]]
     interval_parts, stats = [], []
     for contig_index, contig in enumerate(contigs):

@@ -41,12 +41,18 @@ MODEL_LEVERS = {"compile_model": "compile", "attention": "attention", "head_on_m
 
 # Masking lives in the LightningModule's batch hooks on purpose (it needs the optimiser step): not a mistake.
 warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|after)_batch_transfer`")
+# Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# SLURM tools on a login node are not a reason to nag about srun; jobs under SLURM are detected on their own.
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
-def route_lightning_logs_through_root() -> None:
-    """`import lightning` adds its own console handler; under Hydra's handlers every line would print twice."""
+def quiet_lightning_logs() -> None:
+    """Print each Lightning line once (through Hydra's handlers) and without its product advertisements."""
     if logging.getLogger().hasHandlers():
         logging.getLogger("lightning").handlers.clear()
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero_logger.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
 
 @dataclass(frozen=True)
 class Plan:
@@ -119,8 +125,11 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """`data.fasta=...` is the one-genome shorthand; otherwise `data.genomes` lists them with weights."""
+    """`data.fasta=...` is the one-genome shorthand; otherwise `data.genomes` lists them with weights. A corpus
+    config with neither (data=sequences) is instantiated as it is."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    if "fasta" not in data_cfg and "genomes" not in data_cfg:
+        return instantiate(data_cfg, _convert_="all")
     fasta = data_cfg.pop("fasta", None)
     if fasta:
         data_cfg["genomes"] = [{"name": Path(fasta).name.split(".")[0], "fasta": fasta, "weight": 1.0}]
@@ -167,7 +176,7 @@ def build_trainer(cfg: DictConfig, plan: Plan) -> L.Trainer:
 
 def run(cfg: DictConfig) -> Path | None:
     """Train (or only estimate) as the config says; returns the run directory."""
-    route_lightning_logs_through_root()
+    quiet_lightning_logs()
     plan = make_plan(cfg)
     if cfg.estimate:
         from dnabert.estimate import estimate_from_config
