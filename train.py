@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -36,7 +37,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(cfg)
-    except (DnabertError, OmegaConfBaseException) as err:
+    except (DnabertError, OmegaConfBaseException, InstantiationException) as err:
         problem = user_error(err)
         if problem is None:
             raise
@@ -44,5 +45,20 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def check_output_override(argv: list[str]) -> None:
+    """Hydra creates the run directory before any of our code runs; an unwritable one would end in its traceback."""
+    for arg in reversed(argv):
+        key, _, value = arg.partition("=")
+        if key in ("paths.output_root", "paths.output_dir") and value and "${" not in value:
+            try:
+                Path(value).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                print(f"dnabert: error: cannot create {key}={value} ({err.strerror}); point it at a writable folder.",
+                      file=sys.stderr)
+                sys.exit(2)
+            return
+
+
 if __name__ == "__main__":
+    check_output_override(sys.argv[1:])
     main()

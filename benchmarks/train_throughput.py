@@ -70,7 +70,7 @@ class Counter:
             torch.cuda.synchronize(self.device)
 
     def step_done(self, windows: int, tokens: int, slots: int) -> None:
-        """Called after each optimiser step; synchronises the device only at the two clock reads."""
+        """Called after each micro-batch; synchronises the device only at the two clock reads."""
         self.steps += 1
         if self.steps == self.warmup:
             self._sync()
@@ -161,13 +161,18 @@ def run_raw(args: argparse.Namespace) -> Result:
     optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=tuple(OPTIM["betas"]), eps=OPTIM["eps"],
                                   weight_decay=OPTIM["weight_decay"], fused=fused or None)
 
+    micro_batches = 0
+
     def step(input_ids: torch.Tensor, labels: torch.Tensor) -> int:
+        nonlocal micro_batches
         masked = labels != IGNORE_INDEX
         with autocast(args):
             logits = model(input_ids, masked_positions=masked, packed=args.pack,
                            head_on_masked_only=args.masked_head)
-        masked_lm_loss(logits, labels[masked]).backward()
-        optimizer_step(model, optimizer)
+        (masked_lm_loss(logits, labels[masked]) / args.accumulate).backward()
+        micro_batches += 1
+        if micro_batches % args.accumulate == 0:
+            optimizer_step(model, optimizer)
         return input_ids.numel()
 
     return timed_loop(args, "(c) ours, raw torch loop", args.pack, step)
@@ -192,7 +197,8 @@ def run_lightning(args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = L.Trainer(
             accelerator=args.device.type, devices=1, precision="bf16-mixed" if args.bf16 else "32-true",
-            max_steps=args.warmup + args.steps, gradient_clip_val=1.0, log_every_n_steps=50,
+            max_steps=(args.warmup + args.steps) // args.accumulate, accumulate_grad_batches=args.accumulate,
+            gradient_clip_val=1.0, log_every_n_steps=50,
             logger=CSVLogger(run_dir, name="csv"), enable_checkpointing=False, num_sanity_val_steps=0,
             limit_val_batches=0, use_distributed_sampler=False, enable_model_summary=False,
             callbacks=[StepProgressBar(), ThroughputLogger(), LightningCounter(counter)], default_root_dir=run_dir,
@@ -216,7 +222,8 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
     name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
     print(f"\n# train throughput, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {name}, torch "
           f"{torch.__version__}, preset {args.preset}, k={args.k}, max_tokens {args.max_tokens}, micro-batch "
-          f"{args.micro_batch} windows, {args.steps} timed steps after {args.warmup}, "
+          f"{args.micro_batch} windows, {args.steps} timed micro-batches after {args.warmup}, accumulation "
+          f"{args.accumulate}, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}")
     print(f"# ours: packing {'on' if args.pack else 'off'}, compile {'on' if args.compile else 'off'}, attention "
           f"{args.attention}, fused AdamW {'on' if args.fused and args.device.type == 'cuda' else 'off'}, "
@@ -245,9 +252,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="bert_base", help="model size: tiny, small, bert_base")
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=512)
-    parser.add_argument("--micro-batch", type=int, default=128, help="windows per micro-batch (one optimiser step)")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, allocator, workers)")
+    parser.add_argument("--micro-batch", type=int, default=128, help="windows per micro-batch")
+    parser.add_argument("--steps", type=int, default=30, help="timed micro-batches")
+    parser.add_argument("--warmup", type=int, default=6, help="untimed micro-batches first (compile, workers)")
+    parser.add_argument("--accumulate", type=int, default=1,
+                        help="micro-batches per optimiser step in (b) and (c) (the baseline steps every micro-batch)")
     parser.add_argument("--workers", type=int, default=4, help="dataloader workers")
     parser.add_argument("--fasta", type=Path, default=BUNDLED_FASTA)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "dnabert_bench_cache")
@@ -268,6 +277,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     on_gpu = args.device.type == "cuda"
     args.compile = on_gpu if args.compile is None else args.compile
     args.bf16 = on_gpu if args.bf16 is None else args.bf16
+    if args.steps % args.accumulate or args.warmup % args.accumulate:
+        parser.error("--steps and --warmup must be multiples of --accumulate")
     return args
 
 

@@ -105,9 +105,9 @@ class MicroBatchStream(IterableDataset):
         batches_per_transfer: int = 1,
     ) -> None:
         if micro_batch_size < 1:
-            raise DnabertError(f"micro_batch_size={micro_batch_size} must be at least 1.")
+            raise DnabertError(f"data.micro_batch_size={micro_batch_size} must be at least 1.")
         if batches_per_transfer < 1:
-            raise DnabertError(f"batches_per_transfer={batches_per_transfer} must be at least 1.")
+            raise DnabertError(f"data.batches_per_transfer={batches_per_transfer} must be at least 1.")
         if not 0 <= rank < world_size:
             raise DnabertError(f"rank {rank} is outside world_size {world_size}.")
         self.source = source

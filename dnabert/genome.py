@@ -463,7 +463,7 @@ def held_out_split(
             "validation (1 would leave nothing to train on)."
         )
     if held_out.val_block_size < 1:
-        raise DnabertError(f"val_block_size={held_out.val_block_size} must be a positive number of bp.")
+        raise DnabertError(f"data.val_block_size={held_out.val_block_size} must be a positive number of bp.")
     unknown = [name for name in held_out.val_contigs if name not in contig_names]
     if unknown:
         raise DnabertError(

@@ -51,14 +51,19 @@ def plan_rows(lengths: np.ndarray, row_tokens: int, pad_to_multiple_of: int = 8)
         )
     row = np.empty(len(lengths), dtype=np.int64)
     offset = np.empty(len(lengths), dtype=np.int64)
-    used: list[int] = []
+    used: list[int] = []  # tokens placed in each row
+    open_rows: list[int] = []  # rows with room left, in row order: full rows (half the recipe's) are never scanned
     for window in np.argsort(-lengths, kind="stable"):
         length = int(lengths[window])
-        target = next((index for index, filled in enumerate(used) if filled + length <= row_tokens), len(used))
-        if target == len(used):
+        target = next((index for index in open_rows if used[index] + length <= row_tokens), None)
+        if target is None:
+            target = len(used)
             used.append(0)
+            open_rows.append(target)
         row[window], offset[window] = target, used[target]
         used[target] += length
+        if used[target] == row_tokens:
+            open_rows.remove(target)
     width = max(used, default=1)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     return RowPlan(row, offset, lengths, len(used), width)

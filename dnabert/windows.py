@@ -43,9 +43,10 @@ class WindowRule:
     def __post_init__(self) -> None:
         check_k(self.k)
         if self.length_rule not in LENGTH_RULES:
-            raise DnabertError(f"length_rule={self.length_rule!r} is unknown; use one of {LENGTH_RULES}.")
+            choices = ", ".join(LENGTH_RULES)
+            raise DnabertError(f"data.length_rule={self.length_rule!r} is unknown; use one of {choices}.")
         if self.max_tokens < 3:
-            raise DnabertError(f"max_tokens={self.max_tokens} leaves no room for a k-mer between [CLS] and [SEP].")
+            raise DnabertError(f"data.max_tokens={self.max_tokens} leaves no room for a k-mer between [CLS] and [SEP].")
 
     @property
     def max_nucleotides(self) -> int:

@@ -93,7 +93,7 @@ def test_each_rank_reads_its_own_shard(compose_config, tmp_path: Path) -> None:
     from dnabert.training import build_datamodule
 
     def first_windows(rank: int, world_size: int, count: int) -> list[list[int]]:
-        cfg = compose_config(*TINY, f"paths.output_root={tmp_path}", "data.num_workers=0",
+        cfg = compose_config(*TINY, f"paths.output_root={tmp_path}", "data.num_workers=1",
                              f"+data.rank={rank}", f"+data.world_size={world_size}", "+data.start_position=0")
         batches = iter(build_datamodule(cfg).train_dataloader())
         return [next(batches)["window"].tolist() for _ in range(count)]

@@ -157,3 +157,16 @@ def test_module_switches_reach_the_model():
     unpacked_loss = default.masked_lm_outputs({"input_ids": input_ids, "labels": labels})["loss"]
     packed_loss = levers.masked_lm_outputs({"input_ids": packed_ids, "labels": place(labels, plan, IGNORE_INDEX)})
     torch.testing.assert_close(packed_loss["loss"], unpacked_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_benchmarks_run_on_cpu_and_print_their_tables(capsys):
+    """Smoke runs of both benchmark scripts with a tiny model and short windows (their figures: BENCHMARKS.md)."""
+    from benchmarks import data_pipeline, train_throughput
+
+    data_pipeline.main(["--max-tokens", "64", "--micro-batch", "4", "--seconds", "0.2", "--workers"])
+    train_throughput.main(["--device", "cpu", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--micro-batch",
+                           "4", "--workers", "0", "--max-tokens", "64", "--runs", "baseline", "raw", "--no-pack"])
+    printed = capsys.readouterr().out
+    assert "reference, Python BertTokenizer, 1 core" in printed and "ours, 1 core (in process)" in printed
+    assert "(a) baseline" in printed and "(c) ours, raw torch loop" in printed
+    assert "paper recipe (120k steps x 2000 windows) on 8 x CPU" in printed

@@ -70,15 +70,26 @@ def test_killed_run_resumes_exactly_even_from_a_corrupt_newest_checkpoint(uninte
         assert got == pytest.approx(expected, rel=1e-6, abs=1e-7), metric
 
 
-def test_ckpt_path_picks_a_checkpoint_explicitly(uninterrupted: Path) -> None:
+def test_sigterm_checkpoints_at_a_step_boundary_and_ckpt_path_continues_from_it(uninterrupted: Path) -> None:
+    """SIGTERM (preemption) only sets a flag: the run finishes the accumulation cycle, saves last.ckpt, stops
+    cleanly. `ckpt_path=` then starts another run directory from exactly that state."""
     output_root = uninterrupted.parent.parent
-    chosen = uninterrupted / "checkpoints" / "step=0000032.ckpt"
-    process = start_training(output_root, "forked", *STEPS, f"ckpt_path='{chosen}'")  # quoted: '=' in the name
+    process = start_training(output_root, "stopped", *STEPS)  # accumulation 2: a signal may come mid-cycle
+    checkpoints = run_dir(output_root, "stopped") / "checkpoints"
+    wait_for(checkpoints / "step=0000004.ckpt", process)
+    process.send_signal(signal.SIGTERM)
     output = finish(process)
-    assert f"Restoring states from the checkpoint path at {chosen}" in output
-    forked = run_dir(output_root, "forked")
-    assert min(metric_by_step(forked, "train/loss")) > 32  # it started at step 32, not 0
-    assert_same_weights(final_weights(forked), final_weights(uninterrupted))
+    stopped_at = int(re.search(r"SIGTERM: saved \S+last\.ckpt at step (\d+); stopping", output).group(1))
+    assert 4 <= stopped_at < 40
+    last = checkpoints / "last.ckpt"
+    assert checkpoint(last)["global_step"] == stopped_at
+
+    output = train(output_root, "continued", *STEPS, f"ckpt_path='{last}'")  # quoted: Hydra reads '=' in paths
+    assert f"Restoring states from the checkpoint path at {last}" in output
+    assert f"Training from step {stopped_at} " in output
+    continued = run_dir(output_root, "continued")
+    assert min(metric_by_step(continued, "train/loss")) == stopped_at
+    assert_same_weights(final_weights(continued), final_weights(uninterrupted))
 
 
 @pytest.mark.parametrize(

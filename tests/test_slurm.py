@@ -113,3 +113,23 @@ def test_smoke_job_checkpoints_requeues_and_resumes(slurm: dict[str, str], tmp_p
     assert checkpoint(checkpoints / "last.ckpt")["global_step"] == MAX_STEPS
     assert set(range(newest_saved, MAX_STEPS)) <= set(metric_by_step(run, "train/loss"))
     assert sorted(p.name for p in (outputs / "demo").iterdir()) == [f"job{job}"]
+
+
+def test_hydra_submitit_launcher_runs_a_sweep_job(slurm: dict[str, str], tmp_path: Path) -> None:
+    """`-m hydra/launcher=slurm`: submitit submits one job per combination, trainer.devices tasks each, with our
+    SIGUSR1 + requeue settings, and each job trains in its own run directory (run_name from the swept value)."""
+    outputs = tmp_path / "outputs"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+         "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+         "trainer=cpu_ddp", "trainer.devices=2", *TINY, f"paths.output_root={outputs}", "run_name=seed${seed}",
+         "seed=7"],
+        env=slurm, cwd=ROOT, capture_output=True, text=True, timeout=300,  # the job imports dnabert from here
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert checkpoint(outputs / "demo" / "seed7" / "checkpoints" / "last.ckpt")["global_step"] == 12
+    script = next((outputs / "demo" / "multirun" / ".submitit").glob("*/*_submission.sh")).read_text()
+    for line in ("--ntasks-per-node=2", "--signal=USR1@300", "--requeue", "--partition=debug"):
+        assert f"#SBATCH {line}" in script
+    task_logs = "".join(p.read_text() for p in (outputs / "demo" / "multirun" / ".submitit").rglob("*_log.err"))
+    assert "Starting with 2 processes" in task_logs and "Training from step 0 " in task_logs

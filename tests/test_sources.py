@@ -192,6 +192,11 @@ def test_dnabert_sample_file(shared_dir, tmp_path):
     assert torch.all((batch["input_ids"] != PAD_ID).sum(1) == 67)  # [CLS] + 65 + [SEP]
 
 
+def empty_file(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "settings", "message"),
     [
@@ -203,8 +208,7 @@ def test_dnabert_sample_file(shared_dir, tmp_path):
         (lambda d: write(["ACGTACGT"], d / "x.csv", "csv"), {"sequence_column": "id"}, r"'id' .* not text"),
         *[(lambda d, f=f: write([], d / EXTENSIONS[f], f), {}, r"is empty \(no rows\)")
           for f in ("parquet", "csv", "json", "arrow")],
-        (lambda d: write([], d / "saved_dir", "saved"), {}, r"has no sequence with 6 or more .* \(0 rows\)"),
-        (lambda d: d / "x.txt" if (d / "x.txt").write_text("\n") else None, {}, r"is empty \(no rows\)"),
+        (lambda d: empty_file(d / "x.txt"), {}, r"is empty \(no rows\)"),
         (lambda d: write(["ACGTACGT"], d / "x.parquet", "csv"), {}, r"cannot read .*x\.parquet as parquet \(\w+"),
         (lambda d: write(["NNNNNNNN", "ACG"], d / "x.parquet", "parquet"), {}, r"no sequence with 6 or more"),
         (lambda d: write_kmer_text(["ACGTACGTAC"], d / "x.tsv", 3), {}, r"x\.tsv line 2: k-mer 'ACG' has 3 .* k=6"),
@@ -224,12 +228,13 @@ def test_bad_input_is_one_clear_error(tmp_path, make, settings, message):
 
 def test_no_path_is_refused(tmp_path):
     with pytest.raises(DnabertError, match=r"set data\.path="):
-        make_data(None, tmp_path)
+        make_data(None, tmp_path).setup()
 
 
 def test_train_py_data_sequences_runs_end_to_end(compose_config, tmp_path):
     path = write(random_sequences(count=80), tmp_path / "x.parquet", "parquet")
-    overrides = tiny_run_overrides(tmp_path / "out", max_steps=3, **{"trainer.val_every_n_steps": 2})
+    every = {"trainer.val_every_n_steps": 2, "callbacks.model_checkpoint.every_n_train_steps": 3}
+    overrides = tiny_run_overrides(tmp_path / "out", max_steps=3, **every)
     cfg = compose_config("data=sequences", f"data.path={path}", "data.val_fraction=0.1", *overrides)
     run_dir = run(cfg)
     assert checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3

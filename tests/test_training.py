@@ -142,7 +142,8 @@ def run_train(*overrides: str, cwd=ROOT) -> subprocess.CompletedProcess:
         (["global_batch_size=33"], "global_batch_size=33 is not a multiple"),
         (["data.fasta=/nonexistent/genome.fa", "paths.output_root=OUT"], "/nonexistent/genome.fa"),
         (["trainer.devices=4096"], "trainer.devices=4096"),
-        (["paths.output_root=/proc/forbidden"], "Cannot write to the run directory"),
+        (["paths.output_root=/proc/forbidden"], "paths.output_root=/proc/forbidden"),
+        (["data.length_rule=sideways"], "data.length_rule"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tmp_path, overrides: list[str], message: str) -> None:
