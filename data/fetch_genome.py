@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python data/fetch_genome.py` from a clone that is not pip-installed
     sys.path.insert(0, str(REPO_ROOT))
 
-from dnabert.errors import DnabertError  # noqa: E402
+from dnabert.errors import DnabertError, command_line  # noqa: E402
 
 CHUNK_BYTES = 1 << 20
 NETWORK_TIMEOUT_S = 30
@@ -359,6 +359,7 @@ def expected_checksums(args: argparse.Namespace, filename: str, out_dir: Path) -
     return expected
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -377,31 +378,27 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--keep-compressed", action="store_true", help="keep the downloaded .gz")
     args = parser.parse_args(argv)
     out_dir = args.out.expanduser()
-    try:
-        if args.command == "grch38":
-            known = GRCH38_SOURCES[args.source]
-            filename = Path(known.url).name
-            print(f"GRCh38 from {args.source}: {known.note}", file=sys.stderr)
-            try:
-                listed = parse_checksum_listing(read_text(known.checksum_url, out_dir), filename)
-                fasta = fetch(known.url, out_dir, known.name, {known.algorithm: listed}, args.keep_compressed)
-            except UnreachableError as err:
-                listing = Path(known.checksum_url).name
-                raise UnreachableError(
-                    err.url, err.reason, f"{known.url} and {known.checksum_url}, then run: python "
-                    f"data/fetch_genome.py url /path/to/{filename} --checksum-url /path/to/{listing} "
-                    f"--checksum-algorithm {known.algorithm} --name {known.name} --out {out_dir}",
-                ) from err
-            name = known.name
-        else:
-            filename = Path(urllib.parse.urlparse(args.url).path).name
-            name = args.name or filename.split(".")[0]
-            expected = expected_checksums(args, filename, out_dir)
-            fasta = fetch(args.url, out_dir, name, expected, args.keep_compressed)
-        print(format_stats(index_and_stats(fasta, name, args.k)))
-    except DnabertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "grch38":
+        known = GRCH38_SOURCES[args.source]
+        filename = Path(known.url).name
+        print(f"GRCh38 from {args.source}: {known.note}", file=sys.stderr)
+        try:
+            listed = parse_checksum_listing(read_text(known.checksum_url, out_dir), filename)
+            fasta = fetch(known.url, out_dir, known.name, {known.algorithm: listed}, args.keep_compressed)
+        except UnreachableError as err:
+            listing = Path(known.checksum_url).name
+            raise UnreachableError(
+                err.url, err.reason, f"{known.url} and {known.checksum_url}, then run: python "
+                f"data/fetch_genome.py url /path/to/{filename} --checksum-url /path/to/{listing} "
+                f"--checksum-algorithm {known.algorithm} --name {known.name} --out {out_dir}",
+            ) from err
+        name = known.name
+    else:
+        filename = Path(urllib.parse.urlparse(args.url).path).name
+        name = args.name or filename.split(".")[0]
+        expected = expected_checksums(args, filename, out_dir)
+        fasta = fetch(args.url, out_dir, name, expected, args.keep_compressed)
+    print(format_stats(index_and_stats(fasta, name, args.k)))
     print(f"ready: data.fasta={fasta}")
     return 0
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dnabert.errors import DnabertError
+from dnabert.errors import DnabertError, command_line
 
 # Dense (no sparsity) 16-bit tensor-core peaks in FLOP/s, from the vendors' datasheets.
 # The RTX 2080 Ti figure is fp16 with fp32 accumulation (53.8 T; GeForce Turing halves the 107.6 T
@@ -323,6 +323,7 @@ def estimate_from_config(cfg: Any, devices: int, num_nodes: int) -> str:
     return format_estimate(est)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     """`python -m dnabert.estimate --preset bert_base --gpus 8 --gpu h100`: the paper's run by default."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -341,14 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from dnabert.model import preset  # lazy: the model module pulls in torch
 
-    try:
-        est = estimate(
-            preset(args.preset, args.k), args.k, args.max_tokens, args.global_batch, args.max_steps,
-            args.micro_batch, args.gpus, args.nodes, gpu_name=args.gpu, mfu=args.mfu,
-            length_rule=args.length_rule, measured_tokens_per_s=args.tokens_per_s,
-        )
-    except DnabertError as err:
-        parser.exit(2, f"error: {err}\n")
+    est = estimate(
+        preset(args.preset, args.k), args.k, args.max_tokens, args.global_batch, args.max_steps,
+        args.micro_batch, args.gpus, args.nodes, gpu_name=args.gpu, mfu=args.mfu,
+        length_rule=args.length_rule, measured_tokens_per_s=args.tokens_per_s,
+    )
     print(format_estimate(est))
     return 0
 

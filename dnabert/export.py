@@ -30,7 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import BertForMaskedLM, BertTokenizer
 from transformers.utils import logging as hf_logging
 
-from dnabert.errors import DnabertError
+from dnabert.errors import DnabertError, command_line
 from dnabert.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.model import DnaBertForMaskedLM, ModelConfig
 
@@ -322,6 +322,7 @@ def _model_card(config: ModelConfig, k: int, layout: str, card_config: dict | No
     return "\n".join(sections)
 
 
+@command_line
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dnabert.export",
@@ -331,11 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", help="the directory to write (an earlier export there is replaced)")
     parser.add_argument("--layout", choices=LAYOUTS, default="original")
     args = parser.parse_args(argv)
-    try:
-        out_dir = export_checkpoint(args.checkpoint, args.out_dir, args.layout)
-    except DnabertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out_dir = export_checkpoint(args.checkpoint, args.out_dir, args.layout)
     print(f"Wrote {out_dir} ({args.layout} layout)")
     return 0
 

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from dnabert.errors import DnabertError
+from dnabert.errors import DnabertError, command_line
 
 PAD_ID = 0
 UNK_ID = 1
@@ -211,19 +211,15 @@ def _write_kmer_lines(k: int, lines: Iterable[bytes], out: BinaryIO) -> None:
             raise DnabertError(f"stdin line {line_number}: {err}") from err
 
 
+@command_line
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m dnabert.kmer`; a user error prints one line to stderr and exits with 2."""
     args = _parse_args(argv)
     out = sys.stdout.buffer
-    try:
-        if args.command == "vocab":
-            out.write(vocab_text(args.k).encode("ascii"))
-        else:
-            _write_kmer_lines(args.k, sys.stdin.buffer, out)
-    except DnabertError as err:
-        out.flush()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "vocab":
+        out.write(vocab_text(args.k).encode("ascii"))
+    else:
+        _write_kmer_lines(args.k, sys.stdin.buffer, out)
     out.flush()
     return 0
 

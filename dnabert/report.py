@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dnabert.errors import DnabertError  # noqa: E402
+from dnabert.errors import DnabertError, command_line  # noqa: E402
 
 LOSS_METRICS = ("train/loss", "val/loss")
 # A run whose loss never went more than this fraction below the uniform baseline has not learnt anything.
@@ -265,14 +265,12 @@ def write_report(run_dir: str | Path) -> list[Path]:
     return [png_path, markdown_path]
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Plot a run's curves and write report.md.")
     parser.add_argument("run_dir", type=Path, help="the run directory (holds csv/metrics.csv)")
     args = parser.parse_args(argv)
-    try:
-        paths = write_report(args.run_dir)
-    except DnabertError as err:
-        parser.exit(2, f"error: {err}\n")
+    paths = write_report(args.run_dir)
     markdown = paths[1].read_text()
     print(next(line for line in markdown.splitlines() if line.startswith("**Verdict")))
     for path in paths:

@@ -217,7 +217,7 @@ def test_grch38_offline_says_which_two_files_to_fetch_by_hand(tmp_path, monkeypa
     monkeypatch.setitem(fetch_genome.GRCH38_SOURCES, "ncbi", unreachable)
     assert fetch_genome.main(["grch38", "--out", str(tmp_path)]) == 2
     message = capsys.readouterr().err.splitlines()[-1]
-    assert message.startswith("error: could not reach http://127.0.0.1:9/md5checksums.txt")
+    assert message.startswith("dnabert: error: could not reach http://127.0.0.1:9/md5checksums.txt")
     assert "url /path/to/GCA_x.fna.gz --checksum-url /path/to/md5checksums.txt --checksum-algorithm md5" in message
 
 

@@ -131,5 +131,5 @@ def test_hydra_submitit_launcher_runs_a_sweep_job(slurm: dict[str, str], tmp_pat
     script = next((outputs / "demo" / "multirun" / ".submitit").glob("*/*_submission.sh")).read_text()
     for line in ("--ntasks-per-node=2", "--signal=USR1@300", "--requeue", "--partition=debug"):
         assert f"#SBATCH {line}" in script
-    task_logs = "".join(p.read_text() for p in (outputs / "demo" / "multirun" / ".submitit").rglob("*_log.err"))
+    task_logs = "".join(p.read_text() for p in (outputs / "demo" / "multirun" / ".submitit").rglob("*_log.*"))
     assert "Starting with 2 processes" in task_logs and "Training from step 0 " in task_logs
