@@ -95,6 +95,7 @@ class ThroughputLogger(L.Callback):
         self.tokens_seen = 0
         self.sequences_seen = 0
         self.window_start = time.perf_counter()
+        self.validation_start = 0.0
 
     def state_dict(self) -> dict[str, int]:
         return {"tokens_seen": self.tokens_seen, "sequences_seen": self.sequences_seen}
@@ -102,6 +103,13 @@ class ThroughputLogger(L.Callback):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.tokens_seen = state_dict["tokens_seen"]
         self.sequences_seen = state_dict["sequences_seen"]
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Held-out evaluation is not training time: leave it out of tokens per second."""
+        self.window_start += time.perf_counter() - self.validation_start
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: dict[str, Any], batch_idx: int) -> None:
@@ -142,7 +150,8 @@ class RunArtifacts(L.Callback):
             lines += [f"  report: {path}" for path in write_report(self.run_dir)]
         except Exception as err:  # a report must never cost the user their trained model
             rank_zero_warn(f"Could not write the run report: {err}")
-        if self.export:
+        finished = trainer.global_step >= trainer.max_steps
+        if self.export and finished:  # a preempted run exports when it really ends, not at every requeue
             from dnabert.export import export_model
 
             export_dir = self.run_dir / "hf_model"

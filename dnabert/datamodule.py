@@ -15,6 +15,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +144,12 @@ class MicroBatchStream(IterableDataset):
         # in the main process what was really handed out.
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        # Fixed at the start: without workers this runs in the main process, where the loader advances
+        # self.position while the iteration is under way.
+        start = self.position
         group_index = worker_id
         while True:
-            yield self.group(self.position + group_index * self.batches_per_transfer)
+            yield self.group(start + group_index * self.batches_per_transfer)
             group_index += num_workers
 
     def state_dict(self) -> dict[str, int]:
@@ -153,6 +157,13 @@ class MicroBatchStream(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.position = int(state["position"])
+
+
+def ignore_scheduler_signals(worker_id: int) -> None:
+    """SLURM signals the whole process group; the trainer saves at the next step and stops, and its workers
+    must live until then (by default SIGTERM ends a worker at once and the trainer fails mid-step)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class PositionCountingLoader(DataLoader):
@@ -297,7 +308,7 @@ class WindowDataModule(L.LightningDataModule):
     def train_dataloader(self) -> PositionCountingLoader:
         return PositionCountingLoader(
             self.train_stream(), batch_size=None, num_workers=self.num_workers, pin_memory=self._pin_memory,
-            persistent_workers=False,
+            persistent_workers=False, worker_init_fn=ignore_scheduler_signals,
         )
 
     def validation_windows(self) -> Windows:
@@ -326,8 +337,9 @@ class WindowDataModule(L.LightningDataModule):
         batches = _ValidationBatches(
             self.genomes, windows, self.micro_batch_size, self.k, self.pad_to_multiple_of, rank, world
         )
-        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=self.num_workers,
-                          pin_memory=self._pin_memory)
+        # Read in the main process: a few thousand fixed windows cost milliseconds, and a worker forked anew at
+        # every evaluation can deadlock in os.fork() (a thread ending during the fork), hanging DDP ranks.
+        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=0, pin_memory=self._pin_memory)
 
     @property
     def _pin_memory(self) -> bool:

@@ -128,8 +128,9 @@ class DnaBertLitModule(L.LightningModule):
         return {"loss": masked_lm_loss(logits, targets), "correct": correct, "count": masked.sum()}
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Reseed dropout from (seed, micro-batch, rank): resume replays the same dropout masks."""
-        torch.manual_seed(derive_seed(self.seed, batch["mask_seed"], self.global_rank))
+        """Reseed dropout from (seed, micro-batch): resume replays the same dropout masks, and a micro-batch gets
+        the same dropout whichever rank computes it (the windows make each micro-batch's seed unique)."""
+        torch.manual_seed(derive_seed(self.seed, batch["mask_seed"]))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self.masked_lm_outputs(batch)

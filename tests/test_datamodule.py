@@ -169,3 +169,12 @@ def test_bad_settings(fastas, tmp_path):
         GenomeDataModule([{"name": "a", "fasta": "x.fa", "colour": "red"}])
     with pytest.raises(DnabertError, match="micro_batch_size"):
         MicroBatchStream(source=None, k=6, micro_batch_size=0)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_loader_serves_the_stream_in_order_from_any_start(fastas, tmp_path, num_workers):
+    """Without workers the stream runs in the main process while the loader counts: nothing may be skipped."""
+    data = make_data(fastas, tmp_path, num_workers=num_workers, start_position=5, batches_per_transfer=2)
+    direct = data.train_stream()
+    for offset, batch in zip(range(7), data.train_dataloader(), strict=False):
+        assert rows_of(batch) == rows_of(direct.batch(5 + offset)), offset

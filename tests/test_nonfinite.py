@@ -62,7 +62,7 @@ def test_consecutive_nan_steps_stop_with_a_clear_message(compose_config, tmp_pat
     checkpoints = tmp_path / "demo" / "test" / "checkpoints"
     assert checkpoint_is_readable(checkpoints / "last.ckpt")
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    good = torch.load(checkpoints / "step=0000002.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    good = torch.load(checkpoints / "step-0000002.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     # Steps 2 and 3 were skipped, so the newest checkpoint holds exactly the weights of the last good step.
     assert all(torch.equal(last[name], good[name]) for name in good)
     assert all(torch.isfinite(v).all() for v in last.values() if v.is_floating_point())

@@ -36,7 +36,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_only_the_newest_checkpoints_are_kept(uninterrupted: Path) -> None:
     kept = sorted(p.name for p in (uninterrupted / "checkpoints").glob("*.ckpt"))
-    assert kept == ["last.ckpt", "step=0000032.ckpt", "step=0000036.ckpt", "step=0000040.ckpt"]
+    assert kept == ["last.ckpt", "step-0000032.ckpt", "step-0000036.ckpt", "step-0000040.ckpt"]
     assert checkpoint(uninterrupted / "checkpoints" / "last.ckpt")["global_step"] == 40
 
 
@@ -44,11 +44,11 @@ def test_killed_run_resumes_exactly_even_from_a_corrupt_newest_checkpoint(uninte
     output_root = uninterrupted.parent.parent
     process = start_training(output_root, "killed", *STEPS)
     checkpoints = run_dir(output_root, "killed") / "checkpoints"
-    wait_for(checkpoints / "step=0000008.ckpt", process)
+    wait_for(checkpoints / "step-0000008.ckpt", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    saved_steps = {checkpoint(p)["global_step"] for p in checkpoints.glob("step=*.ckpt")}
+    saved_steps = {checkpoint(p)["global_step"] for p in checkpoints.glob("step-*.ckpt")}
     assert max(saved_steps) < 40, "the run finished before it was killed: nothing was tested"
 
     # The newest checkpoint is damaged (a kill while copying it, a full disk): the one before it must be used.
@@ -76,7 +76,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_ckpt_path_continues_from_it(
     output_root = uninterrupted.parent.parent
     process = start_training(output_root, "stopped", *STEPS)  # accumulation 2: a signal may come mid-cycle
     checkpoints = run_dir(output_root, "stopped") / "checkpoints"
-    wait_for(checkpoints / "step=0000004.ckpt", process)
+    wait_for(checkpoints / "step-0000004.ckpt", process)
     process.send_signal(signal.SIGTERM)
     output = finish(process)
     stopped_at = int(re.search(r"SIGTERM: saved \S+last\.ckpt at step (\d+); stopping", output).group(1))

@@ -85,7 +85,7 @@ def test_smoke_job_checkpoints_requeues_and_resumes(slurm: dict[str, str], tmp_p
         return f"restart {count} on" in log_text()
 
     # 1. Near the time limit SLURM sends SIGUSR1 (--signal=SIGUSR1@90); send it now, during training.
-    wait_for(checkpoints / f"step={EVERY:07d}.ckpt", timeout=300)
+    wait_for(checkpoints / f"step-{EVERY:07d}.ckpt", timeout=300)
     slurm_command(slurm, "scancel", "--signal=USR1", job)
     wait_until(lambda: restarted(1), "the job to requeue itself after SIGUSR1")
     saved = re.findall(r"SIGUSR1: saved \S+last\.ckpt at step (\d+)", log_text())
@@ -96,7 +96,7 @@ def test_smoke_job_checkpoints_requeues_and_resumes(slurm: dict[str, str], tmp_p
 
     # 2. Requeued from outside in the middle of the run (what preemption with PreemptMode=REQUEUE does).
     second = int(saved[0]) // EVERY * EVERY + EVERY
-    wait_for(checkpoints / f"step={second:07d}.ckpt", timeout=120)
+    wait_for(checkpoints / f"step-{second:07d}.ckpt", timeout=120)
     slurm_command(slurm, "scontrol", "requeue", job)
     wait_until(lambda: restarted(2), "the job to start again after scontrol requeue")
     # The old processes are gone now and the new ones have not saved yet: the newest checkpoint is the resume point.

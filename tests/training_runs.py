@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,8 +42,10 @@ def start_training(output_root: Path, run_name: str, *overrides: str, env: dict[
     output_root.mkdir(parents=True, exist_ok=True)
     number = len(list(output_root.glob(f"{run_name}.*.log")))
     log = open(output_root / f"{run_name}.{number}.log", "w")  # noqa: SIM115  (closed when the process is waited)
+    # Own session: a run that hangs is killed with all its ranks and data workers (see `finish`).
     process = subprocess.Popen(train_command(output_root, run_name, *overrides), stdout=log,
-                               stderr=subprocess.STDOUT, cwd=cwd or ROOT, env={**os.environ, **(env or {})})
+                               stderr=subprocess.STDOUT, cwd=cwd or ROOT, env={**os.environ, **(env or {})},
+                               start_new_session=True)
     process.log_path = Path(log.name)
     log.close()
     return process
@@ -50,7 +53,12 @@ def start_training(output_root: Path, run_name: str, *overrides: str, env: dict[
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
     """Wait for a run and return its output; a failed run fails the test with the end of its output."""
-    process.wait(timeout=timeout)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError(f"run hung for {timeout} s:\n{process.log_path.read_text()[-4000:]}") from None
     output = process.log_path.read_text()
     assert process.returncode == 0, output[-4000:]
     return output
