@@ -139,7 +139,8 @@ def summarise(metrics: pd.DataFrame, k: int | None) -> Summary:
     uniform = k * math.log(4) if k else None
     finite_val = val_loss[np.isfinite(val_loss.to_numpy())]
     return Summary(
-        steps=int(metrics["step"].replace("", np.nan).astype(float).max()),
+        # Lightning logs 0-based step indices: the last row of an N-step run says N-1.
+        steps=int(metrics["step"].replace("", np.nan).astype(float).max()) + 1,
         tokens_seen=float(tokens.iloc[-1]) if len(tokens) else None,
         sequences_seen=float(sequences.iloc[-1]) if len(sequences) else None,
         first_val_loss=float(val_loss.iloc[0]) if len(val_loss) else None,

@@ -56,7 +56,7 @@ def test_png_and_numbers_match_the_csv(tmp_path):
     assert data[:8] == PNG_SIGNATURE and 30_000 < len(data) < 2_000_000
     table = report_table(markdown_path.read_text())
     val_losses = [losses[step] + 0.1 for step in (9, 19, 29, 39)]
-    assert table["optimiser steps"] == "39"
+    assert table["optimiser steps"] == "40"
     assert table["tokens seen"] == f"{384 * 20 * 40:,}"
     assert table["sequences seen"] == "800"
     assert float(table["first val loss"]) == pytest.approx(val_losses[0], abs=1e-4)
@@ -99,7 +99,7 @@ def test_metrics_found_under_other_logger_layouts(tmp_path):
     moved = tmp_path / "logs" / "version_0" / "metrics.csv"
     moved.parent.mkdir(parents=True)
     csv_path.rename(moved)
-    assert "optimiser steps | 19" in write_report(tmp_path)[1].read_text()
+    assert "optimiser steps | 20" in write_report(tmp_path)[1].read_text()
 
 
 def test_run_without_metrics_names_the_file(tmp_path):
@@ -125,6 +125,6 @@ def test_reads_what_lightning_csv_logger_writes(tmp_path):
     (tmp_path / ".hydra" / "config.yaml").write_text("k: 6\n")
     png, markdown_path = write_report(tmp_path)
     table = report_table(markdown_path.read_text())
-    assert table["optimiser steps"] == "29" and table["tokens seen"] == "3,000"
+    assert table["optimiser steps"] == "30" and table["tokens seen"] == "3,000"
     assert float(table["first val loss"]) == pytest.approx(8.3 * math.exp(-9 / 8) + 1.45, abs=1e-4)
     assert png.read_bytes()[:8] == PNG_SIGNATURE
