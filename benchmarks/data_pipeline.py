@@ -1,7 +1,7 @@
 """Data-path throughput, FASTA -> masked micro-batch: ours beside the original DNABERT's way, same windows, one run.
 
 Ours: the real training loader (GenomeDataModule.train_dataloader: window stream, genome mmap reads,
-vectorised k-mer ids, collation, dataloader workers), optional packing (dnabert.packing), then
+vectorised k-mer ids, collation, optional packing (dnabert.packing), dataloader workers), then
 dnabert.masking.mask_batch on the CPU batch. In training masking runs on the GPU; doing it here on the CPU is
 the worst case for the data path.
 
@@ -34,7 +34,6 @@ from dnabert.datamodule import GenomeDataModule
 from dnabert.genome import Genome, GenomeSource, HeldOut
 from dnabert.kmer import PAD_ID, write_vocab
 from dnabert.masking import centre_rate_for, mask_batch
-from dnabert.packing import pack_batch
 from dnabert.windows import WindowRule, WindowStream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +61,10 @@ def synthetic_fasta(megabases: int, directory: Path) -> Path:
     return path
 
 
-def masked_batches(loader: Iterable[dict[str, torch.Tensor]], k: int, rate: float | None,
-                   pack_row_tokens: int | None) -> Iterator[dict[str, torch.Tensor]]:
-    """Our micro-batches from the real training loader, packed if asked, masked on the CPU unless rate is None."""
+def masked_batches(loader: Iterable[dict[str, torch.Tensor]], k: int,
+                   rate: float | None) -> Iterator[dict[str, torch.Tensor]]:
+    """Our micro-batches from the real training loader, masked on the CPU unless rate is None."""
     for index, batch in enumerate(loader):
-        if pack_row_tokens:
-            batch = pack_batch(batch, pack_row_tokens)
         if rate is None:
             yield batch
             continue
@@ -181,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         data = GenomeDataModule(
             [GenomeSource("bench", fasta)], k=args.k, micro_batch_size=args.micro_batch, num_workers=workers,
             length_rule=args.length_rule, max_tokens=args.max_tokens, cache_dir=cache_dir, pin_memory=False,
+            pack_rows=bool(args.pack_row_tokens), pack_row_tokens=args.pack_row_tokens or None,
         )
-        return masked_batches(data.train_dataloader(), args.k, None if args.mask_on_device else args.rate,
-                              args.pack_row_tokens or None)
+        return masked_batches(data.train_dataloader(), args.k, None if args.mask_on_device else args.rate)
 
     references = {}
     with tempfile.TemporaryDirectory() as vocab_dir:

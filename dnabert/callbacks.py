@@ -114,7 +114,7 @@ class ThroughputLogger(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: dict[str, Any], batch_idx: int) -> None:
         self.tokens_since_log += batch["num_tokens"]
-        self.sequences_since_log += batch["input_ids"].shape[0]
+        self.sequences_since_log += batch["window"].shape[0]  # windows, not rows: packed rows hold several
         step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if not step_done or trainer.global_step % trainer.log_every_n_steps:
             return

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from dnabert.errors import DnabertError
 from dnabert.genome import Genome, GenomeSource, HeldOut
 from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID, kmer_ids_from_codes
+from dnabert.packing import pack_batch
 from dnabert.windows import WindowRule, Windows, WindowStream, epoch_windows, read_windows
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class MicroBatchStream(IterableDataset):
     (measured: ~350 micro-batches/s one by one vs ~2,200/s in groups of 8). PositionCountingLoader splits them.
     Group q (q = 0, 1, ...) holds micro-batches start + q*G ... start + q*G + G-1 and is made by worker
     q % num_workers; torch's round-robin over workers then returns them in stream order.
+    With `pack_row_tokens`, each micro-batch's windows are packed into rows of that many tokens in the worker
+    (dnabert.packing): fewer rows than windows, `window` still one entry per window.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class MicroBatchStream(IterableDataset):
         position: int = 0,
         pad_to_multiple_of: int = 8,
         batches_per_transfer: int = 1,
+        pack_row_tokens: int | None = None,
     ) -> None:
         if micro_batch_size < 1:
             raise DnabertError(f"data.micro_batch_size={micro_batch_size} must be at least 1.")
@@ -119,24 +123,30 @@ class MicroBatchStream(IterableDataset):
         self.position = position
         self.pad_to_multiple_of = pad_to_multiple_of
         self.batches_per_transfer = batches_per_transfer
+        self.pack_row_tokens = pack_row_tokens  # None: one window per row; else pack rows of this many tokens
 
     def batch(self, local_index: int) -> dict[str, torch.Tensor]:
         """Rank-local micro-batch `local_index` (global micro-batch rank + world_size * local_index)."""
         global_index = self.rank + self.world_size * local_index
         batch = self.source.read(global_index * self.micro_batch_size, self.micro_batch_size)
-        return collate(batch, self.k, self.pad_to_multiple_of)
+        collated = collate(batch, self.k, self.pad_to_multiple_of)
+        if self.pack_row_tokens:
+            return pack_batch(collated, self.pack_row_tokens, self.pad_to_multiple_of)
+        return collated
 
     def group(self, first_local_index: int) -> dict[str, torch.Tensor]:
         """`batches_per_transfer` micro-batches from `first_local_index` on, padded to one width and stacked."""
         batches = [self.batch(first_local_index + i) for i in range(self.batches_per_transfer)]
+        rows = [batch["input_ids"].shape[0] for batch in batches]  # fewer than micro_batch_size when packed
         widths = [batch["input_ids"].shape[1] for batch in batches]
         input_ids = torch.full((len(batches), self.micro_batch_size, max(widths)), PAD_ID, dtype=torch.long)
         for slot, batch in enumerate(batches):
-            input_ids[slot, :, : widths[slot]] = batch["input_ids"]
+            input_ids[slot, : rows[slot], : widths[slot]] = batch["input_ids"]
         return {
             "input_ids": input_ids,
             "window": torch.stack([batch["window"] for batch in batches]),
             "width": torch.tensor(widths),
+            "rows": torch.tensor(rows),
         }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -174,8 +184,9 @@ class PositionCountingLoader(DataLoader):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for group in super().__iter__():
-            for slot, width in enumerate(group["width"].tolist()):
-                batch = {"input_ids": group["input_ids"][slot, :, :width].contiguous(), "window": group["window"][slot]}
+            for slot, (rows, width) in enumerate(zip(group["rows"].tolist(), group["width"].tolist(), strict=True)):
+                batch = {"input_ids": group["input_ids"][slot, :rows, :width].contiguous(),
+                         "window": group["window"][slot]}
                 self.dataset.position += 1
                 yield batch
 
@@ -252,9 +263,18 @@ class WindowDataModule(L.LightningDataModule):
         rank: int | None,
         world_size: int | None,
         start_position: int | None,
+        pack_rows: bool = False,
+        pack_row_tokens: int | None = None,
     ) -> None:
         super().__init__()
         self.rule = WindowRule(k, max_tokens, length_rule)
+        if pack_rows and pack_row_tokens is not None and pack_row_tokens < max_tokens:
+            raise DnabertError(
+                f"data.pack_row_tokens={pack_row_tokens} is below data.max_tokens={max_tokens}: a full-length window "
+                "would not fit a row. Set it to at least max_tokens, or null (= max_tokens)."
+            )
+        # None: one window per row; else rows packed with windows up to this many tokens (dnabert.packing)
+        self.pack_row_tokens = (pack_row_tokens or max_tokens) if pack_rows else None
         self.k = k
         self.micro_batch_size = micro_batch_size
         self.num_workers = num_workers
@@ -302,7 +322,7 @@ class WindowDataModule(L.LightningDataModule):
         rank, world, start = self._placement()
         return MicroBatchStream(
             GenomeWindowSource(self.genomes, stream), self.k, self.micro_batch_size, rank, world, start,
-            self.pad_to_multiple_of, self.batches_per_transfer if self.num_workers > 0 else 1,
+            self.pad_to_multiple_of, self.batches_per_transfer if self.num_workers > 0 else 1, self.pack_row_tokens,
         )
 
     def train_dataloader(self) -> PositionCountingLoader:
@@ -355,7 +375,9 @@ class GenomeDataModule(WindowDataModule):
     val_block_size bp) plus the named val_contigs are held out; val_max_windows caps the validation windows per
     genome; split_seed places the held-out blocks (apart from the training seed, so that runs with different
     seeds are evaluated on the same held-out set). batches_per_transfer micro-batches travel from a worker
-    together (see MicroBatchStream).
+    together (see MicroBatchStream). pack_rows packs each micro-batch's windows into rows of pack_row_tokens
+    (default max_tokens) tokens (dnabert.packing; the model then needs packed=True); micro_batch_size still
+    counts windows.
     rank, world_size and start_position (rank-local micro-batch) default to the attached trainer's
     global_rank, world_size and global_step * accumulate_grad_batches.
     """
@@ -382,11 +404,13 @@ class GenomeDataModule(WindowDataModule):
         rank: int | None = None,
         world_size: int | None = None,
         start_position: int | None = None,
+        pack_rows: bool = False,
+        pack_row_tokens: int | None = None,
     ) -> None:
         super().__init__(
             k, micro_batch_size, num_workers, seed, length_rule, max_tokens, val_max_windows, split_seed,
             reverse_complement, pad_to_multiple_of, pin_memory, batches_per_transfer, rank, world_size,
-            start_position,
+            start_position, pack_rows=pack_rows, pack_row_tokens=pack_row_tokens,
         )
         self.sources = genome_sources(genomes)
         self.val_fraction = val_fraction

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from dnabert.datamodule import GenomeDataModule
 from dnabert.errors import DnabertError
 from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID
 from dnabert.masking import mask_batch
 from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig
 from dnabert.packing import pack_batch, pack_rows, padding_fraction, place, plan_rows
+from tests.conftest import DEMO_FASTA
 
 K = 3
 VOCAB = 4**K + 5
@@ -115,3 +117,32 @@ def test_packed_rows_give_the_same_per_window_loss_and_gradients():
                                    atol=1e-5, rtol=1e-5)
     for name, grad in grads_a.items():
         torch.testing.assert_close(grads_b[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def windows_in_rows(input_ids: torch.Tensor) -> list[tuple[int, ...]]:
+    """The token sequence of every window of (possibly packed) rows, split at each [CLS]."""
+    windows = []
+    for row in input_ids.tolist():
+        real = [token for token in row if token != PAD_ID]
+        starts = [index for index, token in enumerate(real) if token == CLS_ID] + [len(real)]
+        windows += [tuple(real[start:end]) for start, end in zip(starts, starts[1:], strict=False)]
+    return windows
+
+
+def test_datamodule_packs_the_same_windows_into_fewer_rows(tmp_path):
+    settings = dict(genomes=[{"name": "demo", "fasta": str(DEMO_FASTA)}], k=6, micro_batch_size=24, num_workers=2,
+                    max_tokens=128, pin_memory=False, cache_dir=tmp_path, batches_per_transfer=2)
+    plain = GenomeDataModule(**settings).train_dataloader()
+    packed = GenomeDataModule(**settings, pack_rows=True).train_dataloader()
+    for _, one_per_row, several_per_row in zip(range(5), plain, packed, strict=False):
+        assert torch.equal(several_per_row["window"], one_per_row["window"])  # one entry per window
+        assert several_per_row["input_ids"].shape[0] < one_per_row["input_ids"].shape[0]
+        assert several_per_row["input_ids"].shape[1] <= 128
+        assert sorted(windows_in_rows(several_per_row["input_ids"])) == sorted(windows_in_rows(
+            one_per_row["input_ids"]))
+
+
+def test_pack_row_tokens_below_the_window_length_is_a_clear_error(tmp_path):
+    with pytest.raises(DnabertError, match="pack_row_tokens"):
+        GenomeDataModule([{"name": "demo", "fasta": str(DEMO_FASTA)}], max_tokens=128, pack_rows=True,
+                         pack_row_tokens=100, cache_dir=tmp_path)
