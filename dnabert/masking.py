@@ -112,15 +112,17 @@ def whole_kmer_mask_positions(
 ) -> torch.Tensor:
     """Which tokens "whole_kmer" masking hides (bool (B, T)): those with a hidden nucleotide, specials never.
 
-    The draw has a fixed shape (B, k*T + 1), an upper bound on the slots (at most T windows of k-1 extra
-    slots), so it needs no device-to-host sync and depends only on the batch shape and the generator.
+    The draw has a fixed shape (B, T + (k-1)*ceil(T/3) + k), an upper bound on the slots (a window takes at
+    least 3 tokens, [CLS] k-mer [SEP], so a row holds at most ceil(T/3) windows, each shifting the slots by
+    k-1), so it needs no device-to-host sync and depends only on the batch shape and the generator.
     """
     k = check_k(k)
     hidden_probability = centre_rate_for(rate, k)
     _check_inputs(input_ids, generator)
     batch, length = input_ids.shape
-    hidden = torch.rand((batch, k * length + 1), generator=generator, device=input_ids.device) < hidden_probability
-    # int32: counts stay below k*T+1, and an int64 cumsum is about 8x slower on CPU (benchmarks/data_pipeline.py)
+    slots = length + (k - 1) * -(-length // 3) + k
+    hidden = torch.rand((batch, slots), generator=generator, device=input_ids.device) < hidden_probability
+    # int32: counts stay below the slot count, and an int64 cumsum is about 8x slower on CPU
     hidden_before = torch.nn.functional.pad(torch.cumsum(hidden, dim=1, dtype=torch.int32), (1, 0))
     first_slot = nucleotide_slots(input_ids, k)
     hidden_in_token = hidden_before.gather(1, first_slot + k) - hidden_before.gather(1, first_slot)

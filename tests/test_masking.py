@@ -156,7 +156,7 @@ def test_whole_kmer_rate_short_padded_sequences_edges_included(k: int, rate: flo
 
 @pytest.mark.parametrize("k", SUPPORTED_K)
 def test_whole_kmer_mask_equals_reference_from_hidden_nucleotides(k: int) -> None:
-    """Reproduce the documented draw (B, k*T+1), then mask in plain Python: a token is masked iff one of its k
+    """Reproduce the documented draw (B, T + (k-1)*ceil(T/3) + k), then mask in plain Python: a token is masked iff one of its k
     nucleotide slots is hidden, where slot(t) = t + (k-1) * [CLS] count up to t; so every hidden nucleotide
     masks every k-mer of its window that contains it."""
     rng = np.random.default_rng(20 + k)
@@ -165,7 +165,8 @@ def test_whole_kmer_mask_equals_reference_from_hidden_nucleotides(k: int) -> Non
     rate = 0.2
     masked = whole_kmer_mask_positions(input_ids, k, rate, torch.Generator().manual_seed(5))
     n_rows, width = input_ids.shape
-    hidden = torch.rand((n_rows, k * width + 1), generator=torch.Generator().manual_seed(5)) < centre_rate_for(rate, k)
+    slots = width + (k - 1) * -(-width // 3) + k
+    hidden = torch.rand((n_rows, slots), generator=torch.Generator().manual_seed(5)) < centre_rate_for(rate, k)
     for row, row_hidden, row_masked in zip(input_ids.tolist(), hidden.tolist(), masked.tolist(), strict=True):
         expected, windows_seen = [], 0
         for position, token in enumerate(row):
@@ -173,6 +174,17 @@ def test_whole_kmer_mask_equals_reference_from_hidden_nucleotides(k: int) -> Non
             first_slot = position + (k - 1) * windows_seen
             expected.append(token >= NUM_SPECIAL_TOKENS and any(row_hidden[first_slot : first_slot + k]))
         assert row_masked == expected
+
+
+@pytest.mark.parametrize("k", SUPPORTED_K)
+def test_rows_packed_with_the_shortest_windows_stay_inside_the_draw(k: int) -> None:
+    """The draw is sized for the worst case, a row of [CLS] k-mer [SEP] windows: the last slot must exist."""
+    width = 3 * 40
+    input_ids = torch.tensor([CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID] * 40).repeat(64, 1)
+    assert input_ids.shape[1] == width
+    masked = whole_kmer_mask_positions(input_ids, k, 0.5, torch.Generator().manual_seed(1))
+    assert masked[:, 1::3].float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert not masked[:, 0::3].any() and not masked[:, 2::3].any()
 
 
 @pytest.mark.parametrize("mode", ["whole_kmer", "original"])
