@@ -156,9 +156,9 @@ def test_whole_kmer_rate_short_padded_sequences_edges_included(k: int, rate: flo
 
 @pytest.mark.parametrize("k", SUPPORTED_K)
 def test_whole_kmer_mask_equals_reference_from_hidden_nucleotides(k: int) -> None:
-    """Reproduce the documented draw (B, T + (k-1)*ceil(T/3) + k), then mask in plain Python: a token is masked iff one of its k
-    nucleotide slots is hidden, where slot(t) = t + (k-1) * [CLS] count up to t; so every hidden nucleotide
-    masks every k-mer of its window that contains it."""
+    """Reproduce the documented draw (B, T + (k-1)*ceil(T/3) + k), then mask in plain Python: a token is masked
+    iff one of its k nucleotide slots is hidden, where slot(t) = t + (k-1) * [CLS] count up to t; so every hidden
+    nucleotide masks every k-mer of its window that contains it."""
     rng = np.random.default_rng(20 + k)
     rows = [[int(n) for n in rng.integers(1, 15, size=rng.integers(1, 4))] for _ in range(200)]
     input_ids = packed_batch(rng, rows, k)
