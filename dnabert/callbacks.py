@@ -74,6 +74,21 @@ class StepProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
 
+    # Held-out evaluation takes seconds and would print a bar of its own into every log; its result
+    # (val/loss) shows on the training bar instead.
+    def on_validation_start(self, *_: Any) -> None:
+        pass
+
+    def on_validation_batch_start(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def on_validation_batch_end(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._train_progress_bar is not None and trainer.state.fn == "fit":
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)

@@ -155,8 +155,8 @@ class DnaBertLitModule(L.LightningModule):
         if count == 0:
             return
         loss = loss_sum / count
-        self.log_dict({"val/loss": loss, "val/ppl": math.exp(loss), "val/acc": correct / count},
-                      prog_bar=False, rank_zero_only=True)
+        self.log("val/loss", loss, prog_bar=True, rank_zero_only=True)
+        self.log_dict({"val/ppl": math.exp(loss), "val/acc": correct / count}, rank_zero_only=True)
 
     # ---------------------------------------------------------------------------- non-finite guard
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
