@@ -60,12 +60,19 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
 class StepProgressBar(TQDMProgressBar):
     """Progress in optimiser steps out of max_steps (the stream is endless, so batches have no total)."""
 
+    @property
+    def train_description(self) -> str:
+        return "step"
+
+    def on_train_start(self, trainer: L.Trainer, *_: Any) -> None:
+        """One bar for the whole run, starting at the resumed step (Lightning's also draws 'Epoch 0: 0/?')."""
+        bar = self.init_train_tqdm()
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = trainer.global_step
+        self.train_progress_bar = bar
+
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
-        super().on_train_epoch_start(trainer)
-        self.train_progress_bar.reset(total=trainer.max_steps)
-        self.train_progress_bar.initial = trainer.global_step
-        self.train_progress_bar.n = trainer.global_step
-        self.train_progress_bar.set_description("step")
+        """The stream is one endless epoch: nothing to reset."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         bar = self.train_progress_bar
