@@ -54,6 +54,7 @@ def quiet_lightning_logs() -> None:
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     rank_zero_logger.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
 
+
 @dataclass(frozen=True)
 class Plan:
     """The numbers derived from the config that decide how a run is laid out."""
