@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dnabert.errors import DnabertError, command_line
+
+if TYPE_CHECKING:
+    from dnabert.trial import TrialResult
 
 # Dense (no sparsity) 16-bit tensor-core peaks in FLOP/s, from the vendors' datasheets.
 # The RTX 2080 Ti figure is fp16 with fp32 accumulation (53.8 T; GeForce Turing halves the 107.6 T
@@ -133,6 +136,21 @@ def peak_flops_for(gpu_name: str) -> float:
     )
 
 
+def _head_flops_per_masked_token(model_config: Any) -> float:
+    hidden = model_config.hidden_size
+    return 6 * (hidden * hidden + hidden * model_config.vocab_size)
+
+
+def train_flops_per_sequence(model_config: Any, tokens: float, tokens_squared: float, mask_rate: float) -> float:
+    """Forward + backward FLOPs of one sequence of `tokens` real tokens (E[tokens], E[tokens^2] for a mix)."""
+    masked_tokens = mask_rate * (tokens - 2)  # [CLS]/[SEP] are never masked
+    return (
+        6 * count_parameters(model_config)[1] * tokens
+        + 12 * model_config.num_hidden_layers * model_config.hidden_size * tokens_squared
+        + _head_flops_per_masked_token(model_config) * masked_tokens
+    )
+
+
 def estimate(
     model_config: Any,
     k: int,
@@ -164,23 +182,12 @@ def estimate(
         )
     parameters, matmul_parameters = count_parameters(model_config)
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
-    head_flops_per_masked_token = 6 * (hidden * hidden + hidden * model_config.vocab_size)
-
     mean_tokens, mean_square_tokens = token_length_moments(k, max_tokens, length_rule)
-
-    def sequence_flops(tokens: float, tokens_squared: float) -> float:
-        masked_tokens = mask_rate * (tokens - 2)  # [CLS]/[SEP] are never masked
-        return (
-            6 * matmul_parameters * tokens
-            + 12 * layers * hidden * tokens_squared
-            + head_flops_per_masked_token * masked_tokens
-        )
-
-    flops_per_sequence = sequence_flops(mean_tokens, mean_square_tokens)
+    flops_per_sequence = train_flops_per_sequence(model_config, mean_tokens, mean_square_tokens, mask_rate)
     # A padded batch runs every row at full length, but the head still sees only the real masked tokens.
-    padded_flops_per_sequence = sequence_flops(max_tokens, max_tokens**2) - head_flops_per_masked_token * (
-        mask_rate * (max_tokens - mean_tokens)
-    )
+    padded_flops_per_sequence = train_flops_per_sequence(
+        model_config, max_tokens, max_tokens**2, mask_rate
+    ) - _head_flops_per_masked_token(model_config) * (mask_rate * (max_tokens - mean_tokens))
     total_sequences = global_batch_size * max_steps
     total_tokens = total_sequences * mean_tokens
     forward_full = (2 * matmul_parameters * max_tokens + 4 * layers * hidden * max_tokens**2)
@@ -247,14 +254,22 @@ def _si(value: float, unit: str = "") -> str:
 
 def _duration(seconds: float) -> str:
     hours = seconds / 3600
-    return f"{hours:.1f} h ({hours / 24:.1f} days)" if hours >= 48 else f"{hours:.2f} h"
+    if hours >= 48:
+        return f"{hours:.1f} h ({hours / 24:.1f} days)"
+    if hours >= 1:
+        return f"{hours:.2f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _memory(size_bytes: float) -> str:
+    return f"{size_bytes / 2**30:.1f} GiB" if size_bytes >= 2**30 else f"{size_bytes / 2**20:.0f} MiB"
 
 
 def format_estimate(est: Estimate) -> str:
     """A readable multi-line summary of an Estimate, printed by `train.py ... estimate=true`."""
     lines = [
         f"parameters          {est.parameters:,} ({_si(est.matmul_parameters)} in encoder weight matrices)",
-        f"batch               {est.global_batch_size} sequences/step = {est.gpus} GPUs x "
+        f"batch               {est.global_batch_size} sequences/step = {est.gpus} devices x "
         f"{est.micro_batch_size} x {est.accumulate_grad_batches} accumulation; {est.max_steps:,} steps",
         f"tokens              {est.total_sequences:,} sequences, mean "
         f"{est.mean_tokens_per_sequence:.1f} real tokens each ({est.length_rule} length rule, max "
@@ -265,9 +280,9 @@ def format_estimate(est: Estimate) -> str:
         f"{_si(est.train_flops_per_sequence, 'FLOP')}/sequence, {_si(est.train_flops_per_step, 'FLOP')}/step",
         f"training FLOPs      {est.train_flops:.3g} in all ({est.train_flops_padded:.3g} if every row is "
         f"padded to {est.max_tokens})",
-        f"memory per GPU      {est.memory_per_gpu_bytes / 2**30:.1f} GiB = "
-        f"{est.memory_states_bytes / 2**30:.1f} GiB weights+grads+AdamW (16 B/param) + "
-        f"{est.memory_activations_bytes / 2**30:.1f} GiB bf16 activations of one micro-batch "
+        f"memory per GPU      {_memory(est.memory_per_gpu_bytes)} = "
+        f"{_memory(est.memory_states_bytes)} weights+grads+AdamW (16 B/param) + "
+        f"{_memory(est.memory_activations_bytes)} bf16 activations of one micro-batch "
         "(+1-2 GiB CUDA context)",
     ]
     if est.wall_seconds is None:
@@ -287,12 +302,42 @@ def format_estimate(est: Estimate) -> str:
     return "\n".join(lines)
 
 
-def estimate_from_config(cfg: Any, devices: int, num_nodes: int) -> str:
+def format_trial(est: Estimate, trial: TrialResult, model_config: Any, mask_rate: float) -> str:
+    """What a trial measured, and the run's wall time from the trial's FLOP/s on the configured device count."""
+    tokens = trial.row_tokens
+    flops_per_s = (trial.timed_steps * trial.micro_batch_size
+                   * train_flops_per_sequence(model_config, tokens, tokens**2, mask_rate) / trial.seconds)
+    try:
+        utilisation = f" ({flops_per_s / peak_flops_for(trial.device_name):.0%} MFU)"
+    except DnabertError:  # a CPU or a GPU missing from the peak table: report FLOP/s only
+        utilisation = ""
+    lines = [
+        f"trial               {trial.timed_steps} optimiser steps of {trial.micro_batch_size} x {tokens}-token "
+        f"rows on {trial.device_name}: {trial.tokens_per_s:,.0f} tokens/s, "
+        f"{_si(flops_per_s, 'FLOP/s')}{utilisation}",
+    ]
+    if trial.peak_allocated_bytes is None:
+        lines.append("memory (trial)      not measured on a CPU: see the estimate above")
+    else:
+        lines.append(
+            f"memory (trial)      {_memory(trial.peak_allocated_bytes)} peak allocated, "
+            f"{_memory(trial.peak_reserved_bytes or 0)} reserved by the allocator, for micro-batch "
+            f"{trial.micro_batch_size} (estimate above: {_memory(est.memory_per_gpu_bytes)})"
+        )
+    wall = est.train_flops / (est.gpus * flops_per_s)
+    lines.append(
+        f"wall time (trial)   {_duration(wall)} on {est.gpus} device(s) like it at the trial's FLOP/s "
+        "(linear scaling over data parallelism assumed)"
+    )
+    return "\n".join(lines)
+
+
+def estimate_from_config(cfg: Any, devices: int, num_nodes: int, trial: TrialResult | None = None) -> str:
     """The formatted estimate of a composed training config (`python train.py ... estimate=true`).
 
     Reads ``k``, ``model``, ``global_batch_size``, ``max_steps``, ``data.micro_batch_size``,
     ``data.max_tokens`` and ``data.length_rule``; the GPU is the visible CUDA device unless ``estimate_gpu``
-    names one, the MFU ``estimate_mfu`` (default 0.4).
+    names one, the MFU ``estimate_mfu`` (default 0.4). A ``trial`` adds its measured memory and wall time.
     """
     from omegaconf import OmegaConf
 
@@ -308,8 +353,10 @@ def estimate_from_config(cfg: Any, devices: int, num_nodes: int) -> str:
         import torch
 
         gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    model_config = ModelConfig.from_dict(model_fields)
+    mask_rate = cfg.masking.rate
     est = estimate(
-        ModelConfig.from_dict(model_fields), k,
+        model_config, k,
         max_tokens=OmegaConf.select(cfg, "data.max_tokens", default=512),
         global_batch_size=cfg.global_batch_size,
         max_steps=cfg.max_steps,
@@ -319,8 +366,10 @@ def estimate_from_config(cfg: Any, devices: int, num_nodes: int) -> str:
         gpu_name=gpu_name,
         mfu=OmegaConf.select(cfg, "estimate_mfu", default=0.4),
         length_rule=OmegaConf.select(cfg, "data.length_rule", default="original"),
+        mask_rate=mask_rate,
     )
-    return format_estimate(est)
+    text = format_estimate(est)
+    return text if trial is None else f"{text}\n{format_trial(est, trial, model_config, mask_rate)}"
 
 
 @command_line

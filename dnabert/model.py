@@ -379,8 +379,12 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over masked tokens; logits (N, V) or (B, T, V), labels (N,) or (B, T), -100 ignored.
 
     Computed in float32 so that a bf16/fp16 forward keeps precision in the log-sum-exp over 4^k k-mers.
+    A micro-batch with no masked token (possible with a few very short windows) gives 0 with zero gradients,
+    not the NaN of a mean over nothing, which would cost the whole optimiser step.
     """
-    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    labels = labels.flatten()
+    total = F.cross_entropy(logits.flatten(0, -2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def count_parameters(model: nn.Module) -> int:

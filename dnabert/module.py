@@ -41,6 +41,20 @@ def no_decay_parameter_names(model: torch.nn.Module) -> set[str]:
     return exempt
 
 
+def build_adamw(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim.AdamW:
+    """The recipe's AdamW: weight decay except on biases and LayerNorm weights; fused on CUDA unless
+    ``optim.fused`` is false."""
+    exempt = no_decay_parameter_names(model)
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n not in exempt], "weight_decay": optim["weight_decay"]},
+        {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0},
+    ]
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    fused = on_cuda and optim.get("fused", True)
+    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"], fused=fused or None)
+
+
 class DnaBertLitModule(L.LightningModule):
     """BERT masked-language-model pretraining on k-mer ids, with the DNABERT optimiser and schedules."""
 
@@ -195,16 +209,7 @@ class DnaBertLitModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_config
-        exempt = no_decay_parameter_names(self.model)
-        named = [(f"model.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in named if n[6:] not in exempt], "weight_decay": cfg["weight_decay"]},
-            {"params": [p for n, p in named if n[6:] in exempt], "weight_decay": 0.0},
-        ]
-        fused = self.device.type == "cuda" and cfg.get("fused", True)
-        optimizer = torch.optim.AdamW(
-            groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"], fused=fused or None
-        )
+        optimizer = build_adamw(self.model, cfg)
         total_steps = cfg.get("total_steps") or self.trainer.max_steps
         if not total_steps or total_steps < 0:
             raise DnabertError("optim.total_steps is unset and trainer.max_steps is not a positive number.")

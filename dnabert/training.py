@@ -12,8 +12,10 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,6 +36,9 @@ from dnabert.config import (
 )
 from dnabert.errors import DnabertError
 from dnabert.module import DnaBertLitModule
+
+if TYPE_CHECKING:
+    from dnabert.trial import TrialResult
 
 log = logging.getLogger("dnabert")
 # Performance switches in the model config group that are not architecture: module argument -> config key.
@@ -175,6 +180,28 @@ def build_trainer(cfg: DictConfig, plan: Plan) -> L.Trainer:
     return instantiate(trainer_cfg, _convert_="all")
 
 
+def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:
+    """`estimate_trial`: auto = measure on this machine's GPU when it has one; true = also on a CPU; false = never.
+
+    The trial runs on one device of this machine (cuda:0, else the CPU), at the configured micro-batch."""
+    setting = str(cfg.estimate_trial).lower()
+    if setting not in ("auto", "true", "false"):
+        raise DnabertError(f"estimate_trial={cfg.estimate_trial!r}: use auto, true or false.")
+    accelerator = str(cfg.trainer.accelerator)
+    use_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if setting == "false" or (setting == "auto" and not use_gpu):
+        return None
+    from dnabert.trial import run_trial
+
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    log.info("Estimate: a few optimiser steps on %s at micro-batch %d to measure memory and speed ...",
+             device, cfg.data.micro_batch_size)
+    return run_trial(
+        build_module(cfg, plan), cfg.data.micro_batch_size, int(cfg.data.get("max_tokens", 512)), device,
+        precision=auto_precision(str(cfg.trainer.precision), accelerator if use_gpu else "cpu"),
+    )
+
+
 def run(cfg: DictConfig) -> Path | None:
     """Train (or only estimate) as the config says; returns the run directory."""
     quiet_lightning_logs()
@@ -182,7 +209,7 @@ def run(cfg: DictConfig) -> Path | None:
     if cfg.estimate:
         from dnabert.estimate import estimate_from_config
 
-        print(estimate_from_config(cfg, plan.devices, plan.num_nodes))
+        print(estimate_from_config(cfg, plan.devices, plan.num_nodes, trial=estimate_trial(cfg, plan)))
         return None
     check_output_dir(plan.run_dir)
     check_launch(cfg.trainer, cfg.logger, plan.devices, plan.num_nodes)

@@ -178,6 +178,16 @@ def test_masked_lm_loss_ignores_unmasked_labels():
     torch.testing.assert_close(masked_lm_loss(logits, labels), expected)
 
 
+def test_micro_batch_without_masked_tokens_adds_nothing_instead_of_nan():
+    """A NaN here would make the non-finite guard drop the whole optimiser step, and poison held-out sums."""
+    logits = torch.randn(2, 3, VOCAB, requires_grad=True)
+    loss = masked_lm_loss(logits, torch.full((2, 3), -100))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    empty = masked_lm_loss(torch.randn(0, VOCAB), torch.zeros(0, dtype=torch.long))  # masked-only head, none masked
+    assert empty.item() == 0.0
+
+
 def test_bert_base_parameter_count_matches_dnabert_model_card():
     """MultiMolecule's DNABERT card: 89.19M (k=6), 86.83M (k=5), 86.24M (k=4), with one more <null> row."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
