@@ -321,11 +321,13 @@ class SequenceDataModule(WindowDataModule):
         rank: int | None = None,
         world_size: int | None = None,
         start_position: int | None = None,
+        pack_rows: bool = False,
+        pack_row_tokens: int | None = None,
     ) -> None:
         super().__init__(
             k, micro_batch_size, num_workers, seed, length_rule, max_tokens, val_max_windows, split_seed,
             reverse_complement, pad_to_multiple_of, pin_memory, batches_per_transfer, rank, world_size,
-            start_position,
+            start_position, pack_rows=pack_rows, pack_row_tokens=pack_row_tokens,
         )
         self.path = Path(path) if path else None
         self.format = format

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dnabert.config import register_resolvers
+from dnabert.kmer import CLS_ID, PAD_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -62,3 +64,13 @@ def tiny_run_overrides(output_root: Path, run_name: str = "test", **extra: objec
     }
     settings.update(extra)
     return [f"{key}={value}" for key, value in settings.items()]
+
+
+def windows_in_rows(input_ids: torch.Tensor) -> list[tuple[int, ...]]:
+    """The token sequence of every window of (possibly packed) rows, split at each [CLS]."""
+    windows = []
+    for row in input_ids.tolist():
+        real = [token for token in row if token != PAD_ID]
+        starts = [index for index, token in enumerate(real) if token == CLS_ID] + [len(real)]
+        windows += [tuple(real[start:end]) for start, end in zip(starts, starts[1:], strict=False)]
+    return windows

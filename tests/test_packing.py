@@ -12,7 +12,7 @@ from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID
 from dnabert.masking import mask_batch
 from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig
 from dnabert.packing import pack_batch, pack_rows, padding_fraction, place, plan_rows
-from tests.conftest import DEMO_FASTA
+from tests.conftest import DEMO_FASTA, windows_in_rows
 
 K = 3
 VOCAB = 4**K + 5
@@ -117,16 +117,6 @@ def test_packed_rows_give_the_same_per_window_loss_and_gradients():
                                    atol=1e-5, rtol=1e-5)
     for name, grad in grads_a.items():
         torch.testing.assert_close(grads_b[name], grad, atol=1e-5, rtol=1e-4, msg=name)
-
-
-def windows_in_rows(input_ids: torch.Tensor) -> list[tuple[int, ...]]:
-    """The token sequence of every window of (possibly packed) rows, split at each [CLS]."""
-    windows = []
-    for row in input_ids.tolist():
-        real = [token for token in row if token != PAD_ID]
-        starts = [index for index, token in enumerate(real) if token == CLS_ID] + [len(real)]
-        windows += [tuple(real[start:end]) for start, end in zip(starts, starts[1:], strict=False)]
-    return windows
 
 
 def test_datamodule_packs_the_same_windows_into_fewer_rows(tmp_path):

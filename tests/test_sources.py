@@ -17,7 +17,7 @@ from dnabert.errors import DnabertError
 from dnabert.kmer import PAD_ID, kmer_text, tokenize
 from dnabert.sources import SequenceDataModule, detect_format, load_table
 from dnabert.training import run
-from tests.conftest import tiny_run_overrides
+from tests.conftest import tiny_run_overrides, windows_in_rows
 from tests.training_runs import checkpoint, metric_by_step
 
 B = 4
@@ -162,6 +162,16 @@ def write_kmer_text(sequences: list[str], path: Path, k: int) -> Path:
     lines = ["sequence  label"] + [f"{kmer_text(sequence, k)}\t{i % 2}" for i, sequence in enumerate(sequences)]
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode("ascii"))
     return path
+
+
+def test_short_rows_pack_into_fewer_model_rows(tmp_path):
+    path = write(random_sequences(), tmp_path / "x.parquet", "parquet")
+    settings = dict(micro_batch_size=16, max_tokens=128, num_workers=0)
+    plain = next(iter(make_data(path, tmp_path, **settings).train_dataloader()))
+    packed = next(iter(make_data(path, tmp_path, **settings, pack_rows=True).train_dataloader()))
+    assert torch.equal(packed["window"], plain["window"])
+    assert packed["input_ids"].shape[0] < plain["input_ids"].shape[0]
+    assert sorted(windows_in_rows(packed["input_ids"])) == sorted(windows_in_rows(plain["input_ids"]))
 
 
 def test_kmer_text_round_trip(tmp_path):
