@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -456,6 +457,8 @@ def held_out_split(
 
     `val_contigs` go to val whole; of the rest, a seeded random set of `val_block_size` blocks (aligned on each
     contig) holding at least `val_fraction` of the A/C/G/T bp goes to val. Pieces shorter than k are dropped.
+    In a genome too small for one block (a virus, a mitochondrion), the block shrinks to the wanted bp, so the
+    held-out share stays near val_fraction instead of one block taking half the genome.
     """
     if not 0.0 <= held_out.val_fraction < 1.0:
         raise DnabertError(
@@ -472,13 +475,15 @@ def held_out_split(
         )
     val_contig_indices = [contig_names.index(name) for name in held_out.val_contigs]
     whole_val = np.isin(intervals[:, 0], val_contig_indices)
-    pieces, block_keys = _cut_at_blocks(intervals[~whole_val], held_out.val_block_size)
+    candidates = intervals[~whole_val]
+    wanted = held_out.val_fraction * int(np.sum(candidates[:, 2] - candidates[:, 1]))
+    block_size = min(held_out.val_block_size, max(math.ceil(wanted), k)) if wanted else held_out.val_block_size
+    pieces, block_keys = _cut_at_blocks(candidates, block_size)
     piece_bp = pieces[:, 2] - pieces[:, 1]
     unique_blocks, block_of_piece = np.unique(block_keys, return_inverse=True)
     block_bp = np.bincount(block_of_piece, weights=piece_bp, minlength=len(unique_blocks))
     rng = np.random.default_rng(np.random.SeedSequence([held_out.seed, 0x5EED_0A11]))
     order = rng.permutation(len(unique_blocks))
-    wanted = held_out.val_fraction * piece_bp.sum()
     n_val_blocks = int(np.searchsorted(np.cumsum(block_bp[order]), wanted)) + 1 if wanted > 0 else 0
     is_val_block = np.zeros(len(unique_blocks), dtype=bool)
     is_val_block[order[:n_val_blocks]] = True
@@ -494,7 +499,7 @@ def held_out_split(
     if len(val) == 0 and (held_out.val_fraction > 0 or held_out.val_contigs):
         raise DnabertError(
             f"genome {genome_name!r}: the held-out split (val_fraction={held_out.val_fraction}, "
-            f"val_block_size={held_out.val_block_size}) has no A/C/G/T stretch of k={k} bp; raise them."
+            f"val_block_size={block_size}) has no A/C/G/T stretch of k={k} bp; raise them."
         )
     return train, val
 

@@ -171,6 +171,17 @@ def test_held_out_split_never_overlaps_and_is_seeded(synthetic):
     assert all(end - start >= 6 for part in (train, val) for _, start, end in part)
 
 
+def test_a_genome_smaller_than_a_block_still_holds_out_about_val_fraction(synthetic):
+    """ctgA+ctgB are 27.8 kbp: one 10 kbp block would hold out 36%; the block shrinks to the wanted 278 bp."""
+    fasta, _ = synthetic
+    genome = open_genome(fasta)
+    total = int(np.sum(genome.intervals[:, 2] - genome.intervals[:, 1]))
+    for seed in range(5):
+        _, val = held_out_split(genome.intervals, genome.contig_names, HeldOut(0.01, 10_000, (), seed), 6, "g")
+        val_bp = int(np.sum(val[:, 2] - val[:, 1]))
+        assert 0 < val_bp <= 2 * 0.01 * total + 6
+
+
 def test_val_contigs_go_to_validation_whole(synthetic):
     fasta, _ = synthetic
     genome = open_genome(fasta)
