@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,9 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from omegaconf import DictConfig, ListConfig
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,10 +40,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
 
 
+# Hyper-parameters that came from a Hydra config are pickled as OmegaConf containers; these plain data types
+# are all they need, so checkpoints load weights-only (a file from elsewhere cannot run code).
+_CHECKPOINT_SAFE_GLOBALS = [
+    DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, StringNode, IntegerNode, FloatNode, BooleanNode,
+    Any, dict, list, int, collections.defaultdict,
+]
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """torch.load of a Lightning checkpoint on the CPU, weights-only with the OmegaConf types allowed."""
+    with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+
+
 def checkpoint_is_readable(path: Path) -> bool:
     """A cheap integrity check: the zip directory of a torch checkpoint is at its end, so truncation fails."""
     try:
-        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        read_checkpoint(path, mmap=True)
     except Exception:  # any unreadable file is simply not a candidate
         return False
     return True

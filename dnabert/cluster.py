@@ -29,6 +29,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from dnabert.callbacks import read_checkpoint
 from dnabert.errors import DnabertError
 
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -225,7 +226,7 @@ def wandb_run_id(run_dir: str) -> str:
 def check_checkpoint_fits(ckpt_path: str, k: int, model_cfg: Mapping[str, Any]) -> None:
     """A checkpoint of another k or model size cannot be resumed: say which setting differs, not a shape error."""
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = read_checkpoint(ckpt_path, mmap=True)
     except Exception as err:  # torch raises several types for unreadable files
         raise DnabertError(f"Checkpoint {ckpt_path} cannot be read ({err}). Point ckpt_path at another one.") from err
     saved = checkpoint.get("hyper_parameters", {})

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import BertForMaskedLM, BertTokenizer
 from transformers.utils import logging as hf_logging
 
+from dnabert.callbacks import read_checkpoint
 from dnabert.errors import DnabertError, command_line
 from dnabert.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.model import DnaBertForMaskedLM, ModelConfig
@@ -126,9 +127,7 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM, int, di
     if not path.is_file():
         raise DnabertError(f"Checkpoint {path} does not exist; pass a .ckpt file or a run directory with one.")
     try:
-        # Our own training writes these files; they may hold OmegaConf hyper-parameters that the
-        # weights-only unpickler refuses.
-        content = torch.load(path, map_location="cpu", weights_only=False)
+        content = read_checkpoint(path)
     except Exception as err:  # any unpickling failure means the same to the user: not a usable file
         raise DnabertError(f"Cannot read checkpoint {path} ({err}); is it a complete Lightning .ckpt file?") from err
     if not isinstance(content, dict) or "state_dict" not in content or "hyper_parameters" not in content:

@@ -1,6 +1,7 @@
 """dnabert.export: directories that transformers / MultiMolecule load with our logits, checkpoints, import."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,6 +129,25 @@ def test_bad_checkpoints_are_clear_errors(model, tmp_path, capsys):
     lightning_checkpoint(model, tmp_path / "wrong.ckpt", hyper_parameters=wrong_size)
     with pytest.raises(DnabertError, match="do not fit"):
         export_checkpoint(tmp_path / "wrong.ckpt", tmp_path / "out")
+
+
+class _RunsCodeWhenUnpickled:
+    """A checkpoint from an untrusted source may carry this: unpickling it would create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(model, tmp_path):
+    marker = tmp_path / "code_ran"
+    hyper_parameters = {"k": K, "model_config": model.config.to_dict(), "payload": _RunsCodeWhenUnpickled(marker)}
+    lightning_checkpoint(model, tmp_path / "evil.ckpt", hyper_parameters=hyper_parameters)
+    with pytest.raises(DnabertError, match="Cannot read checkpoint"):
+        export_checkpoint(tmp_path / "evil.ckpt", tmp_path / "out")
+    assert not marker.exists()
 
 
 def test_export_of_a_compiled_model_has_plain_keys(model, tmp_path):
