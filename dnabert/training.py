@@ -35,6 +35,7 @@ from dnabert.config import (
     resolve_device_count,
 )
 from dnabert.errors import DnabertError
+from dnabert.model import count_parameters
 from dnabert.module import DnaBertLitModule
 
 if TYPE_CHECKING:
@@ -130,6 +131,19 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
     )
 
 
+def describe_model(module: DnaBertLitModule) -> str:
+    """One line in place of Lightning's layer table: the shape that matters and the levers in use."""
+    config = module.model.config
+    return (
+        f"model: BERT {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_attention_heads} heads, FFN {config.intermediate_size}, vocabulary {config.vocab_size} "
+        f"(k={module.k}): {count_parameters(module.model):,} parameters; packed rows "
+        f"{'on' if module.packed else 'off'}, LM head on "
+        f"{'masked positions only' if module.head_on_masked_only else 'all tokens'}, attention "
+        f"{module.model.attention}, compile {'on' if module.hparams.compile_model else 'off'}"
+    )
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """`data.fasta=...` is the one-genome shorthand; otherwise `data.genomes` lists them with weights. A corpus
     config with neither (data=sequences) is instantiated as it is."""
@@ -213,11 +227,14 @@ def run(cfg: DictConfig) -> Path | None:
         return None
     check_output_dir(plan.run_dir)
     check_launch(cfg.trainer, cfg.logger, plan.devices, plan.num_nodes)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+    first_local_rank = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    if first_local_rank:
         log.info(plan.describe(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, plan)
+    if first_local_rank:
+        log.info(describe_model(module))
     trainer = build_trainer(cfg, plan)
     ckpt_path = resolve_ckpt_path(cfg, plan.run_dir)
     if ckpt_path:

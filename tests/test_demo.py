@@ -41,6 +41,8 @@ def test_demo_writes_everything_it_promises(demo_run) -> None:
         assert (run_dir / relative).is_file(), relative
     assert str(run_dir) in result.stdout + result.stderr  # it says where everything went
     assert "global batch 32 = micro 16 x accumulation 2 x devices 1 x nodes 1" in result.stdout + result.stderr
+    assert "(k=6): 1,008,389 parameters; packed rows off" in result.stdout + result.stderr
+    assert "FLOPs" not in result.stdout + result.stderr  # not Lightning's layer table with its column of zeros
 
 
 def test_demo_held_out_loss_falls_well_below_the_uniform_baseline(demo_run) -> None:
