@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import collections
+import datetime
+import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -76,7 +79,19 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 class StepProgressBar(TQDMProgressBar):
-    """Progress in optimiser steps out of max_steps (the stream is endless, so batches have no total)."""
+    """Progress in optimiser steps out of max_steps (the stream is endless, so batches have no total).
+
+    In a terminal it is a tqdm bar. Where output goes to a file (a SLURM log), a bar redrawn with carriage
+    returns becomes one line of megabytes that `tail -f` cannot follow, so there it prints a plain line at
+    most every `log_interval_s` seconds instead, and at the last step.
+    """
+
+    def __init__(self, log_interval_s: float = 30.0, plain: bool | None = None) -> None:
+        super().__init__()
+        self.log_interval_s = log_interval_s
+        self.plain = not sys.stdout.isatty() if plain is None else plain
+        self._last_line_time = -math.inf
+        self._start: tuple[float, int] = (0.0, 0)  # (time, step) when this process began training
 
     @property
     def train_description(self) -> str:
@@ -84,20 +99,44 @@ class StepProgressBar(TQDMProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, *_: Any) -> None:
         """One bar for the whole run, starting at the resumed step (Lightning's also draws 'Epoch 0: 0/?')."""
+        if self.plain:
+            self.disable()  # no tqdm at all; lines are printed by on_train_batch_end
         bar = self.init_train_tqdm()
         bar.reset(total=trainer.max_steps)
         bar.initial = bar.n = trainer.global_step
         self.train_progress_bar = bar
+        self._start = (time.monotonic(), trainer.global_step)
 
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         """The stream is one endless epoch: nothing to reset."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         bar = self.train_progress_bar
-        if bar is not None and not bar.disable and trainer.global_step != bar.n:
-            bar.n = trainer.global_step
+        if bar is None or trainer.global_step == bar.n:
+            return  # mid-accumulation: the optimiser step has not advanced
+        bar.n = trainer.global_step
+        if not bar.disable:
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
+        elif self.plain and trainer.is_global_zero:
+            now = time.monotonic()
+            if now - self._last_line_time >= self.log_interval_s or trainer.global_step >= trainer.max_steps:
+                self._last_line_time = now
+                print(self.plain_line(trainer, pl_module, now), flush=True)
+
+    def plain_line(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> str:
+        """'step 400/800 (50%) | train/loss=7.52, ... | 0:00:33 elapsed, 0:00:33 left'."""
+        step, total = trainer.global_step, trainer.max_steps
+        start_time, start_step = self._start
+        elapsed = now - start_time
+        per_step = elapsed / max(step - start_step, 1)
+        metrics = ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+                            for name, value in self.get_metrics(trainer, pl_module).items())
+        return (
+            f"step {step}/{total} ({step / total:.0%}) | {metrics} | "
+            f"{datetime.timedelta(seconds=round(elapsed))} elapsed, "
+            f"{datetime.timedelta(seconds=round(per_step * (total - step)))} left"
+        )
 
     # Held-out evaluation takes seconds and would print a bar of its own into every log; its result
     # (val/loss) shows on the training bar instead.

@@ -45,6 +45,17 @@ def test_demo_writes_everything_it_promises(demo_run) -> None:
     assert "FLOPs" not in result.stdout + result.stderr  # not Lightning's layer table with its column of zeros
 
 
+def test_progress_written_to_a_file_is_plain_lines(demo_run) -> None:
+    """Output to a pipe or a SLURM log gets whole lines, not a tqdm bar redrawn with carriage returns."""
+    result, _ = demo_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stdout + result.stderr
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert progress[0].startswith("step 1/800 (0%) | train/loss=")
+    assert progress[-1].startswith("step 800/800 (100%) | ") and "val/loss=" in progress[-1]
+    assert progress[-1].endswith("0:00:00 left")
+
+
 def test_demo_held_out_loss_falls_well_below_the_uniform_baseline(demo_run) -> None:
     result, run_dir = demo_run
     assert result.returncode == 0, result.stderr[-3000:]
