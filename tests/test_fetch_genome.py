@@ -8,7 +8,6 @@ import hashlib
 import importlib.util
 import sys
 import threading
-import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -136,14 +135,22 @@ def test_download_verify_and_refuse(tmp_path, gzipped_fasta, local_server):
     assert not list((tmp_path / "bad").glob("tiny.fa.gz*"))  # the corrupt download is deleted
 
 
-def test_offline_fails_fast_with_instructions(tmp_path):
-    started = time.monotonic()
+def test_offline_fails_at_the_first_attempt_with_instructions(tmp_path, monkeypatch):
+    """No retry loop: one refused connection, bounded by a timeout, becomes the instructions to fetch by hand."""
+    attempts = []
+    real_urlopen = fetch_genome.urllib.request.urlopen
+
+    def counting_urlopen(request, timeout=None):
+        attempts.append(timeout)
+        return real_urlopen(request, timeout=timeout)
+
+    monkeypatch.setattr(fetch_genome.urllib.request, "urlopen", counting_urlopen)
     with pytest.raises(DnabertError) as caught:
         fetch_genome.fetch("http://127.0.0.1:9/x.fa.gz", tmp_path, "x", {"md5": "0" * 32})
     message = str(caught.value)
     assert message.startswith("could not reach http://127.0.0.1:9/x.fa.gz")
     assert "python data/fetch_genome.py url /path/to/x.fa.gz" in message
-    assert time.monotonic() - started < fetch_genome.NETWORK_TIMEOUT_S
+    assert attempts == [fetch_genome.NETWORK_TIMEOUT_S]
 
 
 def test_missing_local_file_and_non_fasta(tmp_path):
