@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, ListConfig
 from omegaconf.base import ContainerMetadata, Metadata
@@ -226,9 +227,15 @@ class RunArtifacts(L.Callback):
             logger.save()
         lines = [f"Run directory: {self.run_dir}"]
         try:
-            lines += [f"  report: {path}" for path in write_report(self.run_dir)]
+            report_paths = write_report(self.run_dir)
         except Exception as err:  # a report must never cost the user their trained model
             rank_zero_warn(f"Could not write the run report: {err}")
+            report_paths = []
+        lines += [f"  report: {path}" for path in report_paths]
+        plots = [str(path) for path in report_paths if Path(path).suffix == ".png"]
+        for logger in trainer.loggers:
+            if plots and isinstance(logger, WandbLogger):  # the same figure beside the live curves
+                logger.log_image(key="report/curves", images=plots, step=trainer.global_step)
         finished = trainer.global_step >= trainer.max_steps
         if self.export and finished:  # a preempted run exports when it really ends, not at every requeue
             from dnabert.export import export_model

@@ -28,6 +28,7 @@ def test_offline_wandb_logs_rank_zero_only_and_keeps_its_id_across_a_resume(tmp_
     assert b"run_dir" in records and str(directory).encode() in records  # the run directory
     assert b"global_batch_size" in records and b"micro_batch_size" in records  # the resolved config
     assert b"train/loss" in records and b"val/loss" in records  # metrics
+    assert list(first[0].glob("files/media/images/report/curves_*.png"))  # the run report's figure
 
     # Resuming (here with one process and accumulation 2 instead of two processes) continues the same wandb run.
     output = train(tmp_path, "tracked", "logger=wandb", "trainer.devices=1", "max_steps=16")
