@@ -39,7 +39,7 @@ from dnabert.genome import GenomeSource
 from dnabert.kmer import PAD_ID
 from dnabert.masking import mask_batch
 from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, masked_lm_loss, preset
-from dnabert.module import DnaBertLitModule
+from dnabert.module import DnaBertLitModule, build_adamw
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
@@ -157,9 +157,7 @@ def our_model(args: argparse.Namespace) -> DnaBertForMaskedLM:
 
 def run_raw(args: argparse.Namespace) -> Result:
     model = our_model(args)
-    fused = args.fused and args.device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=tuple(OPTIM["betas"]), eps=OPTIM["eps"],
-                                  weight_decay=OPTIM["weight_decay"], fused=fused or None)
+    optimizer = build_adamw(model, {**OPTIM, "fused": args.fused})  # the LightningModule's own optimiser
 
     micro_batches = 0
 
