@@ -68,12 +68,16 @@ def mask_switch_step(max_steps: int, final_rate_steps: int) -> int:
     return max_steps - final_rate_steps
 
 
+def runs_on_gpu(accelerator: str) -> bool:
+    """Whether `trainer.accelerator` puts this process on a GPU of this machine."""
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
 def auto_precision(precision: str, accelerator: str) -> str:
     """'auto' means bf16-mixed on GPUs that support it, fp16-mixed on older GPUs, fp32 on CPU."""
     if precision != "auto":
         return precision
-    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    if not on_gpu:
+    if not runs_on_gpu(accelerator):
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 

@@ -33,6 +33,7 @@ from dnabert.config import (
     declared_device_count,
     mask_switch_step,
     resolve_device_count,
+    runs_on_gpu,
 )
 from dnabert.errors import DnabertError
 from dnabert.model import count_parameters
@@ -202,7 +203,7 @@ def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:
     if setting not in ("auto", "true", "false"):
         raise DnabertError(f"estimate_trial={cfg.estimate_trial!r}: use auto, true or false.")
     accelerator = str(cfg.trainer.accelerator)
-    use_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    use_gpu = runs_on_gpu(accelerator)
     if setting == "false" or (setting == "auto" and not use_gpu):
         return None
     from dnabert.trial import run_trial
