@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, ListConfig
 from omegaconf.base import ContainerMetadata, Metadata
@@ -226,11 +226,14 @@ class RunArtifacts(L.Callback):
         for logger in trainer.loggers:
             logger.save()
         lines = [f"Run directory: {self.run_dir}"]
-        try:
-            report_paths = write_report(self.run_dir)
-        except Exception as err:  # a report must never cost the user their trained model
-            rank_zero_warn(f"Could not write the run report: {err}")
-            report_paths = []
+        report_paths = []
+        if not any(isinstance(logger, CSVLogger) for logger in trainer.loggers):
+            lines.append("  report: none (it reads the CSV log, and this run has logger=none or no csv logger)")
+        else:
+            try:
+                report_paths = write_report(self.run_dir)
+            except Exception as err:  # a report must never cost the user their trained model
+                rank_zero_warn(f"Could not write the run report: {err}")
         lines += [f"  report: {path}" for path in report_paths]
         plots = [str(path) for path in report_paths if Path(path).suffix == ".png"]
         for logger in trainer.loggers:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
-from dnabert.callbacks import checkpoint_is_readable
+from dnabert.callbacks import checkpoint_is_readable, read_checkpoint
 from dnabert.errors import DnabertError
 from dnabert.module import DnaBertLitModule
 from dnabert.training import build_datamodule, build_module, build_trainer, make_plan
@@ -23,7 +25,6 @@ def poison_steps(module: DnaBertLitModule, steps: set[int] | None) -> None:
         return outputs
 
     module.masked_lm_outputs = poisoned
-
 
 
 def train(compose_config, tmp_path, poisoned: set[int] | None, **extra):
@@ -46,9 +47,11 @@ def train(compose_config, tmp_path, poisoned: set[int] | None, **extra):
     return module, snapshots, plan
 
 
-def test_nan_step_is_skipped_and_weights_stay_intact(compose_config, tmp_path) -> None:
-    with pytest.warns(UserWarning, match=r"Non-finite loss or gradient at step 2: update skipped.*Windows"):
+def test_nan_step_is_skipped_and_weights_stay_intact(compose_config, tmp_path, caplog) -> None:
+    with caplog.at_level(logging.INFO), \
+            pytest.warns(UserWarning, match=r"Non-finite loss or gradient at step 2: update skipped.*Windows"):
         module, snapshots, _ = train(compose_config, tmp_path, poisoned={2})
+    assert "report: none (it reads the CSV log" in caplog.text  # logger=none: said, not a warning
     assert module.skipped_steps == 1 and module.global_step == 6
     assert torch.equal(snapshots[2], snapshots[3]), "the poisoned step changed the weights"
     assert not torch.equal(snapshots[1], snapshots[2]) and not torch.equal(snapshots[3], snapshots[4])
@@ -61,8 +64,8 @@ def test_consecutive_nan_steps_stop_with_a_clear_message(compose_config, tmp_pat
         train(compose_config, tmp_path, poisoned={2, 3, 4, 5}, max_consecutive_nonfinite=3)
     checkpoints = tmp_path / "demo" / "test" / "checkpoints"
     assert checkpoint_is_readable(checkpoints / "last.ckpt")
-    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    good = torch.load(checkpoints / "step-0000002.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    last = read_checkpoint(checkpoints / "last.ckpt")["state_dict"]
+    good = read_checkpoint(checkpoints / "step-0000002.ckpt")["state_dict"]
     # Steps 2 and 3 were skipped, so the newest checkpoint holds exactly the weights of the last good step.
     assert all(torch.equal(last[name], good[name]) for name in good)
     assert all(torch.isfinite(v).all() for v in last.values() if v.is_floating_point())
