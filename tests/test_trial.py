@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig
 
 from dnabert.errors import DnabertError
 from dnabert.estimate import estimate, format_trial, train_flops_per_sequence
 from dnabert.kmer import CLS_ID, SEP_ID, ids_to_kmers, kmers_to_sequence, tokenize
 from dnabert.module import DnaBertLitModule
 from dnabert.trial import TrialResult, full_length_rows, run_trial
+from tests.test_estimate import BERT_BASE_K6, PAPER_RUN
 
-BERT_BASE_K6 = BertConfig(vocab_size=4101)
-PAPER_RUN = dict(k=6, max_tokens=512, global_batch_size=2000, max_steps=120_000, micro_batch_size=10,
-                 devices=8, num_nodes=1)
 TINY = {"vocab_size": 4101, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 64}
 
