@@ -16,8 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 os.environ.setdefault("DNABERT_ROOT", str(Path(__file__).resolve().parent))
 
-from dnabert.config import register_resolvers  # noqa: E402  (DNABERT_ROOT must be set first)
 from dnabert.errors import DnabertError  # noqa: E402
+from dnabert.run.config import register_resolvers  # noqa: E402  (DNABERT_ROOT must be set first)
 
 register_resolvers()
 
@@ -33,7 +33,7 @@ def user_error(err: BaseException) -> DnabertError | None:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from dnabert.training import run
+    from dnabert.run.training import run
 
     try:
         run(cfg)

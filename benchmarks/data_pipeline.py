@@ -1,8 +1,8 @@
 """Data-path throughput, FASTA -> masked micro-batch: ours beside the original DNABERT's way, same windows, one run.
 
 Ours: the real training loader (GenomeDataModule.train_dataloader: window stream, genome mmap reads,
-vectorised k-mer ids, collation, optional packing (dnabert.packing), dataloader workers), then
-dnabert.masking.mask_batch on the CPU batch. In training masking runs on the GPU; doing it here on the CPU is
+vectorised k-mer ids, collation, optional packing (dnabert.data.packing), dataloader workers), then
+dnabert.data.masking.mask_batch on the CPU batch. In training masking runs on the GPU; doing it here on the CPU is
 the worst case for the data path.
 
 Reference, written the way the original DNABERT did it: each window read as a string (pyfaidx), turned into
@@ -30,11 +30,11 @@ import numpy as np
 import pyfaidx
 import torch
 
-from dnabert.datamodule import GenomeDataModule
-from dnabert.genome import Genome, GenomeSource, HeldOut
-from dnabert.kmer import PAD_ID, write_vocab
-from dnabert.masking import centre_rate_for, mask_batch
-from dnabert.windows import WindowRule, WindowStream
+from dnabert.data.datamodule import GenomeDataModule
+from dnabert.data.genome import Genome, GenomeSource, HeldOut
+from dnabert.data.masking import centre_rate_for, mask_batch
+from dnabert.data.tokenizers.kmer import PAD_ID, write_vocab
+from dnabert.data.windows import WindowRule, WindowStream
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"

@@ -1,7 +1,7 @@
 """Training throughput of one device at the recipe's length mix: baseline vs ours, with every lever switchable.
 
 Three measurements in one run, on the same real data stream (GenomeDataModule, length rule "original": about
-half the windows full length, half shorter), masking on the device (dnabert.masking) in all three:
+half the windows full length, half shorter), masking on the device (dnabert.data.masking) in all three:
 
 (a) baseline: transformers' BertForMaskedLM, eager attention, autocast, every row padded to max_tokens, the LM head
     (and loss) over all tokens, torch AdamW (for-each, not fused): how BERT MLM pretraining is usually written.
@@ -10,7 +10,7 @@ half the windows full length, half shorter), masking on the device (dnabert.mask
 (c) ours in a raw torch loop (same model, data loader, levers and clipping): (b)'s framework overhead is 1 - b/c.
 
 Reported: windows/s, real (non-padding) tokens/s, padding share of the computed tokens, MFU (model FLOPs of the
-real tokens from dnabert.estimate / (time x the device's dense bf16 peak)), the ratios, and the wall time of the
+real tokens from dnabert.tools.estimate / (time x the device's dense bf16 peak)), the ratios, and the wall time of the
 paper recipe (120,000 steps x 2,000 windows) on 8 such devices, assuming linear scaling over data parallelism.
 
     python -m benchmarks.train_throughput                                   # GPU, BERT-base, all levers on
@@ -32,14 +32,14 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from dnabert.callbacks import StepProgressBar, ThroughputLogger
-from dnabert.datamodule import GenomeDataModule
-from dnabert.estimate import estimate, peak_flops_for
-from dnabert.genome import GenomeSource
-from dnabert.kmer import PAD_ID
-from dnabert.masking import mask_batch
-from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, masked_lm_loss, preset
-from dnabert.module import DnaBertLitModule, build_adamw
+from dnabert.data.datamodule import GenomeDataModule
+from dnabert.data.genome import GenomeSource
+from dnabert.data.masking import mask_batch
+from dnabert.data.tokenizers.kmer import PAD_ID
+from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, masked_lm_loss, preset
+from dnabert.run.callbacks import StepProgressBar, ThroughputLogger
+from dnabert.tasks.pretrain import DnaBertLitModule, build_adamw
+from dnabert.tools.estimate import estimate, peak_flops_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
@@ -206,7 +206,7 @@ def run_lightning(args: argparse.Namespace) -> Result:
 
 
 def flops_per_real_token(args: argparse.Namespace) -> float:
-    """Model FLOPs (forward + backward) per real token at the recipe's length mix, from dnabert.estimate."""
+    """Model FLOPs (forward + backward) per real token at the recipe's length mix, from dnabert.tools.estimate."""
     return estimate(preset(args.preset, args.k), k=args.k, max_tokens=args.max_tokens, global_batch_size=1,
                     max_steps=1, micro_batch_size=1, devices=1, num_nodes=1, length_rule="original",
                     mask_rate=MASK_RATE).train_flops_per_token

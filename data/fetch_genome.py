@@ -10,7 +10,7 @@ Why each step:
 - A plain .gz is decompressed to a plain .fa (not re-compressed with bgzip): the training reader memory-maps
   plain FASTA using the .fai offsets, which is the fast path; bgzip would go through pyfaidx per window. GRCh38
   takes about 3.1 GB uncompressed.
-- The .fai (pyfaidx) and the interval cache (dnabert.genome) are built here once, so training starts at once.
+- The .fai (pyfaidx) and the interval cache (dnabert.data.genome) are built here once, so training starts at once.
 - Downloads resume from a `.part` file after an interruption; nothing is moved to its final name unverified.
 """
 
@@ -311,10 +311,10 @@ def fetch(url: str, out_dir: Path, name: str, expected: dict[str, str], keep_com
 
 
 def index_and_stats(fasta: Path, name: str, k: int) -> GenomeStats:
-    """Build the .fai (pyfaidx) and the interval cache (dnabert.genome), and collect the statistics."""
+    """Build the .fai (pyfaidx) and the interval cache (dnabert.data.genome), and collect the statistics."""
     import pyfaidx
 
-    from dnabert.genome import Genome, GenomeSource
+    from dnabert.data.genome import Genome, GenomeSource
 
     try:
         faidx = pyfaidx.Faidx(str(fasta))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dnabert.datamodule import GenomeDataModule, MicroBatchStream, SequenceBatch, collate, corpus_dataset
+from dnabert.data.datamodule import GenomeDataModule, MicroBatchStream, SequenceBatch, collate, corpus_dataset
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID, tokenize
 from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID, tokenize
 from tests.test_genome import parse_fasta, random_contig, write_fasta
 
 B = 8

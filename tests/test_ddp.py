@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dnabert.cluster import check_slurm_tasks
 from dnabert.errors import DnabertError
-from dnabert.training import run
+from dnabert.run.cluster import check_slurm_tasks
+from dnabert.run.training import run
 from tests.training_runs import (
     TINY,
     assert_same_weights,
@@ -90,7 +90,7 @@ def test_two_nodes_of_one_process_train_like_one_node_of_two(one_process: Path, 
 
 def test_each_rank_reads_its_own_shard(compose_config, tmp_path: Path) -> None:
     """Global micro-batch j goes to rank j % 2: the two ranks' batches interleave into the one-process stream."""
-    from dnabert.training import build_datamodule
+    from dnabert.run.training import build_datamodule
 
     def first_windows(rank: int, world_size: int, count: int) -> list[list[int]]:
         cfg = compose_config(*TINY, f"paths.output_root={tmp_path}", "data.num_workers=1",

@@ -8,7 +8,7 @@ import pytest
 from transformers import BertConfig, BertForMaskedLM
 
 from dnabert.errors import DnabertError
-from dnabert.estimate import count_parameters, estimate, format_estimate, peak_flops_for, token_length_moments
+from dnabert.tools.estimate import count_parameters, estimate, format_estimate, peak_flops_for, token_length_moments
 
 # BERT-base with the k=6 DNABERT vocabulary (4^6 + 5 rows): the paper's model.
 BERT_BASE_K6 = BertConfig(vocab_size=4101)
@@ -29,7 +29,7 @@ def test_parameter_count_matches_transformers_bert_for_masked_lm():
 
 
 def test_parameter_count_matches_dnabert_model():
-    model = pytest.importorskip("dnabert.model")
+    model = pytest.importorskip("dnabert.models.dnabert.model")
     for name, k in (("tiny", 3), ("small", 6)):
         config = model.preset(name, k)
         assert count_parameters(config)[0] == unique_parameter_count(model.DnaBertForMaskedLM(config))
@@ -100,7 +100,7 @@ def test_format_estimate_reports_the_numbers():
 
 
 def test_estimate_from_the_paper_experiment_config(compose_config):
-    from dnabert.estimate import estimate_from_config
+    from dnabert.tools.estimate import estimate_from_config
 
     cfg = compose_config("experiment=dnabert6_paper", "estimate_gpu=h100", "estimate_mfu=0.45")
     text = estimate_from_config(cfg, devices=8, num_nodes=1)
@@ -110,7 +110,7 @@ def test_estimate_from_the_paper_experiment_config(compose_config):
 def test_training_flop_formula_matches_torch_flop_counter():
     """Forward + backward of the real model, counted by torch: the formula is exact for equal-length rows."""
     torch = pytest.importorskip("torch")
-    model_module = pytest.importorskip("dnabert.model")
+    model_module = pytest.importorskip("dnabert.models.dnabert.model")
     from torch.utils.flop_counter import FlopCounterMode
 
     config = model_module.ModelConfig(vocab_size=69, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -1,4 +1,4 @@
-"""dnabert.export: directories that transformers / MultiMolecule load with our logits, checkpoints, import."""
+"""dnabert.tools.export: directories that transformers / MultiMolecule load with our logits, checkpoints, import."""
 
 import json
 from pathlib import Path
@@ -8,8 +8,10 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
+from dnabert.data.tokenizers.kmer import PAD_ID, kmer_text, tokenize, vocab_tokens
 from dnabert.errors import DnabertError
-from dnabert.export import (
+from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.tools.export import (
     export_checkpoint,
     export_model,
     init_from,
@@ -17,8 +19,6 @@ from dnabert.export import (
     main,
     multimolecule_rows,
 )
-from dnabert.kmer import PAD_ID, kmer_text, tokenize, vocab_tokens
-from dnabert.model import DnaBertForMaskedLM, ModelConfig
 
 K = 3
 TINY = dict(vocab_size=69, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from Bio import bgzf
 
-from dnabert import genome as genome_module
+from dnabert.data import genome as genome_module
+from dnabert.data.genome import Genome, GenomeSource, HeldOut, held_out_split
+from dnabert.data.tokenizers.kmer import encode_nucleotides
 from dnabert.errors import DnabertError
-from dnabert.genome import Genome, GenomeSource, HeldOut, held_out_split
-from dnabert.kmer import encode_nucleotides
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "genomes"
 

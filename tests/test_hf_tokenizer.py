@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from dnabert.data.tokenizers.hf_kmer import DnaKmerTokenizer
+from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, tokenize, vocab_text
 from dnabert.errors import DnabertError
-from dnabert.hf_tokenizer import DnaKmerTokenizer
-from dnabert.kmer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, tokenize, vocab_text
 
 RNG = np.random.default_rng(0)
 SEQUENCES = ["".join(RNG.choice(list("ACGT"), n)) for n in (6, 7, 40, 300)]

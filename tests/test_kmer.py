@@ -1,4 +1,4 @@
-"""dnabert.kmer: the vocabulary equals the original DNABERT files; ids equal a plain-Python reference."""
+"""dnabert.data.tokenizers.kmer: the vocabulary equals the original DNABERT files; ids match a Python reference."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnabert import kmer
+from dnabert.data.tokenizers import kmer
 from dnabert.errors import DnabertError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def random_sequence(rng: np.random.Generator, length: int, lower_share: float = 
 def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "dnabert.kmer", *args],
+        [sys.executable, "-m", "dnabert.data.tokenizers.kmer", *args],
         input=stdin,
         capture_output=True,
         cwd=REPO_ROOT,

@@ -12,12 +12,12 @@ import os
 import pytest
 import torch
 
+from dnabert.data.masking import mask_batch
+from dnabert.data.packing import pack_rows, place
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID
-from dnabert.masking import mask_batch
-from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, attention_bias, masked_lm_loss
-from dnabert.module import DnaBertLitModule
-from dnabert.packing import pack_rows, place
+from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, attention_bias, masked_lm_loss
+from dnabert.tasks.pretrain import DnaBertLitModule
 
 K = 3
 VOCAB = 4**K + 5

@@ -1,4 +1,4 @@
-"""dnabert.masking: exact whole-k-mer rate, k-mer-run structure, packed windows, 80/10/10 replacement, schedule."""
+"""dnabert.data.masking: exact whole-k-mer rate, k-mer-run structure, packed windows, 80/10/10 replacement, schedule."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, SUPPORTED_K, vocab_size
-from dnabert.masking import (
+from dnabert.data.masking import (
     IGNORE_INDEX,
     MaskSchedule,
     centre_rate_for,
@@ -19,6 +17,8 @@ from dnabert.masking import (
     original_mask_positions,
     whole_kmer_mask_positions,
 )
+from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, SUPPORTED_K, vocab_size
+from dnabert.errors import DnabertError
 
 RATES = (0.15, 0.20)
 

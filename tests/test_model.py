@@ -4,9 +4,9 @@ import pytest
 import torch
 import transformers
 
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID
-from dnabert.model import (
+from dnabert.models.dnabert.model import (
     DnaBertForMaskedLM,
     ModelConfig,
     count_parameters,

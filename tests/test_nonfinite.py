@@ -7,10 +7,10 @@ import logging
 import pytest
 import torch
 
-from dnabert.callbacks import checkpoint_is_readable, read_checkpoint
 from dnabert.errors import DnabertError
-from dnabert.module import DnaBertLitModule
-from dnabert.training import build_datamodule, build_module, build_trainer, make_plan
+from dnabert.run.checkpoints import checkpoint_is_readable, read_checkpoint
+from dnabert.run.training import build_datamodule, build_module, build_trainer, make_plan
+from dnabert.tasks.pretrain import DnaBertLitModule
 from tests.conftest import tiny_run_overrides
 
 

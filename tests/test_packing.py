@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from dnabert.datamodule import GenomeDataModule
+from dnabert.data.datamodule import GenomeDataModule
+from dnabert.data.masking import mask_batch
+from dnabert.data.packing import pack_batch, pack_rows, padding_fraction, place, plan_rows
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID
-from dnabert.masking import mask_batch
-from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig
-from dnabert.packing import pack_batch, pack_rows, padding_fraction, place, plan_rows
+from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig
 from tests.conftest import DEMO_FASTA, windows_in_rows
 
 K = 3

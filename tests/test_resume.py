@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dnabert.errors import DnabertError
-from dnabert.training import run
+from dnabert.run.training import run
 from tests.training_runs import (
     assert_same_weights,
     checkpoint,

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from dnabert.data.sources import SequenceDataModule, detect_format, load_table
+from dnabert.data.tokenizers.kmer import PAD_ID, kmer_text, tokenize
 from dnabert.errors import DnabertError
-from dnabert.kmer import PAD_ID, kmer_text, tokenize
-from dnabert.sources import SequenceDataModule, detect_format, load_table
-from dnabert.training import run
+from dnabert.run.training import run
 from tests.conftest import tiny_run_overrides, windows_in_rows
 from tests.training_runs import checkpoint, metric_by_step
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID
-from dnabert.model import IGNORE_INDEX
-from dnabert.training import build_module, make_plan
+from dnabert.models.dnabert.model import IGNORE_INDEX
+from dnabert.run.training import build_module, make_plan
 from tests.conftest import ROOT
 
 
@@ -168,6 +168,6 @@ def test_cfg_job_shows_derived_values() -> None:
 
 
 def test_uniform_baseline() -> None:
-    from dnabert.module import uniform_loss
+    from dnabert.tasks.pretrain import uniform_loss
 
     assert uniform_loss(6) == pytest.approx(6 * math.log(4))

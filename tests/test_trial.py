@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dnabert.data.tokenizers.kmer import CLS_ID, SEP_ID, ids_to_kmers, kmers_to_sequence, tokenize
 from dnabert.errors import DnabertError
-from dnabert.estimate import estimate, format_trial, train_flops_per_sequence
-from dnabert.kmer import CLS_ID, SEP_ID, ids_to_kmers, kmers_to_sequence, tokenize
-from dnabert.module import DnaBertLitModule
-from dnabert.trial import TrialResult, full_length_rows, run_trial
+from dnabert.run.trial import TrialResult, full_length_rows, run_trial
+from dnabert.tasks.pretrain import DnaBertLitModule
+from dnabert.tools.estimate import estimate, format_trial, train_flops_per_sequence
 from tests.test_estimate import BERT_BASE_K6, PAPER_RUN
 
 TINY = {"vocab_size": 4101, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -57,7 +57,7 @@ def test_trial_numbers_become_mfu_memory_and_wall_time():
 
 
 def test_estimate_runs_a_trial_only_when_asked_or_on_a_gpu(compose_config, capsys):
-    from dnabert.training import run
+    from dnabert.run.training import run
 
     overrides = ("estimate=true", "model.num_hidden_layers=1", "data.micro_batch_size=4", "global_batch_size=8")
     run(compose_config(*overrides, "estimate_trial=true"))
@@ -73,7 +73,7 @@ def test_estimate_runs_a_trial_only_when_asked_or_on_a_gpu(compose_config, capsy
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_trial_memory_is_within_the_estimate_s_range():
     """BERT-base k=6 at the paper's micro-batch: measured peak and the formula agree within a factor 2."""
-    from dnabert.model import preset
+    from dnabert.models.dnabert.model import preset
 
     config = preset("bert_base", 6)
     module = DnaBertLitModule(k=6, model_config=config.to_dict(), masking={"rate": 0.15, "final_rate": 0.2},

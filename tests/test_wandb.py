@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dnabert.cluster import wandb_run_id
 from dnabert.errors import DnabertError
-from dnabert.training import run
+from dnabert.run.cluster import wandb_run_id
+from dnabert.run.training import run
 from tests.training_runs import TINY, metric_by_step, run_dir, train
 
 
@@ -48,7 +48,7 @@ def test_online_without_credentials_is_refused_before_launch(compose_config, tmp
         run(cfg)
     # With a key it passes the check (nothing is contacted here: the check only looks for credentials).
     (tmp_path / "no-netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
-    from dnabert.cluster import check_wandb
+    from dnabert.run.cluster import check_wandb
 
     check_wandb(cfg.logger)
 

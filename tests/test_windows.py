@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dnabert.data.tokenizers.kmer import INVALID_CODE, encode_nucleotides
+from dnabert.data.windows import WindowRule, WindowStream, cut_intervals, epoch_windows, read_windows
 from dnabert.errors import DnabertError
-from dnabert.kmer import INVALID_CODE, encode_nucleotides
-from dnabert.windows import WindowRule, WindowStream, cut_intervals, epoch_windows, read_windows
 from tests.test_genome import open_genome, parse_fasta, random_contig, write_fasta
 
 RULE = WindowRule(k=6)

@@ -11,7 +11,7 @@ Layouts:
   embedding and output bias, so it behaves exactly like ``<unk>``. This layout is written with MultiMolecule's own
   classes, so the files follow the installed version of that package; it must be installed to use the layout.
 
-``python -m dnabert.export <checkpoint.ckpt | run dir> <out dir> [--layout original|multimolecule]``
+``python -m dnabert.tools.export <checkpoint.ckpt | run dir> <out dir> [--layout original|multimolecule]``
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import BertForMaskedLM, BertTokenizer
 from transformers.utils import logging as hf_logging
 
-from dnabert.callbacks import read_checkpoint
+from dnabert.data.tokenizers.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.errors import DnabertError, command_line
-from dnabert.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
-from dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.run.checkpoints import read_checkpoint
 
 LAYOUTS = ("original", "multimolecule")
 RUN_DIR_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -324,7 +324,7 @@ def _model_card(config: ModelConfig, k: int, layout: str, card_config: dict | No
 @command_line
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dnabert.export",
+        prog="python -m dnabert.tools.export",
         description="Write a trained dnabert checkpoint as a transformers / MultiMolecule model directory.",
     )
     parser.add_argument("checkpoint", help="a Lightning .ckpt file, or a run directory (uses checkpoints/last.ckpt)")

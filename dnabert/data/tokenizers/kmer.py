@@ -7,8 +7,8 @@ k-term weighted sum over shifted views, with no Python loop per k-mer (the data 
 windows per second).
 
 Command line (one token / one line of k-mers per output line, LF endings):
-    python -m dnabert.kmer vocab --k 6 > vocab.txt
-    python -m dnabert.kmer kmers --k 6 < sequences.txt > kmers.txt
+    python -m dnabert.data.tokenizers.kmer vocab --k 6 > vocab.txt
+    python -m dnabert.data.tokenizers.kmer kmers --k 6 < sequences.txt > kmers.txt
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def kmer_text(sequence: str | bytes, k: int) -> str:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dnabert.kmer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dnabert.data.tokenizers.kmer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     vocab = commands.add_parser("vocab", help="print the vocabulary (one token per line, as vocab.txt)")
     kmers = commands.add_parser(
@@ -213,7 +213,7 @@ def _write_kmer_lines(k: int, lines: Iterable[bytes], out: BinaryIO) -> None:
 
 @command_line
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m dnabert.kmer`; a user error prints one line to stderr and exits with 2."""
+    """Entry point of `python -m dnabert.data.tokenizers.kmer`; a user error is one line on stderr, exit 2."""
     args = _parse_args(argv)
     out = sys.stdout.buffer
     if args.command == "vocab":

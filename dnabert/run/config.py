@@ -11,8 +11,8 @@ import os
 import torch
 from omegaconf import OmegaConf
 
+from dnabert.data.tokenizers.kmer import vocab_size
 from dnabert.errors import DnabertError
-from dnabert.kmer import vocab_size
 
 
 def declared_device_count(accelerator: str, devices: int | str) -> int:
@@ -88,7 +88,7 @@ def _accumulation_resolver(global_batch: int, micro: int, accelerator: str, devi
 
 
 def _wandb_run_id_resolver(run_dir: str) -> str:
-    from dnabert.cluster import wandb_run_id  # imported when used: cluster pulls in lightning
+    from dnabert.run.cluster import wandb_run_id  # imported when used: cluster pulls in lightning
 
     return wandb_run_id(run_dir)
 

@@ -4,12 +4,12 @@ Why it looks like this:
 - What sits at stream position i is one question (`SequenceSource.read`); which positions this rank/worker
   serves, the resumable position and collation are another (`MicroBatchStream`). Another corpus plugs in by
   implementing `SequenceSource` alone; one that can be seen as contigs of A/C/G/T intervals (e.g. the rows of
-  a `datasets` table, dnabert.sources) subclasses `WindowDataModule` and reuses the windows as well.
+  a `datasets` table, dnabert.data.sources) subclasses `WindowDataModule` and reuses the windows as well.
 - Global micro-batch j holds stream positions [j*B, (j+1)*B); rank r serves j = r, r+W, ...; its rank-local
   micro-batch m is made by worker ((m - start) // G) % num_workers, G = batches_per_transfer (G = 1 gives the
   plain (m - start) % num_workers). torch's DataLoader takes from workers round-robin, so the rank sees
   m = start, start+1, ... in order, with no window twice and none skipped.
-- Masking is not done here: it runs on the device (dnabert.masking), where the global step is known.
+- Masking is not done here: it runs on the device (dnabert.data.masking), where the global step is known.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from dnabert.data.genome import Genome, GenomeSource, HeldOut
+from dnabert.data.packing import pack_batch
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID, kmer_ids_from_codes
+from dnabert.data.windows import WindowRule, Windows, WindowStream, epoch_windows, read_windows
 from dnabert.errors import DnabertError
-from dnabert.genome import Genome, GenomeSource, HeldOut
-from dnabert.kmer import CLS_ID, PAD_ID, SEP_ID, kmer_ids_from_codes
-from dnabert.packing import pack_batch
-from dnabert.windows import WindowRule, Windows, WindowStream, epoch_windows, read_windows
 
 if TYPE_CHECKING:
     import datasets
@@ -94,7 +94,7 @@ class MicroBatchStream(IterableDataset):
     Group q (q = 0, 1, ...) holds micro-batches start + q*G ... start + q*G + G-1 and is made by worker
     q % num_workers; torch's round-robin over workers then returns them in stream order.
     With `pack_row_tokens`, each micro-batch's windows are packed into rows of that many tokens in the worker
-    (dnabert.packing): fewer rows than windows, `window` still one entry per window.
+    (dnabert.data.packing): fewer rows than windows, `window` still one entry per window.
     """
 
     def __init__(
@@ -238,7 +238,7 @@ class WindowDataModule(L.LightningDataModule):
 
     A subclass fills `self.genomes` in `setup` with objects that have `train_intervals`, `val_intervals` ((n, 3)
     rows (contig, start, end) of A/C/G/T only) and `gather_codes` (like `Genome`; a table's rows act as contigs,
-    see dnabert.sources) and says in `stream_weights` how the stream mixes them; windows, sharding, resume and
+    see dnabert.data.sources) and says in `stream_weights` how the stream mixes them; windows, sharding, resume and
     validation then work the same for every corpus.
     """
 
@@ -273,7 +273,7 @@ class WindowDataModule(L.LightningDataModule):
                 f"data.pack_row_tokens={pack_row_tokens} is below data.max_tokens={max_tokens}: a full-length window "
                 "would not fit a row. Set it to at least max_tokens, or null (= max_tokens)."
             )
-        # None: one window per row; else rows packed with windows up to this many tokens (dnabert.packing)
+        # None: one window per row; else rows packed with windows up to this many tokens (dnabert.data.packing)
         self.pack_row_tokens = (pack_row_tokens or max_tokens) if pack_rows else None
         self.k = k
         self.micro_batch_size = micro_batch_size
@@ -376,7 +376,7 @@ class GenomeDataModule(WindowDataModule):
     genome; split_seed places the held-out blocks (apart from the training seed, so that runs with different
     seeds are evaluated on the same held-out set). batches_per_transfer micro-batches travel from a worker
     together (see MicroBatchStream). pack_rows packs each micro-batch's windows into rows of pack_row_tokens
-    (default max_tokens) tokens (dnabert.packing; the model then needs packed=True); micro_batch_size still
+    (default max_tokens) tokens (dnabert.data.packing; the model then needs packed=True); micro_batch_size still
     counts windows.
     rank, world_size and start_position (rank-local micro-batch) default to the attached trainer's
     global_rank, world_size and global_step * accumulate_grad_batches.

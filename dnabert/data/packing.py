@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dnabert.data.tokenizers.kmer import PAD_ID
 from dnabert.errors import DnabertError
-from dnabert.kmer import PAD_ID
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import numpy as np
 from dnabert.errors import DnabertError, command_line
 
 if TYPE_CHECKING:
-    from dnabert.trial import TrialResult
+    from dnabert.run.trial import TrialResult
 
 # Dense (no sparsity) 16-bit tensor-core peaks in FLOP/s, from the vendors' datasheets.
 # The RTX 2080 Ti figure is fp16 with fp32 accumulation (53.8 T; GeForce Turing halves the 107.6 T
@@ -341,8 +341,8 @@ def estimate_from_config(cfg: Any, devices: int, num_nodes: int, trial: TrialRes
     """
     from omegaconf import OmegaConf
 
-    from dnabert.kmer import vocab_size
-    from dnabert.model import ModelConfig
+    from dnabert.data.tokenizers.kmer import vocab_size
+    from dnabert.models.dnabert.model import ModelConfig
 
     k = OmegaConf.select(cfg, "k", default=None) or OmegaConf.select(cfg, "data.k")
     model_fields = {field: value for field, value in OmegaConf.to_container(cfg.model, resolve=True).items()
@@ -374,10 +374,10 @@ def estimate_from_config(cfg: Any, devices: int, num_nodes: int, trial: TrialRes
 
 @command_line
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dnabert.estimate --preset bert_base --gpus 8 --gpu h100`: the paper's run by default."""
+    """`python -m dnabert.tools.estimate --preset bert_base --gpus 8 --gpu h100`: the paper's run by default."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=6)
-    parser.add_argument("--preset", default="bert_base", help="model preset name (dnabert.model.preset)")
+    parser.add_argument("--preset", default="bert_base", help="model preset name (dnabert.models.dnabert.model.preset)")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--global-batch", type=int, default=2000)
     parser.add_argument("--micro-batch", type=int, default=10)
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length-rule", default="original", choices=("original", "fixed"))
     parser.add_argument("--tokens-per-s", type=float, default=None, help="measured whole-job throughput")
     args = parser.parse_args(argv)
-    from dnabert.model import preset  # lazy: the model module pulls in torch
+    from dnabert.models.dnabert.model import preset  # lazy: the model module pulls in torch
 
     est = estimate(
         preset(args.preset, args.k), args.k, args.max_tokens, args.global_batch, args.max_steps,

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dnabert.data.genome import Genome
+from dnabert.data.tokenizers.kmer import check_k
 from dnabert.errors import DnabertError
-from dnabert.genome import Genome
-from dnabert.kmer import check_k
 
 LENGTH_RULES = ("original", "fixed")
 ORIGINAL_MIN_PIECE = 5  # max(int(u * M), 5) in the original cut

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pyfaidx
 
+from dnabert.data.tokenizers.kmer import INVALID_CODE, encode_nucleotides
 from dnabert.errors import DnabertError
-from dnabert.kmer import INVALID_CODE, encode_nucleotides
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dnabert.kmer import CLS_ID, SEP_ID, kmer_ids_from_codes
-from dnabert.masking import mask_batch
-from dnabert.module import DnaBertLitModule, build_adamw
+from dnabert.data.masking import mask_batch
+from dnabert.data.tokenizers.kmer import CLS_ID, SEP_ID, kmer_ids_from_codes
+from dnabert.tasks.pretrain import DnaBertLitModule, build_adamw
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

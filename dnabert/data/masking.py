@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, check_k
 from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, check_k
 
 IGNORE_INDEX = -100  # the label of unmasked positions: ignored by torch.nn.functional.cross_entropy
 MASKING_MODES = ("whole_kmer", "original")

@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dnabert.datamodule import WindowDataModule
+from dnabert.data.datamodule import WindowDataModule
+from dnabert.data.tokenizers.kmer import INVALID_CODE, check_k, encode_nucleotides, kmers_to_sequence
 from dnabert.errors import DnabertError
-from dnabert.kmer import INVALID_CODE, check_k, encode_nucleotides, kmers_to_sequence
 
 logger = logging.getLogger(__name__)
 

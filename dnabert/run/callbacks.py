@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import collections
 import datetime
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,70 +11,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from omegaconf import DictConfig, ListConfig
-from omegaconf.base import ContainerMetadata, Metadata
-from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file in the target folder, fsync, then rename over the target.
-
-    Lightning's own save goes through an fsspec transaction whose temporary file lives in /tmp, so on a
-    cluster (checkpoints on another filesystem) the final step is a copy, not an atomic rename, and a job
-    killed during it leaves a truncated checkpoint.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        try:
-            with open(partial, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
-
-
-# Hyper-parameters that came from a Hydra config are pickled as OmegaConf containers; these plain data types
-# are all they need, so checkpoints load weights-only (a file from elsewhere cannot run code).
-_CHECKPOINT_SAFE_GLOBALS = [
-    DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, StringNode, IntegerNode, FloatNode, BooleanNode,
-    Any, dict, list, int, collections.defaultdict,
-]
-
-
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """torch.load of a Lightning checkpoint on the CPU, weights-only with the OmegaConf types allowed."""
-    with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
-
-
-def checkpoint_is_readable(path: Path) -> bool:
-    """A cheap integrity check: the zip directory of a torch checkpoint is at its end, so truncation fails."""
-    try:
-        read_checkpoint(path, mmap=True)
-    except Exception:  # any unreadable file is simply not a candidate
-        return False
-    return True
-
-
-def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest readable checkpoint in a run directory; a corrupt newest one falls back with a warning."""
-    if not checkpoint_dir.is_dir():
-        return None
-    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for candidate in candidates:
-        if checkpoint_is_readable(candidate):
-            return candidate
-        rank_zero_warn(f"Checkpoint {candidate} is unreadable (truncated or corrupt); trying an older one.")
-    return None
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -221,7 +158,7 @@ class RunArtifacts(L.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from dnabert.report import write_report
+        from dnabert.tools.report import write_report
 
         for logger in trainer.loggers:
             logger.save()
@@ -241,7 +178,7 @@ class RunArtifacts(L.Callback):
                 logger.log_image(key="report/curves", images=plots, step=trainer.global_step)
         finished = trainer.global_step >= trainer.max_steps
         if self.export and finished:  # a preempted run exports when it really ends, not at every requeue
-            from dnabert.export import export_model
+            from dnabert.tools.export import export_model
 
             export_dir = self.run_dir / "hf_model"
             export_model(pl_module.model, pl_module.k, export_dir, layout="original",

@@ -25,8 +25,8 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from transformers import BertConfig
 from transformers.activations import ACT2FN
 
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, vocab_size
 from dnabert.errors import DnabertError
-from dnabert.kmer import CLS_ID, PAD_ID, vocab_size
 
 IGNORE_INDEX = -100
 ATTENTION_BACKENDS = ("sdpa", "flex")

@@ -2,8 +2,8 @@
 
 Why: DNABERT's own tokenizer (BertTokenizer over vocab.txt) needs the sequence pre-split into space-separated
 k-mers; this one does the split itself, so `tokenizer(sequence)` works on raw sequences and its ids equal
-`dnabert.kmer.tokenize(sequence, k)` (the training data path). The vocabulary is the original one
-(`dnabert.kmer.vocab_tokens`) and is saved as the same vocab.txt, so checkpoints stay interchangeable.
+`dnabert.data.tokenizers.kmer.tokenize(sequence, k)` (the training data path). The vocabulary is the original one
+(`dnabert.data.tokenizers.kmer.vocab_tokens`) and is saved as the same vocab.txt, so checkpoints stay interchangeable.
 
 Lower case equals upper case and whitespace inside a sequence is ignored (wrapped FASTA lines). A k-mer with any
 other letter (N, IUPAC) becomes [UNK], as BertTokenizer does for an unknown word; a sequence shorter than k has
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizer
 
+from dnabert.data.tokenizers.kmer import UNK_ID, vocab_tokens, write_vocab
 from dnabert.errors import DnabertError
-from dnabert.kmer import UNK_ID, vocab_tokens, write_vocab
 
 VOCAB_FILE = "vocab.txt"
 MAX_TOKENS = 512  # DNABERT's position embeddings: [CLS] + 510 k-mers + [SEP]

@@ -19,15 +19,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dnabert.callbacks import (
-    AtomicCheckpointIO,
-    RunArtifacts,
-    StepProgressBar,
-    ThroughputLogger,
-    find_resume_checkpoint,
-)
-from dnabert.cluster import check_checkpoint_fits, check_launch, cluster_callbacks, cluster_plugins
-from dnabert.config import (
+from dnabert.errors import DnabertError
+from dnabert.models.dnabert.model import count_parameters
+from dnabert.run.callbacks import RunArtifacts, StepProgressBar, ThroughputLogger
+from dnabert.run.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+from dnabert.run.cluster import check_checkpoint_fits, check_launch, cluster_callbacks, cluster_plugins
+from dnabert.run.config import (
     accumulation_steps,
     auto_precision,
     declared_device_count,
@@ -35,12 +32,10 @@ from dnabert.config import (
     resolve_device_count,
     runs_on_gpu,
 )
-from dnabert.errors import DnabertError
-from dnabert.model import count_parameters
-from dnabert.module import DnaBertLitModule
+from dnabert.tasks.pretrain import DnaBertLitModule
 
 if TYPE_CHECKING:
-    from dnabert.trial import TrialResult
+    from dnabert.run.trial import TrialResult
 
 log = logging.getLogger("dnabert")
 # Performance switches in the model config group that are not architecture: module argument -> config key.
@@ -206,7 +201,7 @@ def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:
     use_gpu = runs_on_gpu(accelerator)
     if setting == "false" or (setting == "auto" and not use_gpu):
         return None
-    from dnabert.trial import run_trial
+    from dnabert.run.trial import run_trial
 
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     log.info("Estimate: a few optimiser steps on %s at micro-batch %d to measure memory and speed ...",
@@ -222,7 +217,7 @@ def run(cfg: DictConfig) -> Path | None:
     quiet_lightning_logs()
     plan = make_plan(cfg)
     if cfg.estimate:
-        from dnabert.estimate import estimate_from_config
+        from dnabert.tools.estimate import estimate_from_config
 
         print(estimate_from_config(cfg, plan.devices, plan.num_nodes, trial=estimate_trial(cfg, plan)))
         return None

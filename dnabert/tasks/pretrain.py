@@ -18,10 +18,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import get_linear_schedule_with_warmup
 
+from dnabert.data.masking import MaskSchedule, mask_batch
+from dnabert.data.tokenizers.kmer import PAD_ID, check_k, vocab_size
 from dnabert.errors import DnabertError
-from dnabert.kmer import PAD_ID, check_k, vocab_size
-from dnabert.masking import MaskSchedule, mask_batch
-from dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, masked_lm_loss
+from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, masked_lm_loss
 
 
 def derive_seed(*parts: int) -> int:
@@ -90,7 +90,7 @@ class DnaBertLitModule(L.LightningModule):
         self.packed = packed
         self.head_on_masked_only = head_on_masked_only
         if init_from:
-            from dnabert.export import load_pretrained_into
+            from dnabert.tools.export import load_pretrained_into
 
             load_pretrained_into(self.model, init_from, k)
         if compile_model:  # dynamic: micro-batch widths (and packed row counts) vary from batch to batch

@@ -5,7 +5,7 @@ curve readable: ln(4^k), the loss of a model that knows nothing (uniform over th
 loss of a model that pins down a masked k-mer up to one nucleotide (whole-k-mer masking usually hides about
 one nucleotide per masked k-mer that its visible neighbours do not give away).
 
-`python -m dnabert.report <run dir>` writes `<run dir>/plots/curves.png` and `<run dir>/report.md`.
+`python -m dnabert.tools.report <run dir>` writes `<run dir>/plots/curves.png` and `<run dir>/report.md`.
 """
 
 from __future__ import annotations

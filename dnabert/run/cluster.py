@@ -29,8 +29,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from dnabert.callbacks import read_checkpoint
 from dnabert.errors import DnabertError
+from dnabert.run.checkpoints import read_checkpoint
 
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 WANDB_ID_FILE = "wandb_run_id"
