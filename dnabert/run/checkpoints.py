@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically, read weights-only, the newest readable one found for a resume.
+"""Checkpoint files: written atomically, read weights-only, the newest usable one found for a resume.
 
 Its own module so that both the run (callbacks, cluster checks) and the tools (export) read checkpoints without
 importing each other.
@@ -7,6 +7,7 @@ importing each other.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,23 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, ListConfig
 from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
+
+from dnabert.errors import DnabertError
+
+# Beside the checkpoints: the step up to which everything the run logged is on disk (see dnabert.run.history).
+LOGGED_THROUGH_FILE = "logged_through_step"
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain; torch's own file writer reports a short write as 'unexpected pos'."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(err, RuntimeError) and "unexpected pos" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,6 +55,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(partial, target)
+        except (OSError, RuntimeError) as err:
+            if not is_disk_full(err):
+                raise
+            partial.unlink(missing_ok=True)  # give the space back before anything else needs it
+            newest = find_resume_checkpoint(target.parent)
+            raise DnabertError(
+                f"The disk is full: no room for checkpoint {target.name} in {target.parent}. The newest good "
+                f"checkpoint is {newest or 'none (nothing was saved yet)'}; free space there (or move the run with "
+                "paths.output_root) and run the same command again to resume."
+            ) from err
         finally:
             partial.unlink(missing_ok=True)
 
@@ -64,13 +92,46 @@ def checkpoint_is_readable(path: Path) -> bool:
     return True
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimiser step a checkpoint was saved at."""
+    return int(read_checkpoint(path, mmap=True)["global_step"])
+
+
+def write_logged_through(checkpoint_dir: Path, step: int) -> None:
+    """Record that the metrics of every step before `step` are on disk (atomically: it decides resumes)."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / LOGGED_THROUGH_FILE
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text(f"{step}\n")
+    os.replace(partial, path)
+
+
+def read_logged_through(checkpoint_dir: Path) -> int | None:
+    """The recorded step, or None for a run directory that records none (written before this existed)."""
+    try:
+        return int((checkpoint_dir / LOGGED_THROUGH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest readable checkpoint in a run directory; a corrupt newest one falls back with a warning."""
+    """The newest usable checkpoint in a run directory, falling back with a warning past a corrupt one and past
+    one saved after the last step whose metrics reached the disk (resuming there would leave a gap in them)."""
     if not checkpoint_dir.is_dir():
         return None
+    logged_through = read_logged_through(checkpoint_dir)
     candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in candidates:
-        if checkpoint_is_readable(candidate):
-            return candidate
-        rank_zero_warn(f"Checkpoint {candidate} is unreadable (truncated or corrupt); trying an older one.")
+        try:
+            step = checkpoint_step(candidate)
+        except Exception:  # any unreadable file is simply not a candidate
+            rank_zero_warn(f"Checkpoint {candidate} is unreadable (truncated or corrupt); trying an older one.")
+            continue
+        if logged_through is not None and step > logged_through:
+            rank_zero_warn(
+                f"Checkpoint {candidate} (step {step}) was saved, but the run stopped before the metrics of that "
+                f"step were written; resuming from an older one so that the metrics history has no gap."
+            )
+            continue
+        return candidate
     return None

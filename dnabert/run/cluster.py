@@ -213,7 +213,7 @@ def wandb_run_id(run_dir: str) -> str:
     path = Path(run_dir) / WANDB_ID_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
     except FileExistsError:
         return path.read_text().strip()
     with os.fdopen(fd, "w") as handle:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert.model import count_parameters
 from dnabert.run.callbacks import RunArtifacts, StepProgressBar, ThroughputLogger
-from dnabert.run.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+from dnabert.run.checkpoints import AtomicCheckpointIO, checkpoint_step, find_resume_checkpoint
 from dnabert.run.cluster import check_checkpoint_fits, check_launch, cluster_callbacks, cluster_plugins
 from dnabert.run.config import (
     accumulation_steps,
@@ -32,6 +32,8 @@ from dnabert.run.config import (
     resolve_device_count,
     runs_on_gpu,
 )
+from dnabert.run.history import MetricsHistory, set_resume_step
+from dnabert.run.wandb_mode import settle_wandb_mode
 from dnabert.tasks.pretrain import DnaBertLitModule
 
 if TYPE_CHECKING:
@@ -167,11 +169,14 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(found) if found else None
 
 
-def build_trainer(cfg: DictConfig, plan: Plan) -> L.Trainer:
+def build_trainer(cfg: DictConfig, plan: Plan, resume_step: int = 0) -> L.Trainer:
+    """`resume_step`: the step of the checkpoint this process continues from (0: a fresh start)."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks += [StepProgressBar(), ThroughputLogger(), RunArtifacts(str(plan.run_dir), export=cfg.export)]
+    callbacks += [StepProgressBar(), ThroughputLogger(), MetricsHistory(str(plan.run_dir)),
+                  RunArtifacts(str(plan.run_dir), export=cfg.export)]
     callbacks += cluster_callbacks(str(plan.run_dir))
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    set_resume_step(loggers, resume_step)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     val_every = trainer_cfg.pop("val_every_n_steps")
     trainer_cfg.update(
@@ -222,6 +227,7 @@ def run(cfg: DictConfig) -> Path | None:
         print(estimate_from_config(cfg, plan.devices, plan.num_nodes, trial=estimate_trial(cfg, plan)))
         return None
     check_output_dir(plan.run_dir)
+    settle_wandb_mode(cfg.logger, plan.run_dir)
     check_launch(cfg.trainer, cfg.logger, plan.devices, plan.num_nodes)
     first_local_rank = int(os.environ.get("LOCAL_RANK", 0)) == 0
     if first_local_rank:
@@ -231,9 +237,9 @@ def run(cfg: DictConfig) -> Path | None:
     module = build_module(cfg, plan)
     if first_local_rank:
         log.info(describe_model(module))
-    trainer = build_trainer(cfg, plan)
     ckpt_path = resolve_ckpt_path(cfg, plan.run_dir)
     if ckpt_path:
         check_checkpoint_fits(ckpt_path, cfg.k, cfg.model)
+    trainer = build_trainer(cfg, plan, resume_step=checkpoint_step(ckpt_path) if ckpt_path else 0)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return plan.run_dir

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -89,12 +90,23 @@ def export_model(
         with _no_progress_bars():
             writer(state_dict, config, k, staging)
         (staging / "README.md").write_text(_model_card(config, k, layout, card_config))
+        _follow_umask(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _follow_umask(root: Path) -> None:
+    """mkdtemp makes the staging folder 0700 (and the weights file came out 0600): give every file of the export
+    the mode the user's umask gives anything else the run writes, so colleagues on a shared filesystem can load
+    the model."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 @contextlib.contextmanager
