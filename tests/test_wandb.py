@@ -1,8 +1,10 @@
 """wandb without network or key: offline runs in the run directory, one per run (rank 0 only), the same wandb id
-after a resume; online without credentials is refused before any DDP rank starts."""
+after a resume; a key without a reachable server falls back to offline with one warning, or is refused when the
+user insisted on online; online without credentials is refused before any DDP rank starts."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,14 @@ import pytest
 from dnabert.errors import DnabertError
 from dnabert.run.cluster import wandb_run_id
 from dnabert.run.training import run
-from tests.training_runs import TINY, metric_by_step, run_dir, train
+from tests.training_runs import TINY, free_port, metric_by_step, run_dir, train
+
+# A compute node's view: a key, and a W&B server nobody answers for (a closed port here, never the internet).
+KEY_WITHOUT_SERVER = {"WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567", "WANDB_MODE": ""}
+
+
+def unreachable_server() -> str:
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def offline_runs(directory: Path) -> list[Path]:
@@ -18,9 +27,17 @@ def offline_runs(directory: Path) -> list[Path]:
 
 
 def test_offline_wandb_logs_rank_zero_only_and_keeps_its_id_across_a_resume(tmp_path: Path) -> None:
-    train(tmp_path, "tracked", "logger=wandb", "trainer=cpu_ddp", "trainer.devices=2")
+    """The first run has a key but no server: it goes offline by itself, says so once, and trains."""
+    server = unreachable_server()
+    output = train(tmp_path, "tracked", "logger=wandb", "trainer=cpu_ddp", "trainer.devices=2",
+                   env={**KEY_WITHOUT_SERVER, "WANDB_BASE_URL": server})
     directory = run_dir(tmp_path, "tracked")
     run_id = (directory / "wandb_run_id").read_text().strip()
+    offline_glob = f"{directory}/wandb/offline-run-*-{run_id}"
+    warnings = [line for line in output.splitlines() if "cannot be reached" in line]
+    assert warnings == [f"wandb: {server} cannot be reached from {socket.gethostname()} "
+                        f"(127.0.0.1:{server.rsplit(':', 1)[1]}: Connection refused); logging offline to "
+                        f"{offline_glob}. Upload it later with: wandb sync {offline_glob}"]
     first = offline_runs(directory)
     assert len(first) == 1 and first[0].name.endswith(f"-{run_id}")  # two ranks, one wandb run
     # What `wandb sync` uploads: the run's record file (protobuf; its strings are stored as they are).
@@ -51,6 +68,17 @@ def test_online_without_credentials_is_refused_before_launch(compose_config, tmp
     from dnabert.run.cluster import check_wandb
 
     check_wandb(cfg.logger)
+
+
+def test_online_insisted_on_without_a_reachable_server_is_refused_before_launch(
+        compose_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in KEY_WITHOUT_SERVER.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WANDB_BASE_URL", unreachable_server())
+    cfg = compose_config(*TINY, f"paths.output_root={tmp_path}", "logger=wandb", "logger.wandb.mode=online")
+    with pytest.raises(DnabertError, match=r"set to online .* cannot be reached .*Connection refused.*drop"):
+        run(cfg)
+    assert not (run_dir(tmp_path, "default") / "checkpoints").exists()  # nothing trained
 
 
 def test_run_id_is_created_once_per_run_directory(tmp_path: Path) -> None:
