@@ -19,6 +19,7 @@ import torch
 
 from dnabert.errors import DnabertError
 from dnabert.run.checkpoints import find_resume_checkpoint, write_logged_through
+from dnabert.run.history import HistoryCSVLogger, set_resume_step
 from dnabert.run.training import run
 from dnabert.tools.report import load_metrics, series
 from tests.conftest import tiny_run_overrides
@@ -164,6 +165,29 @@ def test_checkpoint_of_another_model_is_refused_by_name(compose_config, uninterr
                          f"ckpt_path={uninterrupted / 'checkpoints' / 'last.ckpt'}", *overrides)
     with pytest.raises(DnabertError, match=re.escape(f"trained with {setting}")):
         run(cfg)
+
+
+def test_csv_history_keeps_earlier_rows_before_the_resumed_step_and_drops_a_cut_row(tmp_path: Path) -> None:
+    metrics = tmp_path / "csv" / "metrics.csv"
+    metrics.parent.mkdir()
+    rows = "".join(f"{step},{8 - step / 10}\r\n" for step in range(6))
+    metrics.write_text("step,train/loss\r\n" + rows + "6,7.3", newline="")  # a kill cut the row of step 6
+    logger = HistoryCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    set_resume_step([logger], 7)
+    logger.log_metrics({"val/loss": 7.0}, step=7)  # a new column: the header is rewritten, the rows stay
+    logger.save()
+    assert [(row["step"], row["train/loss"], row["val/loss"]) for row in logged_rows(tmp_path)] == [
+        *((str(step), str(8 - step / 10), "") for step in range(6)), ("7", "", "7.0")]
+
+    logger = HistoryCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    set_resume_step([logger], 3)  # resumed from an older checkpoint: what came after it is logged again
+    logger.log_metrics({"train/loss": 7.75}, step=3)
+    logger.save()
+    assert [(row["step"], row["train/loss"]) for row in logged_rows(tmp_path)] == [
+        ("0", "8.0"), ("1", "7.9"), ("2", "7.8"), ("3", "7.75")]
+
+    HistoryCSVLogger(save_dir=str(tmp_path), name="csv", version="").experiment  # noqa: B018  (a fresh start)
+    assert not metrics.exists()
 
 
 class FullDisk(io.RawIOBase):
