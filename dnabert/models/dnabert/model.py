@@ -17,19 +17,43 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask
 from transformers import BertConfig
 from transformers.activations import ACT2FN
 
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, vocab_size
+from dnabert.data.tokenizers.kmer import PAD_ID, vocab_size
 from dnabert.errors import DnabertError
+from dnabert.models.components import (
+    ATTENTION_BACKENDS,
+    IGNORE_INDEX,
+    attention_bias,
+    check_attention_backend,
+    count_parameters,
+    flex_attention_for,
+    flex_block_mask,
+    init_bert_weights,
+    masked_lm_loss,
+    mlm_logits,
+    packed_layout,
+)
 
-IGNORE_INDEX = -100
-ATTENTION_BACKENDS = ("sdpa", "flex")
+# Shared pieces re-exported: callers and tests import them from here as before the move to components.
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "IGNORE_INDEX",
+    "DnaBertForMaskedLM",
+    "ModelConfig",
+    "attention_bias",
+    "count_parameters",
+    "masked_lm_loss",
+    "packed_layout",
+    "preset",
+]
 
 
 @dataclass
@@ -95,50 +119,6 @@ def preset(name: str, k: int) -> ModelConfig:
     return ModelConfig(vocab_size=vocab_size(k), **_PRESETS[name])
 
 
-def packed_layout(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window index and position-within-window of every token of rows that hold several windows.
-
-    A window starts at each [CLS]: window id = number of [CLS] seen so far, position = distance to that [CLS].
-    Returns ``(window_ids, position_ids)``, both (B, T) long. Trailing padding belongs to the last window (it
-    is excluded from attention as a key anyway).
-    """
-    is_cls = input_ids == CLS_ID
-    window_ids = is_cls.long().cumsum(dim=1)
-    index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    window_start = torch.where(is_cls, index, torch.zeros_like(index)).cummax(dim=1).values
-    return window_ids, index - window_start
-
-
-def attention_bias(key_mask: torch.Tensor, window_ids: torch.Tensor | None) -> torch.Tensor:
-    """Boolean mask for SDPA: True where a query may attend to a key.
-
-    One window per row (``window_ids`` None): a (B, 1, 1, T) key-padding mask, which SDPA broadcasts over the
-    queries and which keeps the memory-efficient kernel usable on GPU (a dense (B, 1, T, T) mask costs T^2
-    memory per row). A row without any real token may attend to everything, so it never has an empty softmax
-    (all-False gives NaN in SDPA, and NaN would leak into the gradients).
-
-    Packed rows: a dense (B, 1, T, T) mask, keys real and in the query's window; every token may also attend
-    to itself, so a padding query never has an empty row. Real tokens are unaffected either way.
-    """
-    if window_ids is None:
-        return (key_mask | ~key_mask.any(dim=1, keepdim=True))[:, None, None, :]
-    allowed = key_mask[:, None, :] & (window_ids[:, :, None] == window_ids[:, None, :])
-    diagonal = torch.eye(key_mask.shape[1], dtype=torch.bool, device=key_mask.device)
-    return (allowed | diagonal)[:, None, :, :]
-
-
-def flex_block_mask(key_mask: torch.Tensor, window_ids: torch.Tensor) -> BlockMask:
-    """FlexAttention's block-sparse form of ``attention_bias`` for packed rows: only the tiles that hold a
-    window's keys and queries are computed, so attention costs the sum of squared window lengths, not T^2."""
-
-    def same_window(batch, head, query, key):
-        real_key = key_mask[batch, key]
-        return (real_key & (window_ids[batch, query] == window_ids[batch, key])) | (query == key)
-
-    batch, length = key_mask.shape
-    return create_block_mask(same_window, batch, None, length, length, device=key_mask.device)
-
-
 class Embeddings(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -173,25 +153,12 @@ class SelfAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
         query, key, value = (self._split_heads(layer(hidden)) for layer in (self.query, self.key, self.value))
         if isinstance(mask, BlockMask):
-            context = _flex_attention_for(hidden.device)(query, key, value, block_mask=mask)
+            context = flex_attention_for(hidden.device)(query, key, value, block_mask=mask)
         else:
             context = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=mask, dropout_p=self.dropout_prob if self.training else 0.0
             )
         return context.transpose(1, 2).flatten(2)
-
-
-_COMPILED_FLEX = None
-
-
-def _flex_attention_for(device: torch.device):
-    """FlexAttention needs torch.compile for its fused kernel on GPU; on CPU (tests) the eager reference runs."""
-    global _COMPILED_FLEX
-    if device.type != "cuda":
-        return flex_attention
-    if _COMPILED_FLEX is None:
-        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
-    return _COMPILED_FLEX
 
 
 class ResidualOutput(nn.Module):
@@ -296,34 +263,13 @@ class DnaBertForMaskedLM(nn.Module):
         rows: block-sparse, so packed rows cost no attention over other windows; no attention dropout, hence
         it requires ``attention_probs_dropout_prob=0``). Rows with one window always use SDPA."""
         super().__init__()
-        if attention not in ATTENTION_BACKENDS:
-            raise DnabertError(f"model attention={attention!r} is unknown; choose one of {ATTENTION_BACKENDS}.")
-        if attention == "flex" and config.attention_probs_dropout_prob > 0:
-            raise DnabertError(
-                "FlexAttention has no attention dropout: set model.attention_probs_dropout_prob=0 "
-                "or use the sdpa attention."
-            )
+        check_attention_backend(attention, config.attention_probs_dropout_prob)
         self.config = config
         self.attention = attention
         self.bert = Bert(config)
         self.cls = MaskedLMHead(config)
-        self.apply(self._init_weights)
+        self.apply(partial(init_bert_weights, std=config.initializer_range))
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation: normal(0, initializer_range) weights, zero biases (the decoder's bias is
-        ``cls.predictions.bias``), LayerNorm 1/0, a zero [PAD] embedding."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                nn.init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def encode(
         self,
@@ -368,26 +314,4 @@ class DnaBertForMaskedLM(nn.Module):
                 (True, the fast path) or on every position and select afterwards (False, for comparison).
         """
         hidden = self.encode(input_ids, attention_mask, position_ids, packed)
-        if masked_positions is None:
-            return self.cls.predictions(hidden)
-        if head_on_masked_only:
-            return self.cls.predictions(hidden[masked_positions])
-        return self.cls.predictions(hidden)[masked_positions]
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over masked tokens; logits (N, V) or (B, T, V), labels (N,) or (B, T), -100 ignored.
-
-    Computed in float32 so that a bf16/fp16 forward keeps precision in the log-sum-exp over 4^k k-mers.
-    A micro-batch with no masked token (possible with a few very short windows) gives 0 with zero gradients,
-    not the NaN of a mean over nothing, which would cost the whole optimiser step.
-    """
-    labels = labels.flatten()
-    total = F.cross_entropy(logits.flatten(0, -2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once, as in the DNABERT model card)."""
-    return sum(parameter.numel() for parameter in model.parameters())
-
+        return mlm_logits(self.cls.predictions, hidden, masked_positions, head_on_masked_only)

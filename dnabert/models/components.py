@@ -1,0 +1,132 @@
+"""Pieces every model family shares: packed-row layout, attention masks, the masked-only MLM head, the loss.
+
+Each family (``dnabert``: BERT over k-mers, ``dnabert2``: MosaicBERT-style over BPE) builds its own layers; what
+is here is the part of the training contract that does not depend on the architecture, so the speed levers
+(packed rows, masked-only head, FlexAttention) mean the same thing in every family.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from dnabert.data.tokenizers.kmer import CLS_ID
+from dnabert.errors import DnabertError
+
+IGNORE_INDEX = -100
+ATTENTION_BACKENDS = ("sdpa", "flex")
+
+
+def check_attention_backend(attention: str, attention_dropout: float) -> None:
+    """Refuse an unknown backend, and FlexAttention with attention dropout (it has none)."""
+    if attention not in ATTENTION_BACKENDS:
+        raise DnabertError(f"model attention={attention!r} is unknown; choose one of {ATTENTION_BACKENDS}.")
+    if attention == "flex" and attention_dropout > 0:
+        raise DnabertError(
+            "FlexAttention has no attention dropout: set model.attention_probs_dropout_prob=0 "
+            "or use the sdpa attention."
+        )
+
+
+def packed_layout(input_ids: torch.Tensor, cls_token_id: int = CLS_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window index and position-within-window of every token of rows that hold several windows.
+
+    A window starts at each ``cls_token_id`` (default: the k-mer vocabulary's [CLS]): window id = number of
+    [CLS] seen so far, position = distance to that [CLS]. Returns ``(window_ids, position_ids)``, both (B, T)
+    long. Trailing padding belongs to the last window (it is excluded from attention as a key anyway).
+    """
+    is_cls = input_ids == cls_token_id
+    window_ids = is_cls.long().cumsum(dim=1)
+    index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    window_start = torch.where(is_cls, index, torch.zeros_like(index)).cummax(dim=1).values
+    return window_ids, index - window_start
+
+
+def attention_bias(key_mask: torch.Tensor, window_ids: torch.Tensor | None) -> torch.Tensor:
+    """Boolean mask for SDPA: True where a query may attend to a key.
+
+    One window per row (``window_ids`` None): a (B, 1, 1, T) key-padding mask, which SDPA broadcasts over the
+    queries and which keeps the memory-efficient kernel usable on GPU (a dense (B, 1, T, T) mask costs T^2
+    memory per row). A row without any real token may attend to everything, so it never has an empty softmax
+    (all-False gives NaN in SDPA, and NaN would leak into the gradients).
+
+    Packed rows: a dense (B, 1, T, T) mask, keys real and in the query's window; every token may also attend
+    to itself, so a padding query never has an empty row. Real tokens are unaffected either way.
+    """
+    if window_ids is None:
+        return (key_mask | ~key_mask.any(dim=1, keepdim=True))[:, None, None, :]
+    allowed = key_mask[:, None, :] & (window_ids[:, :, None] == window_ids[:, None, :])
+    diagonal = torch.eye(key_mask.shape[1], dtype=torch.bool, device=key_mask.device)
+    return (allowed | diagonal)[:, None, :, :]
+
+
+def flex_block_mask(key_mask: torch.Tensor, window_ids: torch.Tensor) -> BlockMask:
+    """FlexAttention's block-sparse form of ``attention_bias`` for packed rows: only the tiles that hold a
+    window's keys and queries are computed, so attention costs the sum of squared window lengths, not T^2."""
+
+    def same_window(batch, head, query, key):
+        real_key = key_mask[batch, key]
+        return (real_key & (window_ids[batch, query] == window_ids[batch, key])) | (query == key)
+
+    batch, length = key_mask.shape
+    return create_block_mask(same_window, batch, None, length, length, device=key_mask.device)
+
+
+_COMPILED_FLEX = None
+
+
+def flex_attention_for(device: torch.device):
+    """FlexAttention needs torch.compile for its fused kernel on GPU; on CPU (tests) the eager reference runs."""
+    global _COMPILED_FLEX
+    if device.type != "cuda":
+        return flex_attention
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
+    return _COMPILED_FLEX
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation (also MosaicBERT's): normal(0, std) weights, zero biases, LayerNorm 1/0, a zero
+    padding embedding. Use as ``model.apply(partial(init_bert_weights, std=...))``."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def mlm_logits(
+    head: nn.Module, hidden: torch.Tensor, masked_positions: torch.Tensor | None, head_on_masked_only: bool
+) -> torch.Tensor:
+    """The MLM head on (B, T, H) hidden states: (B, T, V), or (N, V) for the ``masked_positions`` (row-major,
+    as ``labels[masked_positions]``), computed on those positions only (the lever) or on all then selected."""
+    if masked_positions is None:
+        return head(hidden)
+    if head_on_masked_only:
+        return head(hidden[masked_positions])
+    return head(hidden)[masked_positions]
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over masked tokens; logits (N, V) or (B, T, V), labels (N,) or (B, T), -100 ignored.
+
+    Computed in float32 so that a bf16/fp16 forward keeps precision in the log-sum-exp over the vocabulary.
+    A micro-batch with no masked token (possible with a few very short windows) gives 0 with zero gradients,
+    not the NaN of a mean over nothing, which would cost the whole optimiser step.
+    """
+    labels = labels.flatten()
+    total = F.cross_entropy(logits.flatten(0, -2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once, as in the model cards)."""
+    return sum(parameter.numel() for parameter in model.parameters())
