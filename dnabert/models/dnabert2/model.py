@@ -1,0 +1,339 @@
+"""DNABERT-2's encoder: MosaicBERT-style BERT (ALiBi, gated-linear-unit feed-forward) with an MLM head.
+
+The architecture of Zhou et al. (ICLR 2024) as released (zhihan1996/DNABERT-2-117M) and as MultiMolecule
+reimplements it: no position embeddings, an ALiBi bias ``-slope[head] * |i - j|`` on the attention scores, a
+feed-forward ``wo(gelu(x W_gate) * (x W_value))`` (one fused ``gated_layers`` matrix, no bias), post-LayerNorm
+residual blocks, attention dropout 0, BERT's MLM head with the decoder tied to the word embeddings.
+
+Parameter names and shapes are those of the original checkpoint (``bert.encoder.layer.N.attention.self.Wqkv``,
+``mlp.gated_layers``, ``mlp.wo``, ``mlp.layernorm``, ``cls.predictions.*``), so the released weights load with
+a plain ``load_state_dict`` and the MultiMolecule export is a renaming (dnabert.tools.export); the tests prove
+logits equality with MultiMolecule's ``DnaBert2ForMaskedLM``. The fused Wqkv is also one matmul instead of three.
+
+The levers are the BERT family's (dnabert.models.components): packed rows, where ALiBi distances restart in each
+window because attention never crosses a window and distances are taken between per-window positions; the MLM
+head on masked positions only; FlexAttention (ALiBi as a ``score_mod``, windows as a block mask) for packed
+rows. The ALiBi bias is computed from the positions at each call, in float32, then cast to the attention's
+dtype; bf16 autocast and torch.compile (dynamic shapes) are tested on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
+from transformers.activations import ACT2FN
+
+from dnabert.errors import DnabertError
+from dnabert.models.components import (
+    attention_bias,
+    check_attention_backend,
+    flex_attention_for,
+    flex_block_mask,
+    init_bert_weights,
+    mlm_logits,
+    packed_layout,
+)
+
+# What each layer's attention gets: SDPA's additive float bias, or FlexAttention's (block mask, ALiBi score_mod).
+AttentionBias = torch.Tensor | tuple[BlockMask, Callable]
+
+# The published DNABERT-2 tokenizer's special-token ids: [UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4.
+PUBLISHED_CLS_ID = 1
+PUBLISHED_PAD_ID = 3
+
+
+@dataclass
+class DnaBert2Config:
+    """DNABERT-2 hyper-parameters, field names as in the released config.json (BERT's names).
+
+    ``alibi_starting_size`` is the length the original precomputes its ALiBi table for (it grows it for longer
+    inputs); kept so exports carry the published value, it changes no result here (the bias is computed for
+    the input's length). ``pad_token_id`` and ``cls_token_id`` come from the tokenizer: the padding row of the
+    embedding and the default attention mask, and the token that starts each window of a packed row.
+    """
+
+    vocab_size: int = 4096
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.0
+    alibi_starting_size: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = PUBLISHED_PAD_ID
+    cls_token_id: int = PUBLISHED_CLS_ID
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise DnabertError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="
+                f"{self.num_attention_heads}; pick a head count that divides the hidden size."
+            )
+        if self.hidden_act not in ACT2FN:
+            raise DnabertError(
+                f"model.hidden_act={self.hidden_act!r} is unknown; use one of transformers' activations "
+                "such as 'gelu' (DNABERT-2's)."
+            )
+        for name in ("pad_token_id", "cls_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise DnabertError(
+                    f"model.{name}={getattr(self, name)} is outside the vocabulary (size {self.vocab_size}); "
+                    "take the special-token ids from the tokenizer."
+                )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DnaBert2Config:
+        """Build from a plain dict (checkpoint hyper-parameters, Hydra), rejecting unknown fields clearly."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DnabertError(f"Unknown DNABERT-2 model config field(s) {unknown}; allowed: {sorted(known)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_PRESETS = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def preset(name: str, vocab_size: int = 4096, **overrides) -> DnaBert2Config:
+    """Named sizes: "base" is DNABERT-2-117M (117.07 M parameters at vocabulary 4096), "tiny" a CPU demo
+    size (1.07 M parameters at vocabulary 4096, half of them the embedding), "small" in between."""
+    if name not in _PRESETS:
+        raise DnabertError(f"Unknown DNABERT-2 model preset {name!r}; choose one of {sorted(_PRESETS)}.")
+    return DnaBert2Config(vocab_size=vocab_size, **{**_PRESETS[name], **overrides})
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi's per-head slopes (Press et al. 2022): the geometric sequence 2^(-8/n), 2^(-16/n), ... for n a
+    power of two; otherwise those of the nearest lower power of two, then every other slope of twice that."""
+    if math.log2(num_heads).is_integer():
+        start = 2 ** (-8 / num_heads)
+        return [start ** (head + 1) for head in range(num_heads)]
+    lower = 2 ** math.floor(math.log2(num_heads))
+    return alibi_slopes(lower) + alibi_slopes(2 * lower)[0::2][: num_heads - lower]
+
+
+class Embeddings(nn.Module):
+    """Word + token-type embeddings (type 0 everywhere), LayerNorm, dropout; no position embeddings."""
+
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embedded = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
+        return self.dropout(self.LayerNorm(embedded))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
+        """``bias``: the additive (B|1, heads, T, T) float bias for SDPA, or ``(block_mask, score_mod)``."""
+        batch, length, width = hidden.shape
+        qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, width // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head size)
+        if isinstance(bias, tuple):
+            block_mask, score_mod = bias
+            context = flex_attention_for(hidden.device)(query, key, value, score_mod=score_mod, block_mask=block_mask)
+        else:  # a bias in the query's dtype keeps the fused (memory-efficient) CUDA kernel eligible
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=bias.to(query.dtype),
+                dropout_p=self.dropout_prob if self.training else 0.0,
+            )
+        return context.transpose(1, 2).flatten(2)
+
+
+class SelfOutput(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.self = SelfAttention(config)
+        self.output = SelfOutput(config)
+
+    def forward(self, hidden: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
+        return self.output(self.self(hidden, bias), hidden)
+
+
+class GatedLinearUnitMLP(nn.Module):
+    """``LayerNorm(x + wo(dropout(act(x W_gate) * x W_value)))``; ``gated_layers`` holds [W_gate; W_value]."""
+
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.activation = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gate, value = self.gated_layers(hidden).chunk(2, dim=-1)
+        return self.layernorm(hidden + self.wo(self.dropout(self.activation(gate) * value)))
+
+
+class Layer(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.mlp = GatedLinearUnitMLP(config)
+
+    def forward(self, hidden: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
+        return self.mlp(self.attention(hidden, bias))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
+        for layer in self.layer:
+            hidden = layer(hidden, bias)
+        return hidden
+
+
+class Bert(nn.Module):
+    """Embeddings + encoder, no pooler (the MLM model of the original has none)."""
+
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+
+
+class HeadTransform(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.activation(self.dense(hidden)))
+
+
+class Predictions(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.transform = HeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden))
+
+
+class MaskedLMHead(nn.Module):
+    def __init__(self, config: DnaBert2Config) -> None:
+        super().__init__()
+        self.predictions = Predictions(config)
+
+
+class DnaBert2ForMaskedLM(nn.Module):
+    """DNABERT-2 + MLM head; ``state_dict()`` has the original checkpoint's keys (decoder tied to embeddings)."""
+
+    def __init__(self, config: DnaBert2Config, attention: str = "sdpa") -> None:
+        """``attention``: "sdpa" (default; any device, attention dropout) or "flex" (FlexAttention for packed
+        rows: block-sparse over windows, ALiBi as a score_mod; requires ``attention_probs_dropout_prob=0``).
+        Rows with one window always use SDPA."""
+        super().__init__()
+        check_attention_backend(attention, config.attention_probs_dropout_prob)
+        self.config = config
+        self.attention = attention
+        self.bert = Bert(config)
+        self.cls = MaskedLMHead(config)
+        self.register_buffer("alibi_slopes", torch.tensor(alibi_slopes(config.num_attention_heads)), persistent=False)
+        self.apply(partial(init_bert_weights, std=config.initializer_range))
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def _alibi(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """(B|1, heads, T, T) float32 ``-slope * |p_query - p_key|``."""
+        distance = (position_ids[:, :, None] - position_ids[:, None, :]).abs().float()
+        return -self.alibi_slopes.float()[None, :, None, None] * distance[:, None]
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        packed: bool = False,
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, H); see ``forward`` for the arguments."""
+        key_mask = (input_ids != self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
+        window_ids = None
+        if packed:
+            window_ids, packed_positions = packed_layout(input_ids, self.config.cls_token_id)
+            position_ids = packed_positions if position_ids is None else position_ids
+        elif position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        hidden = self.bert.embeddings(input_ids)
+        if window_ids is not None and self.attention == "flex":
+            slopes = self.alibi_slopes.float()
+            positions = position_ids.expand_as(input_ids)
+
+            def alibi(score, batch, head, query, key):
+                return score - slopes[head] * (positions[batch, query] - positions[batch, key]).abs()
+
+            return self.bert.encoder(hidden, (flex_block_mask(key_mask, window_ids), alibi))
+        allowed = attention_bias(key_mask, window_ids)
+        return self.bert.encoder(hidden, torch.where(allowed, self._alibi(position_ids), float("-inf")))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
+        packed: bool = False,
+        head_on_masked_only: bool = True,
+    ) -> torch.Tensor:
+        """MLM logits.
+
+        Args:
+            input_ids: (B, T) token ids, ``config.pad_token_id`` for padding.
+            attention_mask: (B, T) 1/True for real tokens; default ``input_ids != config.pad_token_id``.
+            position_ids: (B, T) explicit positions for the ALiBi distances; default 0..T-1, or per-window
+                positions when ``packed``.
+            masked_positions: (B, T) bool; when given, returns logits (N, V) of those positions only
+                (row-major order, as ``labels[masked_positions]``), else (B, T, V).
+            packed: rows hold several windows, each starting with ``config.cls_token_id``: attention stays
+                inside each window and ALiBi distances restart at each window. Off: one window per row.
+            head_on_masked_only: with ``masked_positions``, run the head only on the selected hidden states
+                (True, the fast path) or on every position and select afterwards (False, for comparison).
+        """
+        hidden = self.encode(input_ids, attention_mask, position_ids, packed)
+        return mlm_logits(self.cls.predictions, hidden, masked_positions, head_on_masked_only)
