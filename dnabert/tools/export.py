@@ -11,13 +11,21 @@ Layouts:
   embedding and output bias, so it behaves exactly like ``<unk>``. This layout is written with MultiMolecule's own
   classes, so the files follow the installed version of that package; it must be installed to use the layout.
 
-``python -m dnabert.tools.export <checkpoint.ckpt | run dir> <out dir> [--layout original|multimolecule]``
+DNABERT-2 (``dnabert.models.dnabert2``) has one export layout, ``multimolecule`` (its ``DnaBert2ForMaskedLM``,
+``model_type: dnabert2``): the original checkpoint's names renamed (``Wqkv`` split into query/key/value), the BPE
+``tokenizer.json`` of the run as a ``PreTrainedTokenizerFast`` with its own special tokens and ids. Import
+(``init_from_dnabert2``, ``load_dnabert2_into``) reads that layout and the original release's
+(``bert.*``/``cls.predictions.*`` keys, ``config.json`` with BERT's field names, as zhihan1996/DNABERT-2-117M).
+
+``python -m dnabert.tools.export <checkpoint.ckpt | run dir> <out dir> [--layout original|multimolecule]
+[--tokenizer tokenizer.json]``
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -28,12 +36,15 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from transformers import BertForMaskedLM, BertTokenizer
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from transformers import BertForMaskedLM, BertTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from dnabert.data.tokenizers.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.errors import DnabertError, command_line
 from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
 from dnabert.run.checkpoints import read_checkpoint
 
 LAYOUTS = ("original", "multimolecule")
@@ -60,6 +71,28 @@ VOCAB_ROW_KEYS = (
 )
 
 
+# DNABERT-2 names, ours (= the original checkpoint's) -> MultiMolecule's. Prefixes apply at the start of a key,
+# infixes anywhere, in this order; the reverse swaps each pair and keeps the order (so ".mlp.layer_norm." becomes
+# ".mlp.layernorm." before the other layer_norms become LayerNorm).
+DNABERT2_PREFIXES = (("bert.", "model."), ("cls.predictions.", "lm_head."))
+DNABERT2_INFIXES = (
+    (".mlp.layernorm.", ".mlp.layer_norm."),
+    ("LayerNorm", "layer_norm"),
+    (".mlp.gated_layers.", ".mlp.up_proj."),
+    (".mlp.wo.", ".mlp.down_proj."),
+)
+DNABERT2_FUSED_QKV = ".attention.self.Wqkv."
+DNABERT2_SPLIT_QKV = (".attention.self.query.", ".attention.self.key.", ".attention.self.value.")
+# The published DNABERT-2 tokenizer's special tokens, under the argument names transformers gives them.
+DNABERT2_SPECIAL_TOKENS = {
+    "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "mask_token": "[MASK]"
+}
+# Token names for [PAD]/[CLS] in an imported directory: the original's, and MultiMolecule's after its conversion.
+DNABERT2_PAD_NAMES, DNABERT2_CLS_NAMES = ("[PAD]", "<pad>"), ("[CLS]", "<cls>")
+DNABERT2_POOLER_PREFIX = "bert.pooler."  # in some releases; the MLM model has no pooler
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 def export_model(
     model: DnaBertForMaskedLM,
     k: int,
@@ -80,16 +113,30 @@ def export_model(
             f"The model has {config.vocab_size} vocabulary rows but k={k} needs {vocab_size(k)} (4^k + 5); "
             "pass the k the model was trained with."
         )
-    state_dict = {key.replace(COMPILED_PREFIX, ""): value.detach().cpu() for key, value in model.state_dict().items()}
-    out_dir = Path(out_dir)
+    state_dict = _plain_state_dict(model)
+    writer = _write_original if layout == "original" else _write_multimolecule
+
+    def write(staging: Path) -> None:
+        writer(state_dict, config, k, staging)
+        (staging / "README.md").write_text(_model_card(config, k, layout, card_config))
+
+    return _write_replacing(Path(out_dir), write)
+
+
+def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU tensors under the model's own names, whether or not torch.compile wrapped it."""
+    return {key.replace(COMPILED_PREFIX, ""): value.detach().cpu() for key, value in model.state_dict().items()}
+
+
+def _write_replacing(out_dir: Path, write) -> Path:
+    """Run ``write(staging_dir)`` and move the result to ``out_dir`` only once it is complete, replacing an earlier
+    export there; a non-empty directory that is not an export is refused, never deleted."""
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        writer = _write_original if layout == "original" else _write_multimolecule
         with _no_progress_bars():
-            writer(state_dict, config, k, staging)
-        (staging / "README.md").write_text(_model_card(config, k, layout, card_config))
+            write(staging)
         _follow_umask(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -121,17 +168,37 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, layout: str = "original") -> Path:
-    """Export a Lightning checkpoint (or a run directory's ``checkpoints/last.ckpt``); returns the out dir."""
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, layout: str | None = None, tokenizer_file: str | Path | None = None
+) -> Path:
+    """Export a Lightning checkpoint (or a run directory's ``checkpoints/last.ckpt``); returns the out dir.
+
+    ``layout`` defaults to the family's first layout ("original" for DNABERT, "multimolecule" for DNABERT-2).
+    A DNABERT-2 export needs the run's BPE tokenizer: ``tokenizer_file``, by default ``tokenizer.json`` of the
+    run directory (the checkpoint's ``../..``)."""
     model, k, card_config = load_checkpoint(checkpoint)
-    return export_model(model, k, out_dir, layout, card_config)
+    if isinstance(model, DnaBert2ForMaskedLM):
+        tokenizer_file = tokenizer_file or _run_dir_tokenizer(Path(checkpoint))
+        return export_dnabert2_model(model, tokenizer_file, out_dir, layout or "multimolecule", card_config)
+    return export_model(model, k, out_dir, layout or "original", card_config)
 
 
-def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM, int, dict]:
-    """Rebuild the model from a Lightning checkpoint: ``(model, k, card_config)``.
+def _run_dir_tokenizer(checkpoint: Path) -> Path:
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent
+    tokenizer_file = run_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise DnabertError(
+            f"{tokenizer_file} does not exist; pass the tokenizer the model was trained with: --tokenizer PATH."
+        )
+    return tokenizer_file
 
-    Expects ``state_dict`` keys ``model.<transformers key>`` (``_orig_mod.`` from torch.compile is ignored) and
-    ``hyper_parameters`` with ``k``, ``model_config`` (ModelConfig fields) and optionally ``train_config``.
+
+def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM | DnaBert2ForMaskedLM, int | None, dict]:
+    """Rebuild the model from a Lightning checkpoint: ``(model, k, card_config)``; k is None for DNABERT-2.
+
+    Expects ``state_dict`` keys ``model.<model key>`` (``_orig_mod.`` from torch.compile is ignored) and
+    ``hyper_parameters`` with ``model_config`` and optionally ``train_config``; DNABERT (the default family) also
+    needs ``k``; DNABERT-2 is ``family: dnabert2`` (or a model_config with DnaBert2Config's ``alibi_starting_size``).
     """
     path = Path(checkpoint)
     if path.is_dir():
@@ -145,11 +212,17 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM, int, di
     if not isinstance(content, dict) or "state_dict" not in content or "hyper_parameters" not in content:
         raise DnabertError(f"{path} is not a dnabert Lightning checkpoint (no state_dict/hyper_parameters).")
     hyper_parameters = _plain(content["hyper_parameters"])
-    missing = [name for name in ("k", "model_config") if name not in hyper_parameters]
+    model_config = hyper_parameters.get("model_config") or {}
+    dnabert2 = hyper_parameters.get("family", "dnabert") == "dnabert2" or "alibi_starting_size" in model_config
+    missing = [name for name in ("model_config",) + (() if dnabert2 else ("k",)) if name not in hyper_parameters]
     if missing:
         raise DnabertError(f"Checkpoint {path} has no hyper-parameter(s) {missing}; it was not written by dnabert.")
-    k = check_k(int(hyper_parameters["k"]))
-    model = DnaBertForMaskedLM(ModelConfig.from_dict(hyper_parameters["model_config"]))
+    if dnabert2:
+        k = None
+        model = DnaBert2ForMaskedLM(DnaBert2Config.from_dict(model_config))
+    else:
+        k = check_k(int(hyper_parameters["k"]))
+        model = DnaBertForMaskedLM(ModelConfig.from_dict(model_config))
     model_state = {
         key.removeprefix(LIGHTNING_MODEL_PREFIX): value
         for key, value in ((key.replace(COMPILED_PREFIX, ""), value) for key, value in content["state_dict"].items())
@@ -275,6 +348,227 @@ def multimolecule_rows(multimolecule_tokens: Sequence[str], k: int) -> torch.Ten
         ) from err
 
 
+# ------------------------------------------------------------------------------------------------- DNABERT-2
+def export_dnabert2_model(
+    model: DnaBert2ForMaskedLM,
+    tokenizer_file: str | Path,
+    out_dir: str | Path,
+    layout: str = "multimolecule",
+    card_config: dict | None = None,
+) -> Path:
+    """Write a DNABERT-2 model (possibly compiled) and its BPE tokenizer as a MultiMolecule directory.
+
+    The tokenizer must be the one the model was trained with: its size may not exceed the model's vocabulary and
+    its [PAD]/[CLS] ids must be the model's. Replaces an earlier export at ``out_dir`` like ``export_model``.
+    """
+    if layout != "multimolecule":
+        raise DnabertError(
+            f"DNABERT-2 models export in the multimolecule layout only (--layout multimolecule), not {layout!r}: "
+            "the original release needs its own remote code, which transformers' BERT does not replace."
+        )
+    config: DnaBert2Config = model.config
+    tokenizer = dnabert2_tokenizer(tokenizer_file, config)
+    state_dict = dnabert2_to_multimolecule(_plain_state_dict(model), config.hidden_size)
+
+    def write(staging: Path) -> None:
+        _write_multimolecule_dnabert2(state_dict, config, tokenizer, staging)
+        (staging / "README.md").write_text(_dnabert2_model_card(config, card_config))
+
+    return _write_replacing(Path(out_dir), write)
+
+
+def dnabert2_tokenizer(tokenizer_file: str | Path, config: DnaBert2Config) -> PreTrainedTokenizerFast:
+    """The run's ``tokenizer.json`` as a transformers tokenizer, checked against the model's vocabulary."""
+    path = Path(tokenizer_file)
+    if not path.is_file():
+        raise DnabertError(f"Tokenizer {path} does not exist; pass the run's tokenizer.json (--tokenizer PATH).")
+    try:
+        raw = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for any malformed file
+        raise DnabertError(f"Cannot read {path} as a tokenizers JSON file ({err}).") from err
+    missing = [token for token in DNABERT2_SPECIAL_TOKENS.values() if raw.token_to_id(token) is None]
+    if missing:
+        raise DnabertError(
+            f"{path} lacks the special token(s) {missing}; a DNABERT-2 tokenizer has "
+            f"{' '.join(DNABERT2_SPECIAL_TOKENS.values())}."
+        )
+    size = raw.get_vocab_size(with_added_tokens=True)
+    ids = {"pad_token_id": raw.token_to_id("[PAD]"), "cls_token_id": raw.token_to_id("[CLS]")}
+    if size > config.vocab_size or any(getattr(config, name) != value for name, value in ids.items()):
+        raise DnabertError(
+            f"{path} ({size} tokens, {ids}) is not the model's tokenizer (vocabulary {config.vocab_size}, "
+            f"pad_token_id={config.pad_token_id}, cls_token_id={config.cls_token_id}); pass the run's tokenizer.json."
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=raw, **DNABERT2_SPECIAL_TOKENS)
+
+
+def dnabert2_to_multimolecule(state_dict: dict[str, torch.Tensor], hidden_size: int) -> dict[str, torch.Tensor]:
+    """Our (the original checkpoint's) names to MultiMolecule's: Wqkv split in three, renames, the decoder bias
+    also as ``lm_head.bias`` (MultiMolecule ties the two)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        if DNABERT2_FUSED_QKV in key:
+            for part, piece in zip(DNABERT2_SPLIT_QKV, value.split(hidden_size), strict=True):
+                renamed[_dnabert2_rename(key.replace(DNABERT2_FUSED_QKV, part))] = piece
+        else:
+            renamed[_dnabert2_rename(key)] = value
+    renamed["lm_head.bias"] = renamed["lm_head.decoder.bias"]
+    return renamed
+
+
+def dnabert2_from_multimolecule(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``dnabert2_to_multimolecule``: MultiMolecule's names to ours, query/key/value fused."""
+    state_dict = dict(state_dict)
+    bias = state_dict.pop("lm_head.bias", None)
+    if bias is not None:
+        state_dict.setdefault("lm_head.decoder.bias", bias)
+    query, *key_and_value = DNABERT2_SPLIT_QKV
+    renamed = {}
+    for name, value in state_dict.items():
+        if any(part in name for part in key_and_value):
+            continue  # fused with the query below
+        if query in name:
+            value = torch.cat([state_dict[name.replace(query, part)] for part in DNABERT2_SPLIT_QKV])
+            name = name.replace(query, DNABERT2_FUSED_QKV)
+        renamed[_dnabert2_rename(name, reverse=True)] = value
+    return renamed
+
+
+def _dnabert2_rename(key: str, reverse: bool = False) -> str:
+    for old, new in DNABERT2_PREFIXES:
+        old, new = (new, old) if reverse else (old, new)
+        if key.startswith(old):
+            key = new + key.removeprefix(old)
+    for old, new in DNABERT2_INFIXES:
+        key = key.replace(*((new, old) if reverse else (old, new)))
+    return key
+
+
+def _write_multimolecule_dnabert2(
+    state_dict: dict, config: DnaBert2Config, tokenizer: PreTrainedTokenizerFast, out_dir: Path
+) -> None:
+    try:
+        import multimolecule
+    except ImportError as err:
+        raise DnabertError("--layout multimolecule needs the multimolecule package: pip install multimolecule") from err
+    mm_config = multimolecule.DnaBert2Config(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act,
+        hidden_dropout=config.hidden_dropout_prob,
+        attention_dropout=config.attention_probs_dropout_prob,
+        initializer_range=config.initializer_range,
+        layer_norm_eps=config.layer_norm_eps,
+        alibi_starting_size=config.alibi_starting_size,
+        # MultiMolecule's names for the special ids: its default attention mask is input_ids != pad_token_id
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        unk_token_id=tokenizer.unk_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+        null_token_id=None,
+    )
+    model = multimolecule.DnaBert2ForMaskedLM(mm_config)
+    _load_strict(model, state_dict, "the model")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def init_from_dnabert2(directory: str | Path) -> DnaBert2ForMaskedLM:
+    """A DNABERT-2 model initialised from a MultiMolecule export or an original-layout directory (released
+    weights), to continue pretraining; its architecture comes from the directory's config.json, its [PAD]/[CLS]
+    ids from the directory's tokenizer.json (else the config, else the published ids)."""
+    config, state_dict = _read_dnabert2_directory(directory)
+    model = DnaBert2ForMaskedLM(config)
+    _load_strict(model, state_dict, str(directory))
+    return model
+
+
+def load_dnabert2_into(model: DnaBert2ForMaskedLM, directory: str | Path) -> None:
+    """Copy the weights of a DNABERT-2 directory (either layout) into an existing model of the same shape
+    (``model.init_from`` for the dnabert2 family)."""
+    _load_strict(model, _read_dnabert2_directory(directory)[1], str(directory))
+
+
+def _read_dnabert2_directory(directory: str | Path) -> tuple[DnaBert2Config, dict[str, torch.Tensor]]:
+    """(config, state dict under our names) of a MultiMolecule (model_type dnabert2) or original directory."""
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise DnabertError(
+            f"{directory} has no config.json; pass a DNABERT-2 directory (a MultiMolecule export, or the original "
+            "release's files: config.json and pytorch_model.bin or model.safetensors)."
+        )
+    values = json.loads(config_file.read_text())
+    weights = _read_weights(directory)
+    fields = {field.name for field in dataclasses.fields(DnaBert2Config)}
+    if values.get("model_type") == "dnabert2":  # MultiMolecule
+        renamed = {"hidden_dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob",
+                   "bos_token_id": "cls_token_id"}
+        config_values = {renamed.get(name, name): value for name, value in values.items()}
+        state_dict = dnabert2_from_multimolecule(weights)
+    else:  # the original: BERT's field names; its pad_token_id is BertConfig's default 0, not the tokenizer's
+        config_values = {name: value for name, value in values.items() if name != "pad_token_id"}
+        state_dict = {key: value for key, value in weights.items() if not key.startswith(DNABERT2_POOLER_PREFIX)}
+        if "cls.predictions.bias" in state_dict:  # transformers' duplicate of the decoder bias
+            state_dict.setdefault("cls.predictions.decoder.bias", state_dict.pop("cls.predictions.bias"))
+    state_dict.setdefault("cls.predictions.decoder.weight", state_dict.get("bert.embeddings.word_embeddings.weight"))
+    config_values = {name: value for name, value in config_values.items() if name in fields}
+    config_values.update(_dnabert2_special_ids(directory))
+    return DnaBert2Config.from_dict(config_values), state_dict
+
+
+def _dnabert2_special_ids(directory: Path) -> dict[str, int]:
+    """[PAD]/[CLS] ids from the directory's tokenizer.json, under either naming; none without one."""
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        return {}
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    ids = {}
+    for field, names in (("pad_token_id", DNABERT2_PAD_NAMES), ("cls_token_id", DNABERT2_CLS_NAMES)):
+        found = [tokenizer.token_to_id(name) for name in names if tokenizer.token_to_id(name) is not None]
+        if found:
+            ids[field] = found[0]
+    return ids
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if path.is_file():
+            try:
+                return load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+            except Exception as err:  # any decoding failure means the same to the user: not a usable file
+                raise DnabertError(f"Cannot read weights {path} ({err}).") from err
+    raise DnabertError(f"{directory} has no weights file ({' or '.join(WEIGHT_FILES)}).")
+
+
+def _dnabert2_model_card(config: DnaBert2Config, card_config: dict | None) -> str:
+    usage = (
+        "import multimolecule  # registers DnaBert2 with transformers\n"
+        "from transformers import AutoTokenizer, pipeline\n\n"
+        "tokenizer = AutoTokenizer.from_pretrained(path)\n"
+        "model = multimolecule.DnaBert2ForMaskedLM.from_pretrained(path)\n"
+        'unmasker = pipeline("fill-mask", model=path)  # e.g. unmasker("ACGTAGCATCG[MASK]ATCGTAGC")'
+    )
+    sections = [
+        "---\nlibrary_name: multimolecule\npipeline_tag: fill-mask\ntags:\n- dna\n- dnabert2\n- bpe\n---\n",
+        "# DNABERT-2\n",
+        "A MosaicBERT-style masked-language model (ALiBi, gated linear units) over a BPE vocabulary of DNA, "
+        "pretrained with the `dnabert` framework following the DNABERT-2 recipe (Zhou et al., ICLR 2024).\n",
+        f"## Usage\n\n```python\n{usage}\n```\n",
+        f"## Vocabulary\n\nThe run's BPE tokenizer ({config.vocab_size} rows), special tokens "
+        f"{' '.join(DNABERT2_SPECIAL_TOKENS.values())} as trained.\n",
+        f"## Model configuration (dnabert's)\n\n```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n",
+    ]
+    if card_config:
+        sections.append(f"## Training\n\n```json\n{json.dumps(_plain(card_config), indent=2, default=str)}\n```\n")
+    return "\n".join(sections)
+
+
 def _check_replaceable(out_dir: Path) -> None:
     if out_dir.is_file() or (
         out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file()
@@ -341,10 +635,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", help="a Lightning .ckpt file, or a run directory (uses checkpoints/last.ckpt)")
     parser.add_argument("out_dir", help="the directory to write (an earlier export there is replaced)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="original")
+    parser.add_argument("--layout", choices=LAYOUTS, default=None,
+                        help="default: original for DNABERT, multimolecule for DNABERT-2")
+    parser.add_argument("--tokenizer", default=None,
+                        help="DNABERT-2: the run's BPE tokenizer.json (default: tokenizer.json in the run directory)")
     args = parser.parse_args(argv)
-    out_dir = export_checkpoint(args.checkpoint, args.out_dir, args.layout)
-    print(f"Wrote {out_dir} ({args.layout} layout)")
+    out_dir = export_checkpoint(args.checkpoint, args.out_dir, args.layout, args.tokenizer)
+    print(f"Wrote {out_dir}" + (f" ({args.layout} layout)" if args.layout else ""))
     return 0
 
 

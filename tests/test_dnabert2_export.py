@@ -1,0 +1,185 @@
+"""DNABERT-2 export/import: a MultiMolecule directory with our logits, and back; the original release's layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+from dnabert.errors import DnabertError
+from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
+from dnabert.tools.export import (
+    dnabert2_from_multimolecule,
+    dnabert2_to_multimolecule,
+    export_checkpoint,
+    export_dnabert2_model,
+    init_from_dnabert2,
+    load_dnabert2_into,
+    main,
+)
+
+multimolecule = pytest.importorskip("multimolecule")
+
+SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # the published order: [PAD]=3, [CLS]=1
+PAD = 3
+VOCAB = 64
+TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+SEQUENCES = ["ACGTACGGTTACAGATTACA", "TTGACCA", "GATTACAGATTACACCGTA"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory) -> str:
+    """A small BPE tokenizer trained like DNABERT-2's (Whitespace pre-tokenizer, its special tokens)."""
+    generator = torch.Generator().manual_seed(0)
+    corpus = ["".join("ACGT"[i] for i in torch.randint(0, 4, (200,), generator=generator)) for _ in range(20)]
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model() -> DnaBert2ForMaskedLM:
+    torch.manual_seed(0)
+    trained_like = DnaBert2ForMaskedLM(DnaBert2Config(**TINY)).eval()
+    with torch.no_grad():  # non-zero biases, so that a lost or misplaced bias shows up in the logits
+        trained_like.cls.predictions.decoder.bias.normal_(std=0.5)
+        for layer in trained_like.bert.encoder.layer:
+            layer.attention.self.Wqkv.bias.normal_(std=0.5)
+    return trained_like
+
+
+def encoded(tokenizer_file: str) -> tuple[torch.Tensor, torch.Tensor]:
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    rows = [torch.tensor(encoding.ids) for encoding in tokenizer.encode_batch(SEQUENCES)]
+    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=PAD)
+    return input_ids, input_ids != PAD
+
+
+def assert_multimolecule_logits_equal(model: DnaBert2ForMaskedLM, directory, tokenizer_file: str) -> None:
+    loaded, info = multimolecule.DnaBert2ForMaskedLM.from_pretrained(directory, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    input_ids, real = encoded(tokenizer_file)
+    with torch.no_grad():
+        ours = model(input_ids)
+        theirs = loaded.eval()(input_ids).logits  # its default attention mask: input_ids != config.pad_token_id
+    assert (theirs - ours)[real].abs().max() <= 1e-4
+
+
+def test_multimolecule_export_loads_with_our_logits_and_tokenizer(model, tokenizer_file, tmp_path):
+    out_dir = export_dnabert2_model(model, tokenizer_file, tmp_path / "mm", card_config={"max_steps": 500000})
+    assert_multimolecule_logits_equal(model, out_dir, tokenizer_file)
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["model_type"] == "dnabert2" and config["pad_token_id"] == PAD and config["bos_token_id"] == 1
+    from transformers import AutoTokenizer
+
+    exported_tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    reference = Tokenizer.from_file(tokenizer_file)
+    assert exported_tokenizer(SEQUENCES[0])["input_ids"] == reference.encode(SEQUENCES[0]).ids
+    assert (exported_tokenizer.pad_token_id, exported_tokenizer.mask_token, exported_tokenizer.cls_token_id) == (
+        PAD, "[MASK]", 1)
+    card = (out_dir / "README.md").read_text()
+    assert '"max_steps": 500000' in card and '"hidden_size": 32' in card
+
+
+def test_multimolecule_directory_imports_back_exactly(model, tokenizer_file, tmp_path):
+    out_dir = export_dnabert2_model(torch.compile(model), tokenizer_file, tmp_path / "mm")  # compiled: plain keys
+    imported = init_from_dnabert2(out_dir)
+    assert imported.config == model.config
+    assert imported.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(imported.state_dict()[key], value) for key, value in model.state_dict().items())
+    assert imported.cls.predictions.decoder.weight is imported.bert.embeddings.word_embeddings.weight
+    fresh = DnaBert2ForMaskedLM(DnaBert2Config(**TINY))
+    load_dnabert2_into(fresh, out_dir)
+    assert all(torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items())
+    renamed = dnabert2_to_multimolecule(model.state_dict(), model.config.hidden_size)
+    assert dnabert2_from_multimolecule(renamed).keys() == model.state_dict().keys()
+
+
+def write_original_release(model: DnaBert2ForMaskedLM, directory, tokenizer_file: str, with_pooler: bool) -> None:
+    """What zhihan1996/DNABERT-2-117M holds: BERT field names (pad_token_id BertConfig's 0, unlike the tokenizer's
+    3), remote-code auto_map, a pytorch_model.bin under the original key names (those MultiMolecule converts)."""
+    directory.mkdir()
+    config = {**model.config.to_dict(), "architectures": ["BertForMaskedLM"], "model_type": "bert",
+              "auto_map": {"AutoModel": "bert_layers.BertModel"}, "max_position_embeddings": 512,
+              "position_embedding_type": "absolute", "pad_token_id": 0, "torch_dtype": "float32"}
+    del config["cls_token_id"]
+    (directory / "config.json").write_text(json.dumps(config))
+    weights = dict(model.state_dict())
+    if with_pooler:
+        weights["bert.pooler.dense.weight"] = torch.zeros(32, 32)
+        weights["bert.pooler.dense.bias"] = torch.zeros(32)
+    torch.save(weights, directory / "pytorch_model.bin")
+    (directory / "tokenizer.json").write_text(Path(tokenizer_file).read_text())
+
+
+@pytest.mark.parametrize("with_pooler", [False, True])
+def test_original_release_layout_imports_with_equal_logits(model, tokenizer_file, tmp_path, with_pooler):
+    from multimolecule.models.dnabert2.convert_checkpoint import _convert_checkpoint
+
+    write_original_release(model, tmp_path / "release", tokenizer_file, with_pooler)
+    imported = init_from_dnabert2(tmp_path / "release").eval()
+    assert imported.config.pad_token_id == PAD  # from the tokenizer, not the config's BERT default
+    input_ids, real = encoded(tokenizer_file)
+    # MultiMolecule's own converter reads the same file: the key names are the original's as it knows them
+    reference_config = multimolecule.DnaBert2Config(**{"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
+                                                       "num_attention_heads": 4, "intermediate_size": 48})
+    reference = multimolecule.DnaBert2ForMaskedLM(reference_config).eval()
+    original = torch.load(tmp_path / "release" / "pytorch_model.bin", weights_only=True)
+    original = {key: value for key, value in original.items() if not key.startswith("bert.pooler.")}
+    reference.load_state_dict(_convert_checkpoint(reference_config, original), strict=True)
+    with torch.no_grad():
+        ours = imported(input_ids)
+        assert (ours - model(input_ids))[real].abs().max() == 0
+        assert (ours - reference(input_ids, attention_mask=real.long()).logits)[real].abs().max() <= 1e-4
+
+
+def lightning_checkpoint(model: DnaBert2ForMaskedLM, path) -> None:
+    state_dict = {f"model._orig_mod.{key}": value for key, value in model.state_dict().items()}
+    hyper_parameters = {"family": "dnabert2", "model_config": model.config.to_dict(), "train_config": {"lr": 5e-4}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state_dict, "hyper_parameters": hyper_parameters, "global_step": 7}, path)
+
+
+def test_run_directory_export_from_the_command_line(model, tokenizer_file, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    lightning_checkpoint(model, run_dir / "checkpoints" / "last.ckpt")
+    assert main([str(run_dir), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "tokenizer.json does not exist" in error and "--tokenizer PATH" in error
+    assert main([str(run_dir), str(tmp_path / "out"), "--tokenizer", tokenizer_file]) == 0
+    assert_multimolecule_logits_equal(model, tmp_path / "out", tokenizer_file)
+    (run_dir / "tokenizer.json").write_text(Path(tokenizer_file).read_text())  # where a dnabert2 run keeps it
+    out_dir = export_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path / "out")
+    assert '"global_step": 7' in (out_dir / "README.md").read_text()
+
+
+def test_wrong_tokenizer_layout_and_directories_are_clear_errors(model, tokenizer_file, tmp_path):
+    with pytest.raises(DnabertError, match="multimolecule layout only"):
+        export_dnabert2_model(model, tokenizer_file, tmp_path / "out", layout="original")
+    small = DnaBert2ForMaskedLM(DnaBert2Config(**{**TINY, "vocab_size": 32}))
+    with pytest.raises(DnabertError, match="not the model's tokenizer"):
+        export_dnabert2_model(small, tokenizer_file, tmp_path / "out")
+    other_pad = DnaBert2ForMaskedLM(DnaBert2Config(**TINY, pad_token_id=0))
+    with pytest.raises(DnabertError, match="pad_token_id=0"):
+        export_dnabert2_model(other_pad, tokenizer_file, tmp_path / "out")
+    (tmp_path / "kmer.json").write_text(Tokenizer(models.BPE()).to_str())
+    with pytest.raises(DnabertError, match="lacks the special token"):
+        export_dnabert2_model(model, tmp_path / "kmer.json", tmp_path / "out")
+    with pytest.raises(DnabertError, match="no config.json"):
+        init_from_dnabert2(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(model.config.to_dict()))
+    with pytest.raises(DnabertError, match="no weights file"):
+        init_from_dnabert2(tmp_path / "empty")
+    out_dir = export_dnabert2_model(model, tokenizer_file, tmp_path / "mm")
+    with pytest.raises(DnabertError, match="do not fit"):
+        load_dnabert2_into(DnaBert2ForMaskedLM(DnaBert2Config(**{**TINY, "intermediate_size": 64})), out_dir)
