@@ -10,14 +10,23 @@ arithmetic:
   ``+ 6 * (hidden^2 + hidden * vocab)`` per *masked* token only (the MLM head runs on masked positions).
   Check: the encoder forward of BERT-base k=6 on one 512-token sequence gives 96.6 GFLOPs; the MultiMolecule
   model card reports 96.9 GFLOPs (48.4 G MACs).
+- DNABERT-2 (a config with ``alibi_starting_size``: ours or MultiMolecule's): no position embeddings (ALiBi; its
+  bias is element-wise, no matmul FLOPs), and the gated-linear-unit feed-forward has three hidden x intermediate
+  matrices (gate, value, output) instead of two, so ``N_matmul = layers * (4 h^2 + 3 h * ffn)``. Check: 125.6
+  GFLOPs forward at 512 tokens for DNABERT-2-117M; the MultiMolecule card reports 125.83 GFLOPs (62.92 G MACs).
+  At 128 tokens training costs 0.70 GFLOPs per token.
 - Real tokens: the "original" length rule (recipe.md) makes half the sequences full length and half of uniform
-  random length, so the mean is about 3/4 of the maximum; "fixed" makes every sequence full length.
+  random length, so the mean is about 3/4 of the maximum; "fixed" makes every sequence full length. BPE windows
+  (DNABERT-2, no k) are cut to the token budget, so every row is counted full.
 - MFU is counted on useful (real-token) FLOPs, as usual; padded batches execute more, reported separately.
 - Memory per GPU: 16 bytes per parameter (fp32 weights, fp32 gradients, AdamW's two fp32 moments) plus bf16
   activations of one micro-batch per layer ``34 * s * b * h`` bytes (Korthikanti et al. 2022, no
   recomputation), ``+ 5 * heads * s^2 * b`` bytes when attention materialises its score matrix (eager
   attention; SDPA/flash kernels do not), plus the head's logits on masked tokens (bf16 logits + fp32
-  softmax: 6 bytes per entry). CUDA context and allocator fragmentation (about 1-2 GB) are not included.
+  softmax: 6 bytes per entry). DNABERT-2's feed-forward saves ``3 h + 8 ffn`` bytes per token instead of
+  ``19 h`` (its input, gate and value halves, activated gate, product, dropout mask), and its ALiBi bias is
+  one bf16 (b, heads, s, s) tensor shared by all layers. CUDA context and allocator fragmentation (about
+  1-2 GB) are not included.
 """
 
 from __future__ import annotations
@@ -60,7 +69,7 @@ class Estimate:
 
     parameters: int
     matmul_parameters: int
-    k: int
+    k: int | None
     max_tokens: int
     length_rule: str
     mean_tokens_per_sequence: float
@@ -88,30 +97,43 @@ class Estimate:
     wall_seconds_padded: float | None
 
 
-def count_parameters(config: Any) -> tuple[int, int]:
-    """(all parameters, encoder weight-matrix parameters) of a BertForMaskedLM with tied decoder, no pooler.
+def is_dnabert2(config: Any) -> bool:
+    """DNABERT-2 configs (dnabert's DnaBert2Config, MultiMolecule's) carry ``alibi_starting_size``; BERT's do not."""
+    return getattr(config, "alibi_starting_size", None) is not None
 
-    Works for any object with BertConfig attribute names (ModelConfig, transformers.BertConfig).
+
+def count_parameters(config: Any) -> tuple[int, int]:
+    """(all parameters, encoder weight-matrix parameters) of the MLM model: decoder tied, no pooler.
+
+    Works for any object with BertConfig attribute names (ModelConfig, transformers.BertConfig) and for
+    DNABERT-2 configs (``is_dnabert2``): no position embeddings, fused q/k/v, a bias-free gate/value matrix.
     """
     hidden = config.hidden_size
     ffn = config.intermediate_size
     vocab = config.vocab_size
-    embeddings = (vocab + config.max_position_embeddings + config.type_vocab_size) * hidden + 2 * hidden
-    layer_matrices = 4 * hidden * hidden + 2 * hidden * ffn
-    layer = layer_matrices + 9 * hidden + ffn  # biases (q, k, v, out, ffn-out) and two LayerNorms
+    if is_dnabert2(config):
+        embeddings = (vocab + config.type_vocab_size) * hidden + 2 * hidden
+        layer_matrices = 4 * hidden * hidden + 3 * hidden * ffn
+        layer = layer_matrices + 9 * hidden  # biases (q, k, v, out, ffn-out) and two LayerNorms
+    else:
+        embeddings = (vocab + config.max_position_embeddings + config.type_vocab_size) * hidden + 2 * hidden
+        layer_matrices = 4 * hidden * hidden + 2 * hidden * ffn
+        layer = layer_matrices + 9 * hidden + ffn  # biases (q, k, v, out, ffn-in, ffn-out) and two LayerNorms
     head = hidden * hidden + 3 * hidden + vocab  # transform dense + LayerNorm + decoder bias (weight is tied)
     layers = config.num_hidden_layers
     return embeddings + layers * layer + head, layers * layer_matrices
 
 
-def token_length_moments(k: int, max_tokens: int, length_rule: str) -> tuple[float, float]:
+def token_length_moments(k: int | None, max_tokens: int, length_rule: str) -> tuple[float, float]:
     """Exact (E[tokens], E[tokens^2]) per sequence under a length rule, [CLS]/[SEP] included.
+
+    ``k`` None: BPE windows, cut to the token budget, so every sequence is full length whatever the rule.
 
     "original": with probability 1/2 a window is full length, else ``max(int(u * M), 5)`` nucleotides with
     M = max_tokens - 2 + k - 1 (recipe.md); enumerating the M equally likely values of int(u * M) is exact.
     The last piece of each N-free stretch is ignored (few windows in a chromosome-scale genome).
     """
-    if length_rule == "fixed":
+    if length_rule == "fixed" or k is None:
         return float(max_tokens), float(max_tokens) ** 2
     if length_rule != "original":
         raise DnabertError(f"length_rule={length_rule!r} is unknown; use 'original' or 'fixed'.")
@@ -151,9 +173,18 @@ def train_flops_per_sequence(model_config: Any, tokens: float, tokens_squared: f
     )
 
 
+def activation_bytes_per_token_and_layer(model_config: Any) -> float:
+    """bf16 activations saved for backward (Korthikanti et al. 2022): BERT 34 h (11 h attention, 19 h MLP, 4 h
+    LayerNorms); the gated feed-forward saves 3 h + 8 ffn in place of the MLP's 19 h (50 h at ffn = 4 h)."""
+    hidden = model_config.hidden_size
+    if is_dnabert2(model_config):
+        return 15 * hidden + 3 * hidden + 8 * model_config.intermediate_size
+    return 34 * hidden
+
+
 def estimate(
     model_config: Any,
-    k: int,
+    k: int | None,
     max_tokens: int,
     global_batch_size: int,
     max_steps: int,
@@ -183,6 +214,8 @@ def estimate(
     parameters, matmul_parameters = count_parameters(model_config)
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
     mean_tokens, mean_square_tokens = token_length_moments(k, max_tokens, length_rule)
+    if k is None:
+        length_rule = "token-budget (BPE)"
     flops_per_sequence = train_flops_per_sequence(model_config, mean_tokens, mean_square_tokens, mask_rate)
     # A padded batch runs every row at full length, but the head still sees only the real masked tokens.
     padded_flops_per_sequence = train_flops_per_sequence(
@@ -193,8 +226,9 @@ def estimate(
     forward_full = (2 * matmul_parameters * max_tokens + 4 * layers * hidden * max_tokens**2)
 
     states = OPTIMIZER_BYTES_PER_PARAM * parameters
-    activation_elements = layers * max_tokens * micro_batch_size * hidden
-    activations = 34 * activation_elements
+    activations = activation_bytes_per_token_and_layer(model_config) * layers * max_tokens * micro_batch_size
+    if is_dnabert2(model_config):  # the ALiBi bias, one bf16 tensor for all layers
+        activations += 2 * model_config.num_attention_heads * max_tokens**2 * micro_batch_size
     if materialised_attention:
         activations += 5 * model_config.num_attention_heads * max_tokens**2 * micro_batch_size * layers
     activations += 6 * mask_rate * max_tokens * micro_batch_size * model_config.vocab_size
@@ -335,25 +369,35 @@ def format_trial(est: Estimate, trial: TrialResult, model_config: Any, mask_rate
 def estimate_from_config(cfg: Any, devices: int, num_nodes: int, trial: TrialResult | None = None) -> str:
     """The formatted estimate of a composed training config (`python train.py ... estimate=true`).
 
-    Reads ``k``, ``model``, ``global_batch_size``, ``max_steps``, ``data.micro_batch_size``,
-    ``data.max_tokens`` and ``data.length_rule``; the GPU is the visible CUDA device unless ``estimate_gpu``
-    names one, the MFU ``estimate_mfu`` (default 0.4). A ``trial`` adds its measured memory and wall time.
+    Reads ``model.family`` ("dnabert", the default, or "dnabert2"), ``k`` (DNABERT), ``model``,
+    ``global_batch_size``, ``max_steps``, ``data.micro_batch_size``, ``data.max_tokens`` and ``data.length_rule``;
+    the GPU is the visible CUDA device unless ``estimate_gpu`` names one, the MFU ``estimate_mfu`` (default 0.4).
+    A ``trial`` adds its measured memory and wall time.
     """
     from omegaconf import OmegaConf
 
-    from dnabert.data.tokenizers.kmer import vocab_size
-    from dnabert.models.dnabert.model import ModelConfig
+    model_values = OmegaConf.to_container(cfg.model, resolve=True)
+    family = model_values.get("family", "dnabert")
+    if family == "dnabert2":
+        from dnabert.models.dnabert2.model import DnaBert2Config as config_class
 
-    k = OmegaConf.select(cfg, "k", default=None) or OmegaConf.select(cfg, "data.k")
-    model_fields = {field: value for field, value in OmegaConf.to_container(cfg.model, resolve=True).items()
-                    if field in ModelConfig.__dataclass_fields__}
-    model_fields.setdefault("vocab_size", vocab_size(k))
+        k = None
+    elif family == "dnabert":
+        from dnabert.data.tokenizers.kmer import vocab_size
+        from dnabert.models.dnabert.model import ModelConfig as config_class
+
+        k = OmegaConf.select(cfg, "k", default=None) or OmegaConf.select(cfg, "data.k")
+        model_values.setdefault("vocab_size", vocab_size(k))
+    else:
+        raise DnabertError(f"model.family={family!r} is unknown; use 'dnabert' or 'dnabert2'.")
+    model_config = config_class.from_dict(
+        {field: value for field, value in model_values.items() if field in config_class.__dataclass_fields__}
+    )
     gpu_name = OmegaConf.select(cfg, "estimate_gpu", default=None)
     if gpu_name is None:
         import torch
 
         gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    model_config = ModelConfig.from_dict(model_fields)
     mask_rate = cfg.masking.rate
     est = estimate(
         model_config, k,
@@ -372,16 +416,26 @@ def estimate_from_config(cfg: Any, devices: int, num_nodes: int, trial: TrialRes
     return text if trial is None else f"{text}\n{format_trial(est, trial, model_config, mask_rate)}"
 
 
+# The published runs, the CLI's defaults per family. DNABERT-2's micro-batch is not published (4096 sequences per
+# step on 8 GPUs); 64 x 8 accumulation is an assumption that only affects the memory line.
+PAPER_RUNS = {
+    "dnabert": dict(preset="bert_base", max_tokens=512, global_batch=2000, micro_batch=10, max_steps=120_000),
+    "dnabert2": dict(preset="base", max_tokens=128, global_batch=4096, micro_batch=64, max_steps=500_000),
+}
+
+
 @command_line
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dnabert.tools.estimate --preset bert_base --gpus 8 --gpu h100`: the paper's run by default."""
+    """`python -m dnabert.tools.estimate --gpus 8 --gpu h100 [--family dnabert2]`: the paper's run by default."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=6)
-    parser.add_argument("--preset", default="bert_base", help="model preset name (dnabert.models.dnabert.model.preset)")
-    parser.add_argument("--max-tokens", type=int, default=512)
-    parser.add_argument("--global-batch", type=int, default=2000)
-    parser.add_argument("--micro-batch", type=int, default=10)
-    parser.add_argument("--max-steps", type=int, default=120_000)
+    parser.add_argument("--family", default="dnabert", choices=tuple(PAPER_RUNS))
+    parser.add_argument("--k", type=int, default=6, help="DNABERT's k")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="DNABERT-2's BPE vocabulary")
+    parser.add_argument("--preset", default=None, help="model preset name (the family's model.preset)")
+    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--global-batch", type=int, default=None)
+    parser.add_argument("--micro-batch", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--gpus", type=int, default=8, help="GPUs per node")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpu", default=None, help=f"one of: {', '.join(GPU_PEAK_FLOPS)}")
@@ -389,11 +443,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length-rule", default="original", choices=("original", "fixed"))
     parser.add_argument("--tokens-per-s", type=float, default=None, help="measured whole-job throughput")
     args = parser.parse_args(argv)
-    from dnabert.models.dnabert.model import preset  # lazy: the model module pulls in torch
+    run = {name: value if value is not None else PAPER_RUNS[args.family][name]
+           for name, value in ((name, getattr(args, name)) for name in PAPER_RUNS[args.family])}
+    if args.family == "dnabert2":  # lazy: the model modules pull in torch
+        from dnabert.models.dnabert2.model import preset
 
+        model_config, k = preset(run["preset"], args.vocab_size), None
+    else:
+        from dnabert.models.dnabert.model import preset
+
+        model_config, k = preset(run["preset"], args.k), args.k
     est = estimate(
-        preset(args.preset, args.k), args.k, args.max_tokens, args.global_batch, args.max_steps,
-        args.micro_batch, args.gpus, args.nodes, gpu_name=args.gpu, mfu=args.mfu,
+        model_config, k, run["max_tokens"], run["global_batch"], run["max_steps"],
+        run["micro_batch"], args.gpus, args.nodes, gpu_name=args.gpu, mfu=args.mfu,
         length_rule=args.length_rule, measured_tokens_per_s=args.tokens_per_s,
     )
     print(format_estimate(est))

@@ -161,7 +161,7 @@ class SelfAttention(nn.Module):
         if isinstance(bias, tuple):
             block_mask, score_mod = bias
             context = flex_attention_for(hidden.device)(query, key, value, score_mod=score_mod, block_mask=block_mask)
-        else:  # a bias in the query's dtype keeps the fused (memory-efficient) CUDA kernel eligible
+        else:  # a bias in the query's dtype (no copy when encode cast it) keeps the fused CUDA kernels eligible
             context = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=bias.to(query.dtype),
                 dropout_p=self.dropout_prob if self.training else 0.0,
@@ -310,7 +310,11 @@ class DnaBert2ForMaskedLM(nn.Module):
 
             return self.bert.encoder(hidden, (flex_block_mask(key_mask, window_ids), alibi))
         allowed = attention_bias(key_mask, window_ids)
-        return self.bert.encoder(hidden, torch.where(allowed, self._alibi(position_ids), float("-inf")))
+        bias = torch.where(allowed, self._alibi(position_ids), float("-inf"))
+        # One bias in the attention's dtype for all layers: a per-layer cast would keep a copy per layer for backward.
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        return self.bert.encoder(hidden, bias.to(dtype))
 
     def forward(
         self,
