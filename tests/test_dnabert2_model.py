@@ -6,6 +6,8 @@ Tiny shapes throughout (CPU). Special ids follow the published DNABERT-2 tokeniz
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -158,17 +160,46 @@ def test_flex_attention_equals_sdpa_on_packed_rows():
                                    atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow  # about 20 s of dynamo + AOTAutograd tracing on 2 busy cores
-def test_compiled_equals_eager_graph_capture():
+def compiled_equals_eager(backend: str) -> None:
     torch._dynamo.reset()
     eager = tiny_model()
     compiled = tiny_model()
-    compiled.compile(backend="aot_eager", dynamic=True)
+    compiled.compile(backend=backend, dynamic=True)
     for seed, lengths in enumerate(([24, 11, 17], [13, 16])):  # a second shape: no recompile needed
         input_ids, labels = masked_batch(lengths, seed)
         assert_same_loss_and_grads(loss_and_grads(eager, input_ids, labels),
                                    loss_and_grads(compiled, input_ids, labels), atol=1e-4)
     assert list(compiled.state_dict()) == list(eager.state_dict())  # in-place compile: no _orig_mod. keys
+
+
+@pytest.mark.slow  # about 20 s of dynamo + AOTAutograd tracing on 2 busy cores
+def test_compiled_equals_eager_graph_capture():
+    compiled_equals_eager("aot_eager")
+
+
+@pytest.mark.skipif(os.environ.get("DNABERT_TEST_INDUCTOR") != "1", reason="inductor compile takes 30-80 s on CPU")
+def test_compiled_equals_eager_inductor():
+    compiled_equals_eager("inductor")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_levers_together_match_float32_sdpa():
+    """On the GPU: packed rows through compiled FlexAttention under bf16 autocast, forward and backward, against
+    the float32 SDPA reference on the same rows (bf16 tolerances)."""
+    reference = tiny_model().cuda()
+    fast = DnaBert2ForMaskedLM(reference.config, attention="flex").cuda()
+    fast.load_state_dict(reference.state_dict())
+    fast.compile(dynamic=True)
+    input_ids, labels = masked_batch([30, 7, 18, 12, 30, 5])
+    packed_ids, plan = pack(input_ids)
+    packed_ids, packed_labels = packed_ids.cuda(), place(labels, plan, IGNORE_INDEX).cuda()
+    expected = loss_and_grads(reference, packed_ids, packed_labels, packed=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, grads = loss_and_grads(fast, packed_ids, packed_labels, packed=True)
+    assert loss.item() == pytest.approx(expected[0].item(), rel=2e-2)
+    for name, grad in expected[1].items():
+        assert torch.isfinite(grads[name]).all()
+        assert torch.nn.functional.cosine_similarity(grads[name].flatten(), grad.flatten(), dim=0) > 0.99, name
 
 
 def test_bf16_autocast_stays_close_to_float32():
