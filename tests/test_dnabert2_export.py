@@ -26,7 +26,8 @@ multimolecule = pytest.importorskip("multimolecule")
 SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # the published order: [PAD]=3, [CLS]=1
 PAD = 3
 VOCAB = 64
-TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+            pad_token_id=PAD, cls_token_id=1)
 SEQUENCES = ["ACGTACGGTTACAGATTACA", "TTGACCA", "GATTACAGATTACACCGTA"]
 
 
@@ -142,9 +143,12 @@ def test_original_release_layout_imports_with_equal_logits(model, tokenizer_file
         assert (ours - reference(input_ids, attention_mask=real.long()).logits)[real].abs().max() <= 1e-4
 
 
-def lightning_checkpoint(model: DnaBert2ForMaskedLM, path) -> None:
+def lightning_checkpoint(model: DnaBert2ForMaskedLM, path, tokenizer: str | None = None) -> None:
+    """What the LightningModule saves for a dnabert2 run (family, model config, the resolved run config)."""
     state_dict = {f"model._orig_mod.{key}": value for key, value in model.state_dict().items()}
-    hyper_parameters = {"family": "dnabert2", "model_config": model.config.to_dict(), "train_config": {"lr": 5e-4}}
+    train_config = {"optim": {"lr": 5e-4}, "tokenizer": {"kind": "bpe", "file": tokenizer}}
+    hyper_parameters = {"family": "dnabert2", "k": 6, "model_config": model.config.to_dict(),
+                        "train_config": train_config}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state_dict, "hyper_parameters": hyper_parameters, "global_step": 7}, path)
 
@@ -154,12 +158,16 @@ def test_run_directory_export_from_the_command_line(model, tokenizer_file, tmp_p
     lightning_checkpoint(model, run_dir / "checkpoints" / "last.ckpt")
     assert main([str(run_dir), str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
-    assert "tokenizer.json does not exist" in error and "--tokenizer PATH" in error
+    assert "Found no tokenizer" in error and "run/tokenizer.json" in error and "--tokenizer PATH" in error
     assert main([str(run_dir), str(tmp_path / "out"), "--tokenizer", tokenizer_file]) == 0
     assert_multimolecule_logits_equal(model, tmp_path / "out", tokenizer_file)
-    (run_dir / "tokenizer.json").write_text(Path(tokenizer_file).read_text())  # where a dnabert2 run keeps it
+    # without --tokenizer: the run config's tokenizer.file (a cached tokenizer's folder), then the run directory's
+    lightning_checkpoint(model, run_dir / "checkpoints" / "last.ckpt", tokenizer=str(Path(tokenizer_file).parent))
+    assert '"global_step": 7' in (export_checkpoint(run_dir, tmp_path / "out") / "README.md").read_text()
+    lightning_checkpoint(model, run_dir / "checkpoints" / "last.ckpt")
+    (run_dir / "tokenizer.json").write_text(Path(tokenizer_file).read_text())
     out_dir = export_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path / "out")
-    assert '"global_step": 7' in (out_dir / "README.md").read_text()
+    assert_multimolecule_logits_equal(model, out_dir, tokenizer_file)
 
 
 def test_wrong_tokenizer_layout_and_directories_are_clear_errors(model, tokenizer_file, tmp_path):
@@ -168,7 +176,7 @@ def test_wrong_tokenizer_layout_and_directories_are_clear_errors(model, tokenize
     small = DnaBert2ForMaskedLM(DnaBert2Config(**{**TINY, "vocab_size": 32}))
     with pytest.raises(DnabertError, match="not the model's tokenizer"):
         export_dnabert2_model(small, tokenizer_file, tmp_path / "out")
-    other_pad = DnaBert2ForMaskedLM(DnaBert2Config(**TINY, pad_token_id=0))
+    other_pad = DnaBert2ForMaskedLM(DnaBert2Config(**{**TINY, "pad_token_id": 0}))
     with pytest.raises(DnabertError, match="pad_token_id=0"):
         export_dnabert2_model(other_pad, tokenizer_file, tmp_path / "out")
     (tmp_path / "kmer.json").write_text(Tokenizer(models.BPE()).to_str())

@@ -1,7 +1,7 @@
 """DnaBert2ForMaskedLM: logits parity with MultiMolecule, the published size, and every lever against its off form.
 
-Tiny shapes throughout (CPU). Special ids follow the published DNABERT-2 tokenizer: [UNK]=0 [CLS]=1 [SEP]=2
-[PAD]=3 [MASK]=4.
+Tiny shapes throughout (CPU). Special ids follow the published DNABERT-2 tokenizer, [UNK]=0 [CLS]=1 [SEP]=2
+[PAD]=3 [MASK]=4, set in the config (the defaults are this project's k-mer ids, [PAD]=0 [CLS]=2).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM, a
 
 CLS, SEP, PAD, MASK = 1, 2, 3, 4
 VOCAB = 96
-TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+# The published special ids, not the defaults (this project's k-mer ids): nothing may assume the defaults.
+TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+            pad_token_id=PAD, cls_token_id=CLS)
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
@@ -112,7 +114,7 @@ def test_bad_configs_are_refused_with_the_setting_named():
     with pytest.raises(DnabertError, match="num_attention_heads"):
         DnaBert2Config(**{**TINY, "num_attention_heads": 5})
     with pytest.raises(DnabertError, match="pad_token_id"):
-        DnaBert2Config(**TINY, pad_token_id=VOCAB)
+        DnaBert2Config(**{**TINY, "pad_token_id": VOCAB})
     with pytest.raises(DnabertError, match="Unknown DNABERT-2 model config field"):
         DnaBert2Config.from_dict({**TINY, "max_position_embeddings": 512})
     with pytest.raises(DnabertError, match="preset"):

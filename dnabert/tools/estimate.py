@@ -215,7 +215,7 @@ def estimate(
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
     mean_tokens, mean_square_tokens = token_length_moments(k, max_tokens, length_rule)
     if k is None:
-        length_rule = "token-budget (BPE)"
+        length_rule = "BPE token-budget"
     flops_per_sequence = train_flops_per_sequence(model_config, mean_tokens, mean_square_tokens, mask_rate)
     # A padded batch runs every row at full length, but the head still sees only the real masked tokens.
     padded_flops_per_sequence = train_flops_per_sequence(

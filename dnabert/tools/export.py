@@ -175,22 +175,27 @@ def export_checkpoint(
 
     ``layout`` defaults to the family's first layout ("original" for DNABERT, "multimolecule" for DNABERT-2).
     A DNABERT-2 export needs the run's BPE tokenizer: ``tokenizer_file``, by default ``tokenizer.json`` of the
-    run directory (the checkpoint's ``../..``)."""
+    run directory (the checkpoint's ``../..``), else the run config's ``tokenizer.file`` (a file or its folder)."""
     model, k, card_config = load_checkpoint(checkpoint)
     if isinstance(model, DnaBert2ForMaskedLM):
-        tokenizer_file = tokenizer_file or _run_dir_tokenizer(Path(checkpoint))
+        tokenizer_file = tokenizer_file or _run_tokenizer(Path(checkpoint), card_config.get("train_config") or {})
         return export_dnabert2_model(model, tokenizer_file, out_dir, layout or "multimolecule", card_config)
     return export_model(model, k, out_dir, layout or "original", card_config)
 
 
-def _run_dir_tokenizer(checkpoint: Path) -> Path:
+def _run_tokenizer(checkpoint: Path, train_config: dict) -> Path:
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent
-    tokenizer_file = run_dir / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise DnabertError(
-            f"{tokenizer_file} does not exist; pass the tokenizer the model was trained with: --tokenizer PATH."
-        )
-    return tokenizer_file
+    candidates = [run_dir / "tokenizer.json"]
+    configured = (train_config.get("tokenizer") or {}).get("file")
+    if configured:
+        candidates += [Path(configured), Path(configured) / "tokenizer.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DnabertError(
+        f"Found no tokenizer for this DNABERT-2 checkpoint (looked for {', '.join(map(str, candidates))}); pass the "
+        "tokenizer the model was trained with: --tokenizer PATH."
+    )
 
 
 def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM | DnaBert2ForMaskedLM, int | None, dict]:

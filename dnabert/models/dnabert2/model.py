@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 from transformers.activations import ACT2FN
 
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.components import (
     attention_bias,
@@ -45,9 +46,6 @@ from dnabert.models.components import (
 # What each layer's attention gets: SDPA's additive float bias, or FlexAttention's (block mask, ALiBi score_mod).
 AttentionBias = torch.Tensor | tuple[BlockMask, Callable]
 
-# The published DNABERT-2 tokenizer's special-token ids: [UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4.
-PUBLISHED_CLS_ID = 1
-PUBLISHED_PAD_ID = 3
 
 
 @dataclass
@@ -57,7 +55,10 @@ class DnaBert2Config:
     ``alibi_starting_size`` is the length the original precomputes its ALiBi table for (it grows it for longer
     inputs); kept so exports carry the published value, it changes no result here (the bias is computed for
     the input's length). ``pad_token_id`` and ``cls_token_id`` come from the tokenizer: the padding row of the
-    embedding and the default attention mask, and the token that starts each window of a packed row.
+    embedding and the default attention mask, and the token that starts each window of a packed row. The defaults
+    are this project's BPE tokenizer's, which keeps the k-mer vocabulary's special ids ([PAD]=0, [CLS]=2;
+    dnabert.data.tokenizers); the published DNABERT-2 tokenizer has [UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4
+    (an import takes them from the directory's tokenizer.json).
     """
 
     vocab_size: int = 4096
@@ -72,8 +73,8 @@ class DnaBert2Config:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    pad_token_id: int = PUBLISHED_PAD_ID
-    cls_token_id: int = PUBLISHED_CLS_ID
+    pad_token_id: int = PAD_ID
+    cls_token_id: int = CLS_ID
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
