@@ -41,6 +41,9 @@ def test_the_issues_h100_arithmetic():
     assert est.tokens_per_s / 8 / 128 == pytest.approx(5_500, rel=0.02)
     assert est.total_tokens == 500_000 * 4096 * 128
     assert est.memory_states_bytes == 16 * 117_074_176
+    # bf16 activations: 50 h per token and layer with the GLU feed-forward (BERT's 34 h), plus one ALiBi bias
+    assert est.memory_activations_bytes == (50 * 768 * 12 * 128 * 64 + 2 * 12 * 128**2 * 64
+                                            + 6 * 0.15 * 128 * 64 * 4096)
 
 
 def test_training_flop_formula_matches_torch_flop_counter():
