@@ -31,7 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -128,7 +128,7 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key.replace(COMPILED_PREFIX, ""): value.detach().cpu() for key, value in model.state_dict().items()}
 
 
-def _write_replacing(out_dir: Path, write) -> Path:
+def _write_replacing(out_dir: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(staging_dir)`` and move the result to ``out_dir`` only once it is complete, replacing an earlier
     export there; a non-empty directory that is not an export is refused, never deleted."""
     _check_replaceable(out_dir)
