@@ -219,6 +219,7 @@ def test_bf16_autocast_stays_close_to_float32():
     with torch.no_grad():  # bf16 weights without autocast (inference): the float32 ALiBi bias follows the dtype
         logits = model.to(torch.bfloat16)(packed_ids, packed=True)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    assert model.alibi_slopes.dtype == torch.float32  # not rounded to bf16 with the weights
 
 
 def test_fully_padded_row_gives_finite_outputs_and_gradients():

@@ -281,10 +281,18 @@ class DnaBert2ForMaskedLM(nn.Module):
         self.apply(partial(init_bert_weights, std=config.initializer_range))
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(dtype)``/``.half()`` cast buffers too: the ALiBi slopes stay float32 on the new device (bf16 would
+        round most of them by up to 2^-8, shifting every distant score)."""
+        module = super()._apply(fn, recurse)
+        slopes = alibi_slopes(self.config.num_attention_heads)
+        self.alibi_slopes = torch.tensor(slopes, dtype=torch.float32, device=self.alibi_slopes.device)
+        return module
+
     def _alibi(self, position_ids: torch.Tensor) -> torch.Tensor:
         """(B|1, heads, T, T) float32 ``-slope * |p_query - p_key|``."""
         distance = (position_ids[:, :, None] - position_ids[:, None, :]).abs().float()
-        return -self.alibi_slopes.float()[None, :, None, None] * distance[:, None]
+        return -self.alibi_slopes[None, :, None, None] * distance[:, None]
 
     def encode(
         self,
@@ -303,7 +311,7 @@ class DnaBert2ForMaskedLM(nn.Module):
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         hidden = self.bert.embeddings(input_ids)
         if window_ids is not None and self.attention == "flex":
-            slopes = self.alibi_slopes.float()
+            slopes = self.alibi_slopes
             positions = position_ids.expand_as(input_ids)
 
             def alibi(score, batch, head, query, key):
