@@ -16,6 +16,7 @@ paper recipe (120,000 steps x 2,000 windows) on 8 such devices, assuming linear 
     python -m benchmarks.train_throughput                                   # GPU, BERT-base, all levers on
     python -m benchmarks.train_throughput --device cpu --preset tiny --steps 4 --micro-batch 8   # smoke run
     python -m benchmarks.train_throughput --no-pack --no-compile --no-fused --no-masked-head   # levers off
+    python -m benchmarks.train_throughput --each-lever-off raw   # then (c) once per lever, that lever off
 """
 
 from __future__ import annotations
@@ -212,13 +213,8 @@ def flops_per_real_token(args: argparse.Namespace) -> float:
                     mask_rate=MASK_RATE).train_flops_per_token
 
 
-def report(args: argparse.Namespace, results: list[Result]) -> None:
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    if peak is None and args.device.type == "cuda":
-        peak = peak_flops_for(torch.cuda.get_device_name(args.device))
-    flops = flops_per_real_token(args)
-    name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
-    print(f"\n# train throughput, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {name}, torch "
+def print_header(args: argparse.Namespace) -> None:
+    print(f"\n# train throughput, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {device_name(args)}, torch "
           f"{torch.__version__}, preset {args.preset}, k={args.k}, max_tokens {args.max_tokens}, micro-batch "
           f"{args.micro_batch} windows, {args.steps} timed micro-batches after {args.warmup}, accumulation "
           f"{args.accumulate}, "
@@ -226,11 +222,24 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
     print(f"# ours: packing {'on' if args.pack else 'off'}, compile {'on' if args.compile else 'off'}, attention "
           f"{args.attention}, fused AdamW {'on' if args.fused and args.device.type == 'cuda' else 'off'}, "
           f"head {'masked positions only' if args.masked_head else 'all tokens'}; {args.workers} loader workers")
-    print(f"{'run':<50}{'windows/s':>11}{'real tok/s':>13}{'padding':>9}{'MFU':>8}")
-    for result in results:
-        mfu = f"{result.tokens_per_s * flops / peak:.1%}" if peak else "n/a"
-        print(f"{result.name:<50}{result.windows_per_s:>11,.1f}{result.tokens_per_s:>13,.0f}"
-              f"{result.padding:>9.1%}{mfu:>8}")
+    print(f"{'run':<50}{'windows/s':>11}{'real tok/s':>13}{'padding':>9}{'MFU':>8}", flush=True)
+
+
+def device_name(args: argparse.Namespace) -> str:
+    return torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
+
+
+def print_row(args: argparse.Namespace, result: Result) -> None:
+    """One row as soon as its run ends, so a run stopped at a time budget keeps the rows it finished."""
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    if peak is None and args.device.type == "cuda":
+        peak = peak_flops_for(device_name(args))
+    mfu = f"{result.tokens_per_s * flops_per_real_token(args) / peak:.1%}" if peak else "n/a"
+    print(f"{result.name:<50}{result.windows_per_s:>11,.1f}{result.tokens_per_s:>13,.0f}"
+          f"{result.padding:>9.1%}{mfu:>8}", flush=True)
+
+
+def print_ratios(args: argparse.Namespace, results: list[Result]) -> None:
     by_tag = {result.name[:3]: result for result in results}
     baseline, lightning, raw = by_tag.get("(a)"), by_tag.get("(b)"), by_tag.get("(c)")
     if baseline and lightning:
@@ -240,7 +249,8 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
               f"{1 - lightning.tokens_per_s / raw.tokens_per_s:.1%}")
     for result in results:
         hours = PAPER_WINDOWS / (PAPER_GPUS * result.windows_per_s) / 3600
-        print(f"paper recipe (120k steps x 2000 windows) on {PAPER_GPUS} x {name}, {result.name[:3]}: {hours:,.1f} h")
+        print(f"paper recipe (120k steps x 2000 windows) on {PAPER_GPUS} x {device_name(args)}, "
+              f"{result.name[:3]}: {hours:,.1f} h")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -269,6 +279,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action=switch, default=None, help="bf16 autocast (default: on GPU only)")
     parser.add_argument("--attention", default="sdpa", choices=("sdpa", "flex"),
                         help="flex needs attention dropout 0 (the bert_base preset has 0.1)")
+    parser.add_argument("--each-lever-off", nargs="*", default=[], choices=["baseline", "lightning", "raw"],
+                        help="after --runs, repeat these runs once per lever that is on, with that lever off")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
     # CPU defaults: fp32 (bf16 matmuls are slow on most CPUs), no compile (30-80 s, no gain for small models)
@@ -277,15 +289,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.bf16 = on_gpu if args.bf16 is None else args.bf16
     if args.steps % args.accumulate or args.warmup % args.accumulate:
         parser.error("--steps and --warmup must be multiples of --accumulate")
+    if not set(args.each_lever_off) <= set(args.runs):
+        parser.error("--each-lever-off compares with the runs of --runs: name only runs that --runs has")
     return args
+
+
+LEVERS = ("pack", "compile", "fused", "masked_head", "bf16")  # the switches above, as argparse dests
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
+    # (d) DNABERT-2 (dnabert.models.dnabert2, once it exists): add its runner here and to --runs' choices.
     runners = {"baseline": run_baseline, "lightning": run_lightning, "raw": run_raw}
-    results = [runners[name](args) for name in args.runs]
-    report(args, results)
+    print_header(args)
+    results = {}
+    for name in args.runs:
+        results[name] = runners[name](args)
+        print_row(args, results[name])
+    print_ratios(args, list(results.values()))
+    for lever in (lever for lever in LEVERS if getattr(args, lever)):
+        for name in args.each_lever_off:
+            result = runners[name](argparse.Namespace(**{**vars(args), lever: False}))
+            speed = result.tokens_per_s / results[name].tokens_per_s
+            result.name = f"{result.name[:3]} {lever.replace('_', '-')} off ({speed:.2f}x all levers on)"
+            print_row(args, result)
     return 0
 
 
