@@ -220,7 +220,7 @@ def print_header(args: argparse.Namespace) -> None:
           f"{args.accumulate}, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}")
     print(f"# ours: packing {'on' if args.pack else 'off'}, compile {'on' if args.compile else 'off'}, attention "
-          f"{args.attention}, fused AdamW {'on' if args.fused and args.device.type == 'cuda' else 'off'}, "
+          f"{args.attention}, fused AdamW {'on' if args.fused else 'off'}, "
           f"head {'masked positions only' if args.masked_head else 'all tokens'}; {args.workers} loader workers")
     print(f"{'run':<50}{'windows/s':>11}{'real tok/s':>13}{'padding':>9}{'MFU':>8}", flush=True)
 
@@ -287,6 +287,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     on_gpu = args.device.type == "cuda"
     args.compile = on_gpu if args.compile is None else args.compile
     args.bf16 = on_gpu if args.bf16 is None else args.bf16
+    args.fused = args.fused and on_gpu  # fused AdamW is CUDA-only (build_adamw): no lever to switch off on a CPU
     if args.steps % args.accumulate or args.warmup % args.accumulate:
         parser.error("--steps and --warmup must be multiples of --accumulate")
     if not set(args.each_lever_off) <= set(args.runs):

@@ -1,0 +1,109 @@
+"""The GPU session command, rehearsed on the CPU so it cannot rot between leases: every file, the budget, the
+preflight; and the wheel preparation's offline parts (the dependency walk, the image's stand-in wheels)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from benchmarks import gpu_session, prepare_gpu_wheels
+from benchmarks.gpu_session import Section, run_section
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {"summary.md", "throughput.txt", "cuda_tests.txt", "estimate.txt"}  # the device returns at most 8
+REHEARSAL = ["--device", "cpu", "--preset", "tiny", "--max-tokens", "64", "--micro-batch", "8", "--steps", "1",
+             "--warmup", "1", "--workers", "0", "--trial-micro-batches", "2", "5"]
+
+
+def check_every_file_is_headed(out: Path) -> dict[str, str]:
+    texts = {path.name: path.read_text() for path in out.iterdir()}
+    assert set(texts) == FILES
+    for name, text in texts.items():
+        lines = text.splitlines()
+        assert lines[0].startswith("# dnabert GPU session"), name
+        assert lines[1].startswith("# gpu: ") and "torch 2." in lines[2] and "hydra-core 1." in lines[2], name
+    return texts
+
+
+@pytest.mark.slow
+def test_cpu_rehearsal_runs_every_section_through_the_real_command(tmp_path: Path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "benchmarks/gpu_session.sh", *REHEARSAL, "--out", str(tmp_path),
+                             "--budget-s", "900"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    texts = check_every_file_is_headed(tmp_path)
+    summary = texts["summary.md"]
+    assert "## Preflight\npassed" in summary
+    assert summary.count("| done |") == 3
+    throughput = texts["throughput.txt"]
+    for row in ("(a) baseline", "(b) ours, Lightning", "(c) ours, raw", "(c) pack off (", "(c) masked-head off ("):
+        assert row in throughput
+    assert "(c) fused off" not in throughput and "(c) compile off" not in throughput  # not levers on a CPU
+    assert "ours (Lightning) / baseline, real tokens/s:" in throughput
+    assert "3 skipped" in texts["cuda_tests.txt"]  # every named GPU test exists (a stale name fails the section)
+    estimate = texts["estimate.txt"]
+    for size in (2, 5):
+        assert f"4 optimiser steps of {size} x 64-token rows on CPU" in estimate
+
+
+def test_a_budget_too_small_skips_every_section_and_still_writes_every_file(tmp_path: Path):
+    assert gpu_session.main([*REHEARSAL, "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    texts = check_every_file_is_headed(tmp_path)
+    assert "## Preflight\npassed" in texts["summary.md"]
+    assert texts["summary.md"].count("| skipped: 0 s left of the budget, needs") == 3
+    for name in FILES - {"summary.md"}:
+        assert "# not run: skipped: 0 s left of the budget" in texts[name]
+
+
+def test_a_section_past_its_deadline_is_stopped_even_if_it_ignores_sigterm(tmp_path: Path):
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    section = Section("stubborn", "stubborn.txt", [[sys.executable, "-c", stubborn],
+                                                   [sys.executable, "-c", "print('second command')"]],
+                      min_s=0, max_s=1)
+    outcome = run_section(section, tmp_path, time.monotonic() + 1, "# head\n")
+    assert outcome.status == "stopped at the budget"
+    text = (tmp_path / "stubborn.txt").read_text()
+    assert text.startswith("# head\n# section: stubborn\n") and "# stopped at the budget after" in text
+    assert "second command" not in text
+
+
+def test_a_failed_preflight_names_the_missing_package_and_runs_nothing(tmp_path: Path, monkeypatch):
+    requirements = prepare_gpu_wheels.project_requirements()
+    monkeypatch.setattr(gpu_session, "project_requirements",
+                        lambda: [*requirements, Requirement("dnabert-absent-package>=1")])
+    monkeypatch.setattr(gpu_session, "DEFERRED_IMPORTS", (*gpu_session.DEFERRED_IMPORTS, "dnabert_absent_module"))
+    assert gpu_session.main([*REHEARSAL, "--out", str(tmp_path), "--budget-s", "900"]) == 3
+    texts = check_every_file_is_headed(tmp_path)
+    assert "FAILED: nothing else was run" in texts["summary.md"]
+    assert "dnabert-absent-package (needed by pyproject.toml): not installed" in texts["summary.md"]
+    assert "import dnabert_absent_module: ModuleNotFoundError" in texts["summary.md"]
+    assert all("# not run: the preflight failed" in texts[name] for name in FILES - {"summary.md"})
+
+
+def test_the_dependency_walk_stops_at_the_image_and_follows_extras_and_markers():
+    resolved = {
+        "carried": {"version": "1.0", "requires_dist": ["imaged>=2", "helper[fast]", 'tomli; python_version < "3.11"',
+                                                         'docs-tool; extra == "docs"']},
+        "helper": {"version": "0.5", "requires_dist": ['speedup; extra == "fast"']},
+        "speedup": {"version": "3.0", "requires_dist": []},
+        "imaged": {"version": "2.1", "requires_dist": ["image-only-dep"]},
+    }
+    image = {"imaged": "2.1"}
+    carried = prepare_gpu_wheels.missing_packages([Requirement("carried==1.0")], resolved, image)
+    assert carried == {"carried": "1.0", "helper": "0.5", "speedup": "3.0"}  # no tomli on 3.12, no docs extra
+
+
+def test_image_stand_ins_satisfy_pip_offline(tmp_path: Path):
+    """The completeness proof rests on pip taking a stand-in wheel for the installed package."""
+    prepare_gpu_wheels.stand_in_wheel(tmp_path, "image-package", "2.11.0")
+    assert {"image-package": "2.11.0"}.items() <= {
+        name: item["version"] for name, item in prepare_gpu_wheels.dry_run(
+            ["image-package>=2.4"], "--no-index", "--isolated", "--find-links", str(tmp_path)).items()}.items()
+    with pytest.raises(SystemExit, match="image-package>=3"):
+        prepare_gpu_wheels.dry_run(["image-package>=3"], "--no-index", "--isolated", "--find-links", str(tmp_path))
