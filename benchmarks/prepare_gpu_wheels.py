@@ -155,7 +155,8 @@ def prove_complete(image: dict[str, str | None], resolved: dict[str, dict], carr
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check-only", action="store_true", help="only step 3, on the folder as it is")
+    parser.add_argument("--check-only", action="store_true",
+                        help="change nothing in the folder: resolve (step 2) and prove it complete (step 3)")
     args = parser.parse_args(argv)
     WHEELS.mkdir(exist_ok=True)
     if subprocess.run(["git", "check-ignore", "-q", str(WHEELS)], cwd=ROOT, check=False).returncode:
@@ -179,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check_only:
         downloads = [f"{name}=={version}" for name, version in carried.items() if name not in SOURCE_ONLY]
         pip("download", "--no-deps", "--quiet", "--dest", str(WHEELS), *TARGET, *downloads)
-    for wheel in WHEELS.glob("*.whl"):  # one version of each, nothing stale: two versions stop the install there
-        name, version = wheel.name.split("-")[:2]
-        if carried.get(canonicalize_name(name)) != version.replace("_", "-"):
-            print(f"removing {wheel.name}: no longer needed")
-            wheel.unlink()
+        for wheel in WHEELS.glob("*.whl"):  # one version of each, nothing stale: two versions stop the install there
+            name, version = wheel.name.split("-")[:2]
+            if carried.get(canonicalize_name(name)) != version.replace("_", "-"):
+                print(f"removing {wheel.name}: no longer needed")
+                wheel.unlink()
     used = prove_complete(image, resolved, carried)
     size = sum(wheel.stat().st_size for wheel in WHEELS.glob("*.whl"))
     print(f"{len(used)} wheels in {WHEELS.relative_to(ROOT)}/, {size / MIB:.1f} MiB: {', '.join(used)}")
