@@ -104,17 +104,17 @@ def sections(args: argparse.Namespace, scratch: Path) -> list[Section]:
     ]
 
 
-def header(args: argparse.Namespace) -> str:
+def header(args: argparse.Namespace, argv: list[str]) -> str:
     """GPU, driver and package versions, read without importing anything that could be missing."""
     smi = run_quietly(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
     commit = run_quietly(["git", "rev-parse", "--short", "HEAD"]) or "not a git checkout"
     if commit != "not a git checkout" and run_quietly(["git", "status", "--porcelain", "--untracked-files=no"]):
         commit += " with uncommitted changes"
-    versions = ", ".join(f"{name} {installed_version(name) or 'MISSING'}" for name in VERSIONS_OF)
+    versions = ", ".join(f"{name} {installed_version(name) or 'not installed'}" for name in VERSIONS_OF)
     return (f"# dnabert GPU session, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, commit {commit}\n"
             f"# gpu: {smi or 'none (nvidia-smi absent or failed)'}\n"
             f"# python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; {versions}\n"
-            f"# {' '.join(sys.argv[1:]) or '(defaults)'}; budget {args.budget_s:.0f} s\n")
+            f"# arguments: {' '.join(argv) or '(defaults)'}; budget {args.budget_s:.0f} s\n")
 
 
 def run_quietly(command: list[str]) -> str:
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     deadline = start + args.budget_s - CLOSING_S
     args.out.mkdir(parents=True, exist_ok=True)
-    head = header(args)
+    head = header(args, sys.argv[1:] if argv is None else argv)
     print(head, flush=True)
     try:
         problems, warnings = preflight()
