@@ -14,8 +14,8 @@ Sections, in order of value (each writes one file under --out, headed by the GPU
                   tokens/s, padding share and MFU on real tokens; then the raw loop once per lever, that lever off
   cuda_tests.txt  the tests that run only on a GPU (masking on CUDA, the trial's memory, inductor compile)
   estimate.txt    train.py estimate=true for the paper recipe: the trial's peak memory at micro-batch 10 and 125
-summary.md holds the preflight, each section's status and time, and what was left out. Exit status: 0 when the
-preflight passed (sections cut by the budget are reported, not errors), 3 when it failed.
+summary.md holds the preflight, each section's status and time, and the lines with figures from each file.
+Exit status: 0 when the preflight passed (sections cut by the budget are reported, not errors), 3 when it failed.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Section:
     commands: list[list[str]]
     min_s: float
     max_s: float
+    figures: tuple[str, ...] = ()  # starts of the lines that hold its figures, gathered into summary.md
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,11 +97,14 @@ def sections(args: argparse.Namespace, scratch: Path) -> list[Section]:
     if not on_gpu:
         estimate.append("trainer=cpu")
     return [
-        Section("throughput and levers", "throughput.txt", [throughput], min_s=120, max_s=270),
+        Section("throughput and levers", "throughput.txt", [throughput], min_s=120, max_s=270,
+                figures=("# train throughput", "run ", "(a) ", "(b) ", "(c) ", "ours (Lightning)", "lost to", "paper")),
         Section("CUDA-only tests", "cuda_tests.txt",
                 [[python, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider", *CUDA_TESTS]], min_s=30, max_s=80,
+                figures=("tests/", "SKIPPED", "FAILED", "ERROR", "="),
                 env={"DNABERT_TEST_INDUCTOR": "1"} if on_gpu else {}),
-        Section("estimate trial (peak memory)", "estimate.txt", [estimate], min_s=30, max_s=80),
+        Section("estimate trial (peak memory)", "estimate.txt", [estimate], min_s=30, max_s=80,
+                figures=("trial ", "memory (trial)", "wall time (trial)", "memory per GPU")),
     ]
 
 
@@ -230,7 +234,10 @@ def write_summary(out: Path, head: str, problems: list[str], warnings: list[str]
     lines += ["", "## Sections (in order of value)", "", "| section | file | status | seconds |", "|---|---|---|---:|"]
     lines += [f"| {section.name} | {section.file} | {outcome.status} | {outcome.seconds:.0f} |"
               for section, outcome in outcomes.values()]
-    lines += ["", f"total {elapsed:.0f} s"]
+    lines += ["", f"total {elapsed:.0f} s", "", "## Figures (the lines that hold them, from each section's file)"]
+    for section, _ in outcomes.values():
+        figures = [line for line in (out / section.file).read_text().splitlines() if line.startswith(section.figures)]
+        lines += ["", f"### {section.file}", "```", *figures, "```"]
     text = "\n".join(lines) + "\n"
     (out / SUMMARY).write_text(text)
     return text

@@ -53,9 +53,11 @@ def test_cpu_rehearsal_runs_every_section(tmp_path: Path):
     assert "(c) fused off" not in throughput and "(c) compile off" not in throughput  # not levers on a CPU
     assert "ours (Lightning) / baseline, real tokens/s:" in throughput
     assert "3 skipped" in texts["cuda_tests.txt"]  # every named GPU test exists (a stale name fails the section)
-    estimate = texts["estimate.txt"]
+    figures = summary.split("## Figures")[1]  # summary.md alone is enough to fill BENCHMARKS.md
     for size in (2, 5):
-        assert f"4 optimiser steps of {size} x 64-token rows on CPU" in estimate
+        assert f"4 optimiser steps of {size} x 64-token rows on CPU" in texts["estimate.txt"]
+        assert f"4 optimiser steps of {size} x 64-token rows on CPU" in figures
+    assert "(c) ours, raw torch loop" in figures and "(c) pack off (" in figures and "3 skipped" in figures
 
 
 def test_a_budget_too_small_skips_every_section_and_still_writes_every_file(tmp_path: Path):
