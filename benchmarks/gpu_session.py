@@ -89,7 +89,8 @@ def sections(args: argparse.Namespace, scratch: Path) -> list[Section]:
                   "--max-tokens", str(args.max_tokens), "--micro-batch", str(args.micro_batch), "--steps",
                   str(args.steps), "--warmup", str(args.warmup), "--workers", str(args.workers),
                   "--cache-dir", str(scratch / "windows"), "--each-lever-off", "raw"]
-    # (d) DNABERT-2 (mosaic): its throughput row belongs in this section, through train_throughput's --runs.
+    # (d) DNABERT-2: benchmarks/dnabert2_model.py measures it (its own model and BPE windows); to take its row
+    # from the same lease, add a Section running it (and tests/test_dnabert2_model.py -k cuda) after the estimate.
     estimate = [python, "train.py", "-m", "experiment=dnabert6_paper", f"data.fasta={BUNDLED_FASTA}", "estimate=true",
                 "estimate_trial=true", f"model={args.preset}", f"data.max_tokens={args.max_tokens}",
                 "data.micro_batch_size=" + ",".join(str(size) for size in args.trial_micro_batches),

@@ -301,7 +301,6 @@ LEVERS = ("pack", "compile", "fused", "masked_head", "bf16")  # the switches abo
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    # (d) DNABERT-2 (dnabert.models.dnabert2, once it exists): add its runner here and to --runs' choices.
     runners = {"baseline": run_baseline, "lightning": run_lightning, "raw": run_raw}
     print_header(args)
     results = {}
