@@ -47,6 +47,7 @@ BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
 PAPER_WINDOWS = 120_000 * 2_000
 PAPER_GPUS = 8
 MASK_RATE = 0.15
+LEVERS = ("pack", "compile", "fused", "masked_head", "bf16")  # the on/off switches of parse_args, as argparse dests
 OPTIM = {"lr": 4e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01, "warmup_steps": 10, "total_steps": 10**6}
 
 
@@ -293,9 +294,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not set(args.each_lever_off) <= set(args.runs):
         parser.error("--each-lever-off compares with the runs of --runs: name only runs that --runs has")
     return args
-
-
-LEVERS = ("pack", "compile", "fused", "masked_head", "bf16")  # the switches above, as argparse dests
 
 
 def main(argv: list[str] | None = None) -> int:
