@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 os.environ.setdefault("DNABERT_ROOT", str(Path(__file__).resolve().parent))
 
-from dnabert.errors import DnabertError  # noqa: E402
+from dnabert.errors import DnabertError, user_message  # noqa: E402
 from dnabert.run.config import register_resolvers  # noqa: E402  (DNABERT_ROOT must be set first)
 
 register_resolvers()
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
         problem = user_error(err)
         if problem is None:
             raise
-        print(f"dnabert: error: {problem}", file=sys.stderr)
+        print(f"dnabert: error: {user_message(problem)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -68,7 +68,22 @@ class GenomeWindowSource:
 def read_batch(genomes: list[Genome], windows: Windows) -> SequenceBatch:
     codes, lengths = read_windows(genomes, windows)
     window = np.column_stack([windows.genome, windows.contig, windows.start, windows.start + lengths])
+    if codes.size and codes.max() > 3:
+        raise_changed_file(genomes, window[int(np.flatnonzero((codes > 3).any(axis=1))[0])])
     return SequenceBatch(codes, lengths, window.astype(np.int64))
+
+
+def raise_changed_file(genomes: list[Genome], window: np.ndarray) -> None:
+    """Windows lie inside intervals scanned as A/C/G/T at start: another base means the FASTA changed (or was
+    damaged) since, which would otherwise become out-of-vocabulary ids, or silently wrong training."""
+    genome_index, contig_index, start, end = map(int, window)
+    genome = genomes[genome_index]
+    files = ", ".join(str(path) for path in genome.source.fasta_paths)
+    raise DnabertError(
+        f"genome {genome.name!r} ({files}) now holds a base other than A/C/G/T in {genome.contig_names[contig_index]}"
+        f":{start}-{end}, which was A/C/G/T when the run started: the file changed or was damaged during the run. "
+        "Restore it and resume; a changed file is scanned anew at the next start."
+    )
 
 
 def collate(batch: SequenceBatch, k: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:

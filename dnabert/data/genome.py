@@ -100,6 +100,8 @@ class _FastaFile:
 
     def __init__(self, path: Path, cache_dir: Path) -> None:
         self.path = path
+        if path.is_dir():
+            raise DnabertError(f"FASTA file {path} is a directory; point the genome's `fasta` at a file inside it.")
         if not path.is_file():
             raise DnabertError(f"FASTA file {path} does not exist; check the genome's `fasta` setting.")
         if not os.access(path, os.R_OK):
@@ -140,6 +142,18 @@ class _FastaFile:
             raise DnabertError(
                 f"FASTA file {self.path} is malformed ({err}); every record needs a '>' header and lines of "
                 "equal length (except the last of each record): reformat it, e.g. `samtools faidx` rejects it too."
+            ) from err
+        except UnicodeDecodeError as err:
+            raise DnabertError(
+                f"FASTA file {self.path} is not text (byte {err.start} of a line is not ASCII); point `fasta` at a "
+                "FASTA file (plain, or compressed with bgzip)."
+            ) from err
+        except ValueError as err:  # pyfaidx's duplicate_action="stop": 'Duplicate key "name"'
+            if "Duplicate key" not in str(err):
+                raise
+            raise DnabertError(
+                f"FASTA file {self.path} has two records named {str(err).split(' ', 2)[2]} (the first word of the "
+                "'>' line names a record); rename one, e.g. `seqkit rename`, or remove the copy."
             ) from err
         except OSError as err:
             raise DnabertError(f"cannot read FASTA file {self.path} or write its index {self.fai}: {err}") from err

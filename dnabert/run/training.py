@@ -33,6 +33,7 @@ from dnabert.run.config import (
     runs_on_gpu,
 )
 from dnabert.run.history import MetricsHistory, set_resume_step
+from dnabert.run.validate import validate_config
 from dnabert.run.wandb_mode import settle_wandb_mode
 from dnabert.tasks.pretrain import DnaBertLitModule
 
@@ -220,6 +221,7 @@ def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:
 def run(cfg: DictConfig) -> Path | None:
     """Train (or only estimate) as the config says; returns the run directory."""
     quiet_lightning_logs()
+    validate_config(cfg)
     plan = make_plan(cfg)
     if cfg.estimate:
         from dnabert.tools.estimate import estimate_from_config

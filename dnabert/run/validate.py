@@ -1,0 +1,504 @@
+"""Every user-settable value of the composed config, checked before anything starts, in one table.
+
+Why: a mistyped setting used to end deep inside a library (Lightning's precision ValueError under Hydra's "Error
+executing job", torch's "Invalid learning rate"), misreported by a later check (max_steps=0 as a problem of
+masking.final_rate_steps), or, worst, in a dataloader worker after the ranks had started. `validate_config` runs
+first in `dnabert.run.training.run`, before the run directory, the data or any rank exists, and raises one
+DnabertError that names the first bad setting and its fix.
+
+How to extend: a row of `SETTINGS` says what one setting may hold (type, range, choices, or a `check` for
+anything else); a row applies only where its key is present in the composed config, so a config group added
+later (another model family, a tokenizer, fine-tuning's task.*) plugs in by adding rows. tests/test_validate.py
+fails for any value of any shipped config group that no row covers. Settings that must agree with each other are
+`AGREEMENTS`, checked after every single setting is known to be sane.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import lightning as L
+from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.strategies import StrategyRegistry
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from transformers.activations import ACT2FN
+
+from dnabert.data.masking import MASKING_MODES
+from dnabert.data.sources import FORMATS
+from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
+from dnabert.data.windows import LENGTH_RULES
+from dnabert.errors import DnabertError
+from dnabert.models.dnabert.model import ATTENTION_BACKENDS
+from dnabert.run.config import accumulation_steps, declared_device_count, mask_switch_step
+
+# A problem with a value and its fix ("is a directory; point it at a FASTA file"), or None when the value is fine.
+Check = Callable[[Any, DictConfig], str | None]
+
+INT = (int,)
+NUMBER = (int, float)
+BOOL = (bool,)
+TEXT = (str,)
+LIST = (list,)
+KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list",
+              dict: "a group of settings"}
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of numbers, printed the way the message shows it (">= 1", "in [0, 1)")."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = _number_text(self.low), _number_text(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number_text(number: float | None) -> str:
+    return str(int(number)) if number is not None and float(number).is_integer() else str(number)
+
+
+POSITIVE = Range(0, low_open=True)
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+PROBABILITY = Range(0, 1, high_open=True)
+OPEN_FRACTION = Range(0, 1, low_open=True, high_open=True)
+SEED = Range(0, 2**32 - 1)  # what Lightning's seed_everything and numpy accept
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one setting may hold. `key` is dotted; `*` stands for every entry of a list ("data.genomes.*.fasta").
+
+    `fix` says what to set instead and ends every message about this row except a `check`'s own. `on_disk` rows
+    look at files; they are skipped where no data is read (estimate=true)."""
+
+    key: str
+    kind: tuple[type, ...]
+    fix: str
+    within: Range | None = None
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False
+    check: Check | None = None
+    on_disk: bool = False
+
+    def problem(self, value: Any, cfg: DictConfig) -> str | None:
+        """What is wrong with `value` (without the setting's name), or None."""
+        if value is None:
+            return None if self.optional else f"is null; {self.fix}"
+        if not _is_kind(value, self.kind):
+            kinds = " or ".join(KIND_NAMES[kind] for kind in self.kind)
+            return f"is not {kinds}{' (or null)' if self.optional else ''}; {self.fix}"
+        if self.within is not None and value not in self.within:
+            return f"must be {self.within}; {self.fix}"
+        if self.choices is not None and value not in self.choices:
+            return f"is not one of {', '.join(dict.fromkeys(map(str, self.choices)))}; {self.fix}"
+        return self.check(value, cfg) if self.check else None
+
+
+def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    """bool is never a number here: `optim.lr=true` is a mistake, not 1.0."""
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,199}")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def folder_name(value: str, cfg: DictConfig) -> str | None:
+    """Names that become one folder of the run directory (outputs/<experiment_name>/<run_name>)."""
+    if NAME_PATTERN.fullmatch(value):
+        return None
+    return ("becomes a folder name: use letters, digits and . _ - + = , @ (no '/', no spaces, not starting with "
+            "a dot), at most 200 characters")
+
+
+def _file_problem(path: Path, what: str) -> str | None:
+    if not path.exists():
+        return f"does not exist; point it at {what}"
+    if path.is_dir():
+        return f"is a directory; point it at {what} inside it"
+    if not os.access(path, os.R_OK):
+        return "is not readable; fix its permissions (chmod a+r) or point it at a readable copy"
+    return None
+
+
+def fasta_file(value: str, cfg: DictConfig) -> str | None:
+    """A FASTA starts with a '>' header (or is bgzip/gzip-compressed); anything else would end inside pyfaidx."""
+    path = Path(value).expanduser()
+    problem = _file_problem(path, "a FASTA file (.fa, or .fa.gz compressed with bgzip)")
+    if problem:
+        return problem
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(GZIP_MAGIC) or head.lstrip().startswith(b">"):
+        return None
+    if not head.strip():
+        return "is empty; point it at a FASTA file with '>' header lines"
+    try:
+        head.decode("ascii")
+    except UnicodeDecodeError:
+        return "is not a text file (nor gzip-compressed); point it at a FASTA file (.fa, or .fa.gz from bgzip)"
+    return "does not start with a '>' header line, so it is not a FASTA file; point it at a FASTA file"
+
+
+def fasta_files(value: str | list, cfg: DictConfig) -> str | None:
+    """A genome's `fasta` is one file or a list of files (assembled per chromosome)."""
+    for path in [value] if isinstance(value, str) else value:
+        problem = fasta_file(path, cfg) if isinstance(path, str) else "must list paths of FASTA files"
+        if problem:
+            return problem if isinstance(value, str) else f"entry {path!r} {problem}"
+    return None
+
+
+def existing_path(value: str, cfg: DictConfig) -> str | None:
+    return None if Path(value).expanduser().exists() else "does not exist; point it at an existing file or folder"
+
+
+def existing_file(value: str, cfg: DictConfig) -> str | None:
+    return _file_problem(Path(value).expanduser(), "a file")
+
+
+def existing_directory(value: str, cfg: DictConfig) -> str | None:
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return None
+    return f"is {'a file' if path.exists() else 'missing'}; point it at a directory saved by save_pretrained"
+
+
+def not_blank(value: str, cfg: DictConfig) -> str | None:
+    return "is empty; give a name" if not value.strip() else None
+
+
+def fraction_pair(value: list, cfg: DictConfig) -> str | None:
+    if len(value) == 2 and all(_is_kind(beta, NUMBER) and beta in PROBABILITY for beta in value):
+        return None
+    return "must be two numbers in [0, 1) (Adam's beta1, beta2); e.g. optim.betas=[0.9,0.98]"
+
+
+def names_list(value: list, cfg: DictConfig) -> str | None:
+    if all(isinstance(name, str) and name for name in value):
+        return None
+    return "must list contig names (text), e.g. [chrX,chrY]"
+
+
+def device_count(value: Any, cfg: DictConfig) -> str | None:
+    if value in ("auto", -1) or (_is_kind(value, INT) and value >= 1):
+        return None
+    return "is not a device count; give the devices per node (e.g. trainer.devices=8) or auto"
+
+
+def strategy(value: Any, cfg: DictConfig) -> str | None:
+    if isinstance(value, dict):
+        return None if "_target_" in value else "has no _target_; name the Lightning strategy class to build"
+    choices = ["auto", *StrategyRegistry.available_strategies()]
+    if value in choices:
+        return None
+    return f"is not a Lightning strategy; use auto, ddp, ... ({', '.join(choices[:6])}, ...)"
+
+
+def gpu_name(value: str, cfg: DictConfig) -> str | None:
+    from dnabert.tools.estimate import GPU_PEAK_FLOPS, peak_flops_for  # imported when used: tools sits above run
+
+    try:
+        peak_flops_for(value)
+    except DnabertError:
+        return f"is not in the estimate's GPU table ({', '.join(GPU_PEAK_FLOPS)}); name one of those, or null"
+    return None
+
+
+def activation(value: str, cfg: DictConfig) -> str | None:
+    return None if value in ACT2FN else "is unknown; use a transformers activation such as gelu, gelu_new or relu"
+
+
+def fits_k(value: int, cfg: DictConfig) -> str | None:
+    needed = vocab_size(cfg.k)
+    return None if value == needed else f"does not fit k={cfg.k} (needs {needed}); leave it at ${{vocab_size:${{k}}}}"
+
+
+def same_as_k(value: int, cfg: DictConfig) -> str | None:
+    return None if value == cfg.k else f"differs from k={cfg.k}; leave it at ${{k}}"
+
+
+def _precisions() -> tuple[Any, ...]:
+    """Lightning's accepted precision values, plus our "auto" (dnabert.run.config.auto_precision)."""
+    return ("auto", *(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal)))
+
+
+# ------------------------------------------------------------------------------------------------ the table
+_TO_FASTA = "point it at a FASTA file, e.g. data.fasta=/data/GRCh38.fa"
+SETTINGS: tuple[Setting, ...] = (
+    # top level (configs/train.yaml)
+    Setting("experiment_name", TEXT, "pick an experiment (experiment=demo) or set experiment_name", check=folder_name),
+    Setting("run_name", TEXT, "e.g. run_name=lr4e-4", check=folder_name),
+    Setting("k", INT, "set k to a supported k-mer size", choices=SUPPORTED_K),
+    Setting("seed", INT, "e.g. seed=42", within=SEED),
+    Setting("global_batch_size", INT, "set the sequences per optimiser step, e.g. global_batch_size=2000",
+            within=AT_LEAST_1),
+    Setting("max_steps", INT, "set the number of optimiser steps, e.g. max_steps=120000", within=AT_LEAST_1),
+    Setting("ckpt_path", TEXT, "point it at a .ckpt file, or null to continue from the run directory",
+            optional=True, check=existing_file, on_disk=True),
+    Setting("estimate", BOOL, "use estimate=true or estimate=false"),
+    Setting("estimate_gpu", TEXT, "e.g. estimate_gpu=h100", optional=True, check=gpu_name),
+    Setting("estimate_mfu", NUMBER, "e.g. estimate_mfu=0.45", within=Range(0, 1, low_open=True)),
+    Setting("estimate_trial", (str, bool), "use auto, true or false", choices=("auto", True, False)),
+    Setting("export", BOOL, "use export=true or export=false"),
+    Setting("max_consecutive_nonfinite", INT, "e.g. max_consecutive_nonfinite=20", within=AT_LEAST_1),
+    # data: genomes (configs/data/demo.yaml, grch38.yaml, mixed_demo.yaml)
+    Setting("data.fasta", TEXT, _TO_FASTA, optional=True, check=fasta_file, on_disk=True),
+    Setting("data.genomes", LIST, "list genomes as {name, fasta, weight}, or set data.fasta"),
+    Setting("data.genomes.*.name", TEXT, "give every genome a name", check=not_blank),
+    Setting("data.genomes.*.fasta", (str, list), _TO_FASTA, check=fasta_files, on_disk=True),
+    Setting("data.genomes.*.weight", NUMBER, "give every genome a weight >= 0 (its share of the stream)",
+            within=NON_NEGATIVE),
+    Setting("data.genomes.*.include", LIST, "list contig names to keep, or null", optional=True, check=names_list),
+    Setting("data.genomes.*.exclude", LIST, "list contig names to drop, or null", optional=True, check=names_list),
+    Setting("data.val_block_size", INT, "e.g. data.val_block_size=100000 (bp)", within=AT_LEAST_1),
+    Setting("data.val_contigs", LIST, "list contig names to hold out, or []", check=names_list),
+    # data: tables of sequences (configs/data/sequences.yaml)
+    Setting("data.path", TEXT, "set data.path=/path/to/sequences.parquet (csv, json, ...)", check=existing_path,
+            on_disk=True),
+    Setting("data.format", TEXT, "or null to tell it from the extension", optional=True, choices=FORMATS),
+    Setting("data.sequence_column", TEXT, "name the column holding the sequences", check=not_blank),
+    Setting("data.val_path", TEXT, "point it at a validation file, or null", optional=True, check=existing_path,
+            on_disk=True),
+    # data: what every corpus shares
+    Setting("data.k", INT, "leave data.k at ${k}", check=same_as_k),
+    Setting("data.micro_batch_size", INT, "e.g. data.micro_batch_size=10", within=AT_LEAST_1),
+    Setting("data.num_workers", INT, "use 0 (read in the main process) or more worker processes",
+            within=NON_NEGATIVE),
+    Setting("data.seed", INT, "leave data.seed at ${seed}", within=SEED),
+    Setting("data.length_rule", TEXT, "pick the window length rule", choices=LENGTH_RULES),
+    Setting("data.max_tokens", INT, "e.g. data.max_tokens=512 ([CLS] + k-mers + [SEP])", within=Range(3)),
+    Setting("data.val_fraction", NUMBER, "the share held out for validation, e.g. data.val_fraction=0.01",
+            within=PROBABILITY),
+    Setting("data.split_seed", INT, "e.g. data.split_seed=0", within=SEED),
+    Setting("data.val_max_windows", INT, "e.g. data.val_max_windows=2000", within=AT_LEAST_1),
+    Setting("data.reverse_complement", BOOL, "use true or false"),
+    Setting("data.pack_rows", BOOL, "use true or false"),
+    Setting("data.pack_row_tokens", INT, "or null (= data.max_tokens)", optional=True, within=Range(3)),
+    Setting("data.cache_dir", TEXT, "point it at a writable folder", check=not_blank),
+    Setting("data.batches_per_transfer", INT, "e.g. data.batches_per_transfer=8", within=AT_LEAST_1),
+    Setting("data.pad_to_multiple_of", INT, "e.g. data.pad_to_multiple_of=8", within=AT_LEAST_1),
+    Setting("data.pin_memory", BOOL, "use true or false"),
+    Setting("data.rank", INT, "or null (from the trainer)", optional=True, within=NON_NEGATIVE),
+    Setting("data.world_size", INT, "or null (from the trainer)", optional=True, within=AT_LEAST_1),
+    Setting("data.start_position", INT, "or null (from the checkpoint)", optional=True, within=NON_NEGATIVE),
+    # model (configs/model/*.yaml)
+    Setting("model.vocab_size", INT, "leave it at ${vocab_size:${k}}", check=fits_k),
+    Setting("model.hidden_size", INT, "e.g. model.hidden_size=768", within=AT_LEAST_1),
+    Setting("model.num_hidden_layers", INT, "e.g. model.num_hidden_layers=12", within=AT_LEAST_1),
+    Setting("model.num_attention_heads", INT, "e.g. model.num_attention_heads=12", within=AT_LEAST_1),
+    Setting("model.intermediate_size", INT, "e.g. model.intermediate_size=3072", within=AT_LEAST_1),
+    Setting("model.max_position_embeddings", INT, "e.g. model.max_position_embeddings=512", within=AT_LEAST_1),
+    Setting("model.type_vocab_size", INT, "leave it at 2 (BERT's layout)", within=AT_LEAST_1),
+    Setting("model.hidden_dropout_prob", NUMBER, "e.g. model.hidden_dropout_prob=0.1", within=PROBABILITY),
+    Setting("model.attention_probs_dropout_prob", NUMBER, "e.g. model.attention_probs_dropout_prob=0.1",
+            within=PROBABILITY),
+    Setting("model.layer_norm_eps", NUMBER, "e.g. model.layer_norm_eps=1e-12", within=POSITIVE),
+    Setting("model.initializer_range", NUMBER, "e.g. model.initializer_range=0.02", within=POSITIVE),
+    Setting("model.hidden_act", TEXT, "use one of transformers' activations such as gelu, gelu_new or relu",
+            check=activation),
+    Setting("model.init_from", TEXT, "or null to start from random weights", optional=True,
+            check=existing_directory, on_disk=True),
+    Setting("model.compile", BOOL, "use true or false"),
+    Setting("model.attention", TEXT, "pick the attention kernel", choices=ATTENTION_BACKENDS),
+    Setting("model.head_on_masked_only", BOOL, "use true or false"),
+    # masking (configs/masking/*.yaml)
+    Setting("masking.mode", TEXT, "pick the masking scheme", choices=MASKING_MODES),
+    Setting("masking.rate", NUMBER, "e.g. masking.rate=0.15", within=OPEN_FRACTION),
+    Setting("masking.final_rate", NUMBER, "e.g. masking.final_rate=0.20", within=OPEN_FRACTION),
+    Setting("masking.final_rate_steps", INT, "the last N steps use final_rate; 0: never switch",
+            within=NON_NEGATIVE),
+    # optim (configs/optim/adamw.yaml)
+    Setting("optim.lr", NUMBER, "set the peak learning rate, e.g. optim.lr=4e-4", within=POSITIVE),
+    Setting("optim.betas", LIST, "e.g. optim.betas=[0.9,0.98]", check=fraction_pair),
+    Setting("optim.eps", NUMBER, "e.g. optim.eps=1e-6", within=POSITIVE),
+    Setting("optim.weight_decay", NUMBER, "e.g. optim.weight_decay=0.01", within=NON_NEGATIVE),
+    Setting("optim.warmup_steps", INT, "e.g. optim.warmup_steps=10000", within=NON_NEGATIVE),
+    Setting("optim.total_steps", INT, "or null (= max_steps)", optional=True, within=AT_LEAST_1),
+    Setting("optim.fused", BOOL, "use true or false"),
+    # trainer (configs/trainer/*.yaml)
+    Setting("trainer.accelerator", TEXT, "use cpu, gpu or auto",
+            choices=("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))),
+    Setting("trainer.devices", (int, str), "e.g. trainer.devices=8", check=device_count),
+    Setting("trainer.num_nodes", INT, "set it to the number of nodes, e.g. trainer.num_nodes=2", within=AT_LEAST_1),
+    Setting("trainer.strategy", (str, dict), "use auto or ddp", check=strategy),
+    Setting("trainer.precision", (str, int), "use auto, 32-true, bf16-mixed or 16-mixed", choices=_precisions()),
+    Setting("trainer.gradient_clip_val", NUMBER, "or null (no clipping)", optional=True, within=NON_NEGATIVE),
+    Setting("trainer.log_every_n_steps", INT, "e.g. trainer.log_every_n_steps=50", within=AT_LEAST_1),
+    Setting("trainer.val_every_n_steps", INT, "e.g. trainer.val_every_n_steps=2000", within=AT_LEAST_1),
+    Setting("trainer.num_sanity_val_steps", INT, "use 0 (none), N batches, or -1 (all)", within=Range(-1)),
+    Setting("trainer.enable_model_summary", BOOL, "use true or false"),
+    Setting("trainer.use_distributed_sampler", BOOL, "leave it false: the data stream shards itself"),
+    # logger (configs/logger/*.yaml)
+    Setting("logger.wandb.project", TEXT, "name the wandb project (or set WANDB_PROJECT)", check=not_blank),
+    Setting("logger.wandb.offline", BOOL, "use true (write locally, `wandb sync` later) or false"),
+    # callbacks (configs/callbacks/default.yaml)
+    Setting("callbacks.model_checkpoint.every_n_train_steps", INT, "save every N optimiser steps; 0: only at the end",
+            within=NON_NEGATIVE),
+    Setting("callbacks.model_checkpoint.save_top_k", INT, "keep the newest N checkpoints; -1: all", within=Range(-1)),
+    # paths (configs/paths/default.yaml)
+    Setting("paths.root_dir", TEXT, "point it at the dnabert checkout", check=not_blank),
+    Setting("paths.output_root", TEXT, "point it at a writable folder", check=not_blank),
+    Setting("paths.output_dir", TEXT, "point it at a writable folder", check=not_blank),
+    Setting("paths.cache_dir", TEXT, "point it at a writable folder", check=not_blank),
+)
+
+
+# ------------------------------------------------------------------------------------------------ agreements
+# Trainer arguments that dnabert sets from other settings: setting them under trainer.* would be overwritten.
+TRAINER_OWNED = {
+    "max_steps": "max_steps", "accumulate_grad_batches": "global_batch_size",
+    "val_check_interval": "trainer.val_every_n_steps", "check_val_every_n_epoch": "trainer.val_every_n_steps",
+    "default_root_dir": "paths.output_dir", "callbacks": "callbacks", "logger": "logger", "plugins": "trainer.strategy",
+}
+
+
+def trainer_arguments(cfg: DictConfig) -> None:
+    """Keys under trainer.* go to Lightning's Trainer: a misspelt one would end in its TypeError."""
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) | {"_target_", "val_every_n_steps"}
+    for key in cfg.trainer:
+        if key in TRAINER_OWNED:
+            raise DnabertError(f"trainer.{key} is set by dnabert from {TRAINER_OWNED[key]}; set that instead.")
+        if key not in accepted:
+            raise DnabertError(f"trainer.{key} is not a Lightning Trainer argument; remove it or fix its spelling.")
+
+
+def batch_divides(cfg: DictConfig) -> None:
+    accumulation_steps(cfg.global_batch_size, cfg.data.micro_batch_size,
+                       declared_device_count(cfg.trainer.accelerator, cfg.trainer.devices), cfg.trainer.num_nodes)
+
+
+def mask_switch_within_run(cfg: DictConfig) -> None:
+    mask_switch_step(cfg.max_steps, cfg.masking.final_rate_steps)
+
+
+def windows_fit_positions(cfg: DictConfig) -> None:
+    """Longer windows than position embeddings would end mid-run in an index error on the first long window."""
+    positions = OmegaConf.select(cfg, "model.max_position_embeddings")
+    max_tokens = OmegaConf.select(cfg, "data.max_tokens")
+    if positions is not None and max_tokens is not None and max_tokens > positions:
+        raise DnabertError(
+            f"data.max_tokens={max_tokens} exceeds model.max_position_embeddings={positions}; lower data.max_tokens "
+            "or raise the model's positions (a pretrained model's cannot change)."
+        )
+
+
+def packed_rows_hold_a_window(cfg: DictConfig) -> None:
+    row_tokens = OmegaConf.select(cfg, "data.pack_row_tokens")
+    if OmegaConf.select(cfg, "data.pack_rows") and row_tokens is not None and row_tokens < cfg.data.max_tokens:
+        raise DnabertError(
+            f"data.pack_row_tokens={row_tokens} is below data.max_tokens={cfg.data.max_tokens}: a full-length window "
+            "would not fit a row. Set it to at least max_tokens, or null (= max_tokens)."
+        )
+
+
+def heads_divide_hidden(cfg: DictConfig) -> None:
+    hidden, heads = cfg.model.hidden_size, cfg.model.num_attention_heads
+    if hidden % heads:
+        raise DnabertError(f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads}; "
+                           "pick a head count that divides the hidden size.")
+
+
+def flex_without_attention_dropout(cfg: DictConfig) -> None:
+    if cfg.model.attention == "flex" and cfg.model.attention_probs_dropout_prob > 0:
+        raise DnabertError("model.attention=flex has no attention dropout: set model.attention_probs_dropout_prob=0 "
+                           "or use model.attention=sdpa.")
+
+
+def one_genome_source(cfg: DictConfig) -> None:
+    if "genomes" in cfg.data and not cfg.data.fasta and not cfg.data.genomes:
+        raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
+
+
+# Each needs the settings it reads to be present and sane: run after SETTINGS, skipped when a group lacks them.
+AGREEMENTS: tuple[tuple[tuple[str, ...], Callable[[DictConfig], None]], ...] = (
+    (("trainer",), trainer_arguments),
+    (("global_batch_size", "data.micro_batch_size", "trainer.devices", "trainer.num_nodes"), batch_divides),
+    (("max_steps", "masking.final_rate_steps"), mask_switch_within_run),
+    (("model.max_position_embeddings", "data.max_tokens"), windows_fit_positions),
+    (("data.pack_rows", "data.max_tokens"), packed_rows_hold_a_window),
+    (("model.hidden_size", "model.num_attention_heads"), heads_divide_hidden),
+    (("model.attention", "model.attention_probs_dropout_prob"), flex_without_attention_dropout),
+)
+# Only where data is read (not for estimate=true): the corpus must name a file.
+DATA_AGREEMENTS: tuple[tuple[tuple[str, ...], Callable[[DictConfig], None]], ...] = (
+    (("data.fasta", "data.genomes"), one_genome_source),
+)
+
+
+# ------------------------------------------------------------------------------------------------ the walk
+def _concrete_keys(cfg: DictConfig, key: str) -> Iterator[str]:
+    """The keys `key` names in cfg: itself, or one per list entry for each `*`."""
+    head, star, tail = key.partition(".*")
+    if not star:
+        yield key
+        return
+    entries = OmegaConf.select(cfg, head, default=None)
+    if isinstance(entries, ListConfig):
+        for index in range(len(entries)):
+            yield from _concrete_keys(cfg, f"{head}[{index}]{tail}")
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at `key` as plain Python, `_ABSENT` when the config has no such key."""
+    try:
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise DnabertError(f"{key} is not set (??? in the config); give it on the command line, {key}=...") from err
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, DnabertError):
+            raise cause from err
+        raise DnabertError(f"{key} cannot be resolved ({str(err).splitlines()[0]}); fix its value.") from err
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _present(cfg: DictConfig, keys: tuple[str, ...]) -> bool:
+    return all(OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT for key in keys)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise one DnabertError for the first setting that is wrong or disagrees with another; files are looked at
+    only where the run will read them (not for estimate=true)."""
+    check_files = _value(cfg, "estimate") is not True
+    for setting in SETTINGS:
+        if setting.on_disk and not check_files:
+            continue
+        for key in _concrete_keys(cfg, setting.key):
+            value = _value(cfg, key)
+            if value is _ABSENT:
+                continue
+            problem = setting.problem(value, cfg)
+            if problem:
+                raise DnabertError(f"{key if value is None else f'{key}={value!r}'} {problem}.")
+    for keys, agreement in AGREEMENTS + (DATA_AGREEMENTS if check_files else ()):
+        if _present(cfg, keys):
+            agreement(cfg)
