@@ -37,9 +37,10 @@ from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.data.windows import LENGTH_RULES
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert.model import ATTENTION_BACKENDS
-from dnabert.run.config import accumulation_steps, declared_device_count, mask_switch_step
+from dnabert.run.config import accumulation_steps, declared_device_count, mask_switch_step, resolve_device_count
 
-# A problem with a value and its fix ("is a directory; point it at a FASTA file"), or None when the value is fine.
+# What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
+# readable; fix its permissions"), or None when the value is fine.
 Check = Callable[[Any, DictConfig], str | None]
 
 INT = (int,)
@@ -114,7 +115,8 @@ class Setting:
             return f"must be {self.within}; {self.fix}"
         if self.choices is not None and value not in self.choices:
             return f"is not one of {', '.join(dict.fromkeys(map(str, self.choices)))}; {self.fix}"
-        return self.check(value, cfg) if self.check else None
+        problem = self.check(value, cfg) if self.check else None
+        return f"{problem}; {self.fix}" if problem and "; " not in problem else problem
 
 
 def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
@@ -191,7 +193,7 @@ def existing_directory(value: str, cfg: DictConfig) -> str | None:
 
 
 def not_blank(value: str, cfg: DictConfig) -> str | None:
-    return "is empty; give a name" if not value.strip() else None
+    return "is empty" if not value.strip() else None
 
 
 def fraction_pair(value: list, cfg: DictConfig) -> str | None:
@@ -268,6 +270,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("estimate_trial", (str, bool), "use auto, true or false", choices=("auto", True, False)),
     Setting("export", BOOL, "use export=true or export=false"),
     Setting("max_consecutive_nonfinite", INT, "e.g. max_consecutive_nonfinite=20", within=AT_LEAST_1),
+    # paths (configs/paths/default.yaml): other groups interpolate them
+    Setting("paths.root_dir", TEXT, "point it at the dnabert checkout", check=not_blank),
+    Setting("paths.output_root", TEXT, "point it at a writable folder", check=not_blank),
+    Setting("paths.output_dir", TEXT, "point it at a writable folder", check=not_blank),
+    Setting("paths.cache_dir", TEXT, "point it at a writable folder", check=not_blank),
     # data: genomes (configs/data/demo.yaml, grch38.yaml, mixed_demo.yaml)
     Setting("data.fasta", TEXT, _TO_FASTA, optional=True, check=fasta_file, on_disk=True),
     Setting("data.genomes", LIST, "list genomes as {name, fasta, weight}, or set data.fasta"),
@@ -348,6 +355,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trainer.devices", (int, str), "e.g. trainer.devices=8", check=device_count),
     Setting("trainer.num_nodes", INT, "set it to the number of nodes, e.g. trainer.num_nodes=2", within=AT_LEAST_1),
     Setting("trainer.strategy", (str, dict), "use auto or ddp", check=strategy),
+    Setting("trainer.strategy.process_group_backend", TEXT, "use nccl between GPUs, gloo on CPUs",
+            choices=("nccl", "gloo", "mpi", "ucc", "xccl")),
     Setting("trainer.precision", (str, int), "use auto, 32-true, bf16-mixed or 16-mixed", choices=_precisions()),
     Setting("trainer.gradient_clip_val", NUMBER, "or null (no clipping)", optional=True, within=NON_NEGATIVE),
     Setting("trainer.log_every_n_steps", INT, "e.g. trainer.log_every_n_steps=50", within=AT_LEAST_1),
@@ -358,15 +367,18 @@ SETTINGS: tuple[Setting, ...] = (
     # logger (configs/logger/*.yaml)
     Setting("logger.wandb.project", TEXT, "name the wandb project (or set WANDB_PROJECT)", check=not_blank),
     Setting("logger.wandb.offline", BOOL, "use true (write locally, `wandb sync` later) or false"),
+    Setting("logger.wandb.entity", TEXT, "name the wandb team or user (or set WANDB_ENTITY), or null", optional=True,
+            check=not_blank),
+    Setting("logger.wandb.group", TEXT, "e.g. logger.wandb.group=${experiment_name}", check=not_blank),
+    Setting("logger.wandb.resume", TEXT, "leave it at allow: a requeued run continues its wandb run",
+            choices=("allow", "must", "never", "auto")),
+    Setting("logger.wandb.log_model", (bool, str), "use false, true or all", choices=(False, True, "all")),
     # callbacks (configs/callbacks/default.yaml)
     Setting("callbacks.model_checkpoint.every_n_train_steps", INT, "save every N optimiser steps; 0: only at the end",
             within=NON_NEGATIVE),
     Setting("callbacks.model_checkpoint.save_top_k", INT, "keep the newest N checkpoints; -1: all", within=Range(-1)),
-    # paths (configs/paths/default.yaml)
-    Setting("paths.root_dir", TEXT, "point it at the dnabert checkout", check=not_blank),
-    Setting("paths.output_root", TEXT, "point it at a writable folder", check=not_blank),
-    Setting("paths.output_dir", TEXT, "point it at a writable folder", check=not_blank),
-    Setting("paths.cache_dir", TEXT, "point it at a writable folder", check=not_blank),
+    Setting("callbacks.model_checkpoint.save_last", BOOL, "leave it true: a requeued run resumes from last.ckpt"),
+    Setting("callbacks.model_checkpoint.filename", TEXT, "e.g. step-{step:07d}", check=not_blank),
 )
 
 
@@ -436,19 +448,30 @@ def one_genome_source(cfg: DictConfig) -> None:
         raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
 
 
-# Each needs the settings it reads to be present and sane: run after SETTINGS, skipped when a group lacks them.
-AGREEMENTS: tuple[tuple[tuple[str, ...], Callable[[DictConfig], None]], ...] = (
-    (("trainer",), trainer_arguments),
-    (("global_batch_size", "data.micro_batch_size", "trainer.devices", "trainer.num_nodes"), batch_divides),
-    (("max_steps", "masking.final_rate_steps"), mask_switch_within_run),
-    (("model.max_position_embeddings", "data.max_tokens"), windows_fit_positions),
-    (("data.pack_rows", "data.max_tokens"), packed_rows_hold_a_window),
-    (("model.hidden_size", "model.num_attention_heads"), heads_divide_hidden),
-    (("model.attention", "model.attention_probs_dropout_prob"), flex_without_attention_dropout),
-)
-# Only where data is read (not for estimate=true): the corpus must name a file.
-DATA_AGREEMENTS: tuple[tuple[tuple[str, ...], Callable[[DictConfig], None]], ...] = (
-    (("data.fasta", "data.genomes"), one_genome_source),
+@dataclass(frozen=True)
+class Agreement:
+    """A check between settings; it runs where all its `keys` are present, after every row passed. Those that
+    look at this machine or its files are skipped where nothing runs here (estimate=true)."""
+
+    keys: tuple[str, ...]
+    check: Callable[[DictConfig], None]
+    on_this_machine: bool = False
+
+
+def devices_available(cfg: DictConfig) -> None:
+    resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)
+
+
+AGREEMENTS: tuple[Agreement, ...] = (
+    Agreement(("trainer",), trainer_arguments),
+    Agreement(("trainer.accelerator", "trainer.devices"), devices_available, on_this_machine=True),
+    Agreement(("global_batch_size", "data.micro_batch_size", "trainer.devices", "trainer.num_nodes"), batch_divides),
+    Agreement(("max_steps", "masking.final_rate_steps"), mask_switch_within_run),
+    Agreement(("model.max_position_embeddings", "data.max_tokens"), windows_fit_positions),
+    Agreement(("data.pack_rows", "data.max_tokens"), packed_rows_hold_a_window),
+    Agreement(("model.hidden_size", "model.num_attention_heads"), heads_divide_hidden),
+    Agreement(("model.attention", "model.attention_probs_dropout_prob"), flex_without_attention_dropout),
+    Agreement(("data.fasta", "data.genomes"), one_genome_source, on_this_machine=True),
 )
 
 
@@ -486,11 +509,11 @@ def _present(cfg: DictConfig, keys: tuple[str, ...]) -> bool:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise one DnabertError for the first setting that is wrong or disagrees with another; files are looked at
-    only where the run will read them (not for estimate=true)."""
-    check_files = _value(cfg, "estimate") is not True
+    """Raise one DnabertError for the first setting that is wrong or disagrees with another; files and devices are
+    looked at only where the run will use them (not for estimate=true)."""
+    check_here = _value(cfg, "estimate") is not True
     for setting in SETTINGS:
-        if setting.on_disk and not check_files:
+        if setting.on_disk and not check_here:
             continue
         for key in _concrete_keys(cfg, setting.key):
             value = _value(cfg, key)
@@ -499,6 +522,6 @@ def validate_config(cfg: DictConfig) -> None:
             problem = setting.problem(value, cfg)
             if problem:
                 raise DnabertError(f"{key if value is None else f'{key}={value!r}'} {problem}.")
-    for keys, agreement in AGREEMENTS + (DATA_AGREEMENTS if check_files else ()):
-        if _present(cfg, keys):
-            agreement(cfg)
+    for agreement in AGREEMENTS:
+        if _present(cfg, agreement.keys) and (check_here or not agreement.on_this_machine):
+            agreement.check(cfg)

@@ -1,0 +1,308 @@
+"""Settings validated up front (dnabert.run.validate): one row per setting of every config group, each a bad
+override and the fragment its one-line error must contain; shipped configs pass; a few rows through train.py for
+exit code 2 and one line; a FASTA that changes mid-run still ends in a DnabertError."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch._utils import ExceptionWrapper
+
+from dnabert.data.datamodule import GenomeDataModule
+from dnabert.data.genome import Genome, GenomeSource
+from dnabert.errors import DnabertError, user_message
+from dnabert.run.validate import SETTINGS, validate_config
+from tests.conftest import DEMO_FASTA, ROOT
+
+GROUPS = ("data", "model", "masking", "optim", "trainer", "logger", "callbacks", "paths", "experiment")
+SEQUENCES = ("data=sequences", "data.path={CSV}")
+
+# (overrides, fragment of the error). Group choices (data=sequences) are composed, the rest applied to the
+# composed config as Hydra types them on the command line. {DIR} etc. are files made by the `files` fixture.
+ROWS: list[tuple[tuple[str, ...], str]] = [
+    # top level
+    (("experiment_name=a/b",), "experiment_name='a/b' becomes a folder name"),
+    (("run_name=../escape",), "run_name='../escape' becomes a folder name"),
+    (("k=7",), "k=7 is not one of 3, 4, 5, 6"),
+    (("seed=-1",), "seed=-1 must be in [0, 4294967295]"),
+    (("global_batch_size=0",), "global_batch_size=0 must be >= 1"),
+    (("max_steps=0",), "max_steps=0 must be >= 1; set the number of optimiser steps"),
+    (("ckpt_path={DIR}/missing.ckpt",), "missing.ckpt' does not exist; point it at a file"),
+    (("estimate=maybe",), "estimate='maybe' is not true or false"),
+    (("estimate_gpu=tpu9000",), "estimate_gpu='tpu9000' is not in the estimate's GPU table"),
+    (("estimate_mfu=1.5",), "estimate_mfu=1.5 must be in (0, 1]"),
+    (("estimate_trial=sometimes",), "estimate_trial='sometimes' is not one of auto"),
+    (("export=1",), "export=1 is not true or false"),
+    (("max_consecutive_nonfinite=0",), "max_consecutive_nonfinite=0 must be >= 1"),
+    # paths
+    (("paths.root_dir=",), "paths.root_dir='' is empty; point it at the dnabert checkout"),
+    (("paths.output_root=' '",), "paths.output_root=' ' is empty"),
+    (("paths.output_dir=",), "paths.output_dir='' is empty"),
+    (("paths.cache_dir=",), "paths.cache_dir='' is empty"),
+    # data: genomes
+    (("data.fasta={DIR}",), "is a directory; point it at a FASTA file"),
+    (("data.fasta={BINARY}",), "binary.fa' is not a text file"),
+    (("data.fasta={DIR}/none.fa",), "none.fa' does not exist"),
+    (("data.fasta={NOT_FASTA}",), "does not start with a '>' header line"),
+    (("data.genomes=5",), "data.genomes=5 is not a list"),
+    (("data.genomes=[]",), "No genome given: set data.fasta"),
+    (("data=mixed_demo", "data.genomes.2.name="), "data.genomes[2].name='' is empty"),
+    (("data=mixed_demo", "data.genomes.1.fasta={DIR}/lambda.fa"), "data.genomes[1].fasta="),
+    (("data.genomes.0.weight=-1",), "data.genomes[0].weight=-1 must be >= 0"),
+    (("+data.genomes.0.include=chr1",), "data.genomes[0].include='chr1' is not a list"),
+    (("+data.genomes.0.exclude=[1]",), "must list contig names"),
+    (("data.val_block_size=0",), "data.val_block_size=0 must be >= 1"),
+    (("data.val_contigs=chr1",), "data.val_contigs='chr1' is not a list"),
+    # data: tables of sequences
+    (("data=sequences",), "data.path is null; set data.path="),
+    (("data=sequences", "data.path={DIR}/none.csv"), "none.csv' does not exist"),
+    ((*SEQUENCES, "data.format=xlsx"), "data.format='xlsx' is not one of parquet, csv"),
+    ((*SEQUENCES, "data.sequence_column="), "data.sequence_column='' is empty"),
+    ((*SEQUENCES, "data.val_path={DIR}/val.csv"), "val.csv' does not exist"),
+    # data: every corpus
+    (("data.k=5",), "data.k=5 differs from k=6"),
+    (("data.micro_batch_size=0",), "data.micro_batch_size=0 must be >= 1"),
+    (("data.num_workers=-1",), "data.num_workers=-1 must be >= 0; use 0"),
+    (("data.seed=-5",), "data.seed=-5 must be in"),
+    (("data.length_rule=sideways",), "data.length_rule='sideways' is not one of original, fixed"),
+    (("data.max_tokens=2",), "data.max_tokens=2 must be >= 3"),
+    (("data.val_fraction=1",), "data.val_fraction=1 must be in [0, 1)"),
+    (("data.split_seed=x",), "data.split_seed='x' is not a whole number"),
+    (("data.val_max_windows=0",), "data.val_max_windows=0 must be >= 1"),
+    (("data.reverse_complement=yes",), "data.reverse_complement='yes' is not true or false"),
+    (("data.pack_rows=2",), "data.pack_rows=2 is not true or false"),
+    (("data.pack_row_tokens=2",), "data.pack_row_tokens=2 must be >= 3"),
+    (("data.cache_dir=",), "data.cache_dir='' is empty"),
+    (("+data.batches_per_transfer=0",), "data.batches_per_transfer=0 must be >= 1"),
+    (("+data.pad_to_multiple_of=0",), "data.pad_to_multiple_of=0 must be >= 1"),
+    (("+data.pin_memory=maybe",), "data.pin_memory='maybe' is not true or false"),
+    (("+data.rank=-1",), "data.rank=-1 must be >= 0"),
+    (("+data.world_size=0",), "data.world_size=0 must be >= 1"),
+    (("+data.start_position=-1",), "data.start_position=-1 must be >= 0"),
+    # model
+    (("model.vocab_size=69",), "model.vocab_size=69 does not fit k=6 (needs 4101)"),
+    (("model.hidden_size=0",), "model.hidden_size=0 must be >= 1"),
+    (("model.num_hidden_layers=0",), "model.num_hidden_layers=0 must be >= 1"),
+    (("model.num_attention_heads=0",), "model.num_attention_heads=0 must be >= 1"),
+    (("model.intermediate_size=-1",), "model.intermediate_size=-1 must be >= 1"),
+    (("model.max_position_embeddings=0",), "model.max_position_embeddings=0 must be >= 1"),
+    (("model.type_vocab_size=0",), "model.type_vocab_size=0 must be >= 1"),
+    (("model.hidden_dropout_prob=1",), "model.hidden_dropout_prob=1 must be in [0, 1)"),
+    (("model.attention_probs_dropout_prob=-0.1",), "model.attention_probs_dropout_prob=-0.1 must be in [0, 1)"),
+    (("model.layer_norm_eps=0",), "model.layer_norm_eps=0 must be > 0"),
+    (("model.initializer_range=0",), "model.initializer_range=0 must be > 0"),
+    (("model.hidden_act=swishy",), "model.hidden_act='swishy' is unknown"),
+    (("model.init_from={DIR}/no_model",), "no_model' is missing; point it at a directory saved by save_pretrained"),
+    (("model.compile=fast",), "model.compile='fast' is not true or false"),
+    (("model.attention=flash",), "model.attention='flash' is not one of sdpa, flex"),
+    (("model.head_on_masked_only=1",), "model.head_on_masked_only=1 is not true or false"),
+    # masking
+    (("masking.mode=random",), "masking.mode='random' is not one of whole_kmer, original"),
+    (("masking.rate=0",), "masking.rate=0 must be in (0, 1)"),
+    (("masking.final_rate=1",), "masking.final_rate=1 must be in (0, 1)"),
+    (("masking.final_rate_steps=-1",), "masking.final_rate_steps=-1 must be >= 0"),
+    # optim
+    (("optim.lr=-1",), "optim.lr=-1 must be > 0; set the peak learning rate"),
+    (("optim.betas=[0.9]",), "optim.betas=[0.9] must be two numbers in [0, 1)"),
+    (("optim.eps=0",), "optim.eps=0 must be > 0"),
+    (("optim.weight_decay=-0.1",), "optim.weight_decay=-0.1 must be >= 0"),
+    (("optim.warmup_steps=-1",), "optim.warmup_steps=-1 must be >= 0"),
+    (("optim.total_steps=0",), "optim.total_steps=0 must be >= 1"),
+    (("optim.fused=maybe",), "optim.fused='maybe' is not true or false"),
+    # trainer
+    (("trainer.accelerator=quantum",), "trainer.accelerator='quantum' is not one of auto, gpu"),
+    (("trainer.devices=0",), "trainer.devices=0 is not a device count"),
+    (("trainer.num_nodes=0",), "trainer.num_nodes=0 must be >= 1"),
+    (("trainer.strategy=teleport",), "trainer.strategy='teleport' is not a Lightning strategy"),
+    (("trainer=gpu_multinode", "global_batch_size=256", "trainer.strategy.process_group_backend=ncl"),
+     "trainer.strategy.process_group_backend='ncl' is not one of nccl, gloo"),
+    (("trainer.precision=bf17",), "trainer.precision='bf17' is not one of auto"),
+    (("trainer.gradient_clip_val=-1",), "trainer.gradient_clip_val=-1 must be >= 0"),
+    (("trainer.log_every_n_steps=0",), "trainer.log_every_n_steps=0 must be >= 1"),
+    (("trainer.val_every_n_steps=0",), "trainer.val_every_n_steps=0 must be >= 1"),
+    (("trainer.num_sanity_val_steps=-2",), "trainer.num_sanity_val_steps=-2 must be >= -1"),
+    (("trainer.enable_model_summary=2",), "trainer.enable_model_summary=2 is not true or false"),
+    (("trainer.use_distributed_sampler=no",), "trainer.use_distributed_sampler='no' is not true or false"),
+    # logger
+    (("logger=wandb", "logger.wandb.project="), "logger.wandb.project='' is empty"),
+    (("logger=wandb", "logger.wandb.offline=sometimes"), "logger.wandb.offline='sometimes' is not true or false"),
+    (("logger=wandb", "logger.wandb.entity="), "logger.wandb.entity='' is empty"),
+    (("logger=wandb", "logger.wandb.group="), "logger.wandb.group='' is empty"),
+    (("logger=wandb", "logger.wandb.resume=restart"), "logger.wandb.resume='restart' is not one of allow"),
+    (("logger=wandb", "logger.wandb.log_model=best"), "logger.wandb.log_model='best' is not one of False"),
+    # callbacks
+    (("callbacks.model_checkpoint.every_n_train_steps=-1",), "every_n_train_steps=-1 must be >= 0"),
+    (("callbacks.model_checkpoint.save_top_k=-2",), "save_top_k=-2 must be >= -1"),
+    (("callbacks.model_checkpoint.save_last=sometimes",), "save_last='sometimes' is not true or false"),
+    (("callbacks.model_checkpoint.filename=",), "callbacks.model_checkpoint.filename='' is empty"),
+    # settings that must agree
+    (("global_batch_size=33",), "global_batch_size=33 is not a multiple of data.micro_batch_size (16)"),
+    (("masking.final_rate_steps=1000",), "masking.final_rate_steps=1000 must lie between 0 and max_steps=800"),
+    (("data.max_tokens=1024",), "data.max_tokens=1024 exceeds model.max_position_embeddings=512"),
+    (("data.pack_rows=true", "data.pack_row_tokens=32"), "data.pack_row_tokens=32 is below data.max_tokens=64"),
+    (("model.num_attention_heads=3",), "model.hidden_size=128 is not divisible by model.num_attention_heads=3"),
+    (("model=small", "model.attention=flex"), "model.attention=flex has no attention dropout"),
+    (("+trainer.max_steps=5",), "trainer.max_steps is set by dnabert from max_steps"),
+    (("+trainer.gradient_clip=1",), "trainer.gradient_clip is not a Lightning Trainer argument"),
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Bad inputs a user might pass: a directory, a binary file, a text file that is not FASTA; a good table."""
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "binary.fa").write_bytes(bytes(range(256)) * 8)
+    (folder / "notes.fa").write_text("sample sheet\nACGT\n")
+    (folder / "reads.csv").write_text("sequence\nACGTACGTACGTAAACCCGGGTTT\n")
+    return {"DIR": str(folder), "BINARY": str(folder / "binary.fa"), "NOT_FASTA": str(folder / "notes.fa"),
+            "CSV": str(folder / "reads.csv")}
+
+
+@functools.cache
+def composed(*group_choices: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(group_choices))
+
+
+def config_with(*overrides: str) -> DictConfig:
+    """What `python train.py <overrides>` composes: group choices through Hydra, values typed by Hydra's parser."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    groups = [o.input_line for o in parsed if o.key_or_group in GROUPS]
+    cfg = composed(*groups).copy()
+    for override in parsed:
+        if override.key_or_group not in GROUPS:
+            OmegaConf.update(cfg, override.key_or_group, override.value(), force_add=True)
+    return cfg
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), ROWS, ids=[" ".join(overrides) for overrides, _ in ROWS])
+def test_each_bad_setting_is_one_clear_error(files, overrides: tuple[str, ...], fragment: str) -> None:
+    cfg = config_with(*(override.format(**files) for override in overrides))
+    with pytest.raises(DnabertError) as caught:
+        validate_config(cfg)
+    message = str(caught.value)
+    assert fragment.format(**files) in message
+    assert "\n" not in message
+
+
+def test_every_row_of_the_schema_has_a_bad_case() -> None:
+    tried = {re.sub(r"\.\d+(?=\.)", ".*", o.split("=")[0].lstrip("+")) for overrides, _ in ROWS for o in overrides}
+    assert [setting.key for setting in SETTINGS if setting.key not in tried] == []
+
+
+# Values of the shipped configs that are not user settings: Hydra's instantiation keys, the derived values shown
+# by --cfg job, and the loggers' placement inside the run directory (the report reads csv/ there).
+NOT_SETTINGS = re.compile(r"(.*\._target_|.*\._convert_|derived\..*|logger\.\w+\.(save_dir|name|version|id)"
+                          r"|logger\.wandb\.config\..*|callbacks\.model_checkpoint\.(dirpath|monitor|mode"
+                          r"|auto_insert_metric_name))")
+GROUP_OPTIONS = sorted(
+    f"{folder.name}={option.stem}" for folder in (ROOT / "configs").iterdir()
+    if folder.is_dir() and folder.name in GROUPS for option in folder.glob("*.yaml")
+)
+# Settings each option needs besides its own to form a runnable config (a file to read, a batch that divides).
+NEEDS = {"data=grch38": ("data.fasta=DEMO",), "data=sequences": ("data.path=CSV",),
+         "trainer=gpu_multinode": ("global_batch_size=256",)} | {
+    f"experiment=dnabert{k}_paper": ("data.fasta=DEMO",) for k in (3, 4, 5, 6)}
+
+
+def leaf_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    keys = []
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else [("*", v) for v in node]
+    for key, value in items:
+        full = f"{prefix}{key}"
+        holds_settings = isinstance(value, DictConfig) or (
+            isinstance(value, ListConfig) and len(value) and isinstance(value[0], DictConfig))
+        keys += leaf_keys(value, f"{full}.") if holds_settings else [full]
+    return keys
+
+
+@pytest.mark.parametrize("option", GROUP_OPTIONS)
+def test_shipped_configs_are_valid_and_every_value_has_a_row(files, monkeypatch, option: str) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 16)  # as on the GPU node that the gpu configs are for
+    needs = [need.replace("DEMO", str(DEMO_FASTA)).replace("CSV", files["CSV"]) for need in NEEDS.get(option, ())]
+    cfg = config_with(option, *needs)
+    validate_config(cfg)
+    rows = {setting.key for setting in SETTINGS}
+    uncovered = [key for key in leaf_keys(cfg) if key not in rows and not NOT_SETTINGS.fullmatch(key)]
+    assert uncovered == [], f"add rows to dnabert.run.validate.SETTINGS for {uncovered}"
+
+
+def test_estimate_reads_no_files() -> None:
+    """An estimate describes a cluster run; the genome need not exist on this machine."""
+    validate_config(config_with("experiment=dnabert6_paper", "estimate=true"))
+    with pytest.raises(DnabertError, match=r"data.fasta is not set \(\?\?\? in the config\)"):
+        validate_config(config_with("experiment=dnabert6_paper"))
+
+
+def run_train(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_rows_exit_2_with_one_line(tmp_path) -> None:
+    """Through the real entry point: before, bf17 was Lightning's ValueError under Hydra (exit 1) and a FASTA with a
+    record name twice ended in pyfaidx's ValueError (found when the data is opened, not up front)."""
+    duplicated = tmp_path / "twice.fa"
+    duplicated.write_text(">chr1\n" + "ACGT" * 30 + "\n>chr1\n" + "TTGCA" * 30 + "\n")
+    cases = [
+        (["trainer.precision=bf17"], "trainer.precision='bf17' is not one of auto"),
+        ([f"data.fasta={duplicated}", "data.num_workers=0"], f"FASTA file {duplicated} has two records named"),
+    ]
+    for overrides, fragment in cases:
+        result = run_train(*overrides, f"paths.output_root={tmp_path / 'out'}", "export=false")
+        assert result.returncode == 2, result.stderr[-3000:]
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert last_line.startswith("dnabert: error: ") and fragment in last_line, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert result.stderr.count("dnabert: error:") == 1
+
+
+def test_fasta_errors_found_when_opened(tmp_path) -> None:
+    """What only reading the file reveals, for callers of Genome.open that skip the up-front check."""
+    cases = {
+        "twice.fa": (b">a\nACGTACGT\n>a\nACGTACGT\n", "has two records named \"a\""),
+        "binary.fa": (b">a\nACGT\xff\xfe\x00ACGT\n", "is not text"),
+    }
+    for name, (content, fragment) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DnabertError, match=re.escape(fragment)):
+            Genome.open(GenomeSource(name, tmp_path / name), k=3, cache_dir=tmp_path / "cache")
+    with pytest.raises(DnabertError, match="is a directory"):
+        Genome.open(GenomeSource("folder", tmp_path), k=3, cache_dir=tmp_path / "cache")
+
+
+def test_fasta_damaged_mid_run_is_a_dnabert_error_in_one_line(tmp_path) -> None:
+    """A check that cannot be made up front: the FASTA changes under a running data stream. Before, the non-A/C/G/T
+    codes became out-of-vocabulary ids. In a DataLoader worker torch re-raises the error with the worker's
+    traceback as its message; what train.py prints is still the one line."""
+    fasta = tmp_path / "genome.fa"
+    shutil.copy(DEMO_FASTA, fasta)
+    data = GenomeDataModule([{"name": "g", "fasta": str(fasta)}], k=6, micro_batch_size=4, num_workers=0,
+                            max_tokens=64, val_fraction=0.0, cache_dir=tmp_path / "cache", pin_memory=False)
+    data.setup()
+    with fasta.open("r+b") as handle:  # same size, same line layout: every base after the header becomes N
+        header = handle.readline()
+        body = handle.read()
+        handle.seek(len(header))
+        handle.write(re.sub(rb"[ACGTacgt]", b"N", body))
+    with pytest.raises(DnabertError) as caught:
+        next(iter(data.train_dataloader()))
+    message = str(caught.value)
+    assert message.startswith("genome 'g' (") and str(fasta) in message and "changed or was damaged" in message
+    try:
+        raise caught.value
+    except DnabertError:
+        from_worker = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DnabertError) as reraised:
+        from_worker.reraise()
+    assert "Traceback" in str(reraised.value) and user_message(reraised.value) == message
