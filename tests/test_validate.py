@@ -100,7 +100,8 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("model.attention_probs_dropout_prob=-0.1",), "model.attention_probs_dropout_prob=-0.1 must be in [0, 1)"),
     (("model.layer_norm_eps=0",), "model.layer_norm_eps=0 must be > 0"),
     (("model.initializer_range=0",), "model.initializer_range=0 must be > 0"),
-    (("model.hidden_act=swishy",), "model.hidden_act='swishy' is unknown"),
+    (("model.hidden_act=swishy",), "model.hidden_act='swishy' is unknown; use one of transformers' activations"),
+    (("model.hidden_act=1",), "model.hidden_act=1 is not text"),
     (("model.init_from={DIR}/no_model",), "no_model' is missing; point it at a directory saved by save_pretrained"),
     (("model.compile=fast",), "model.compile='fast' is not true or false"),
     (("model.attention=flash",), "model.attention='flash' is not one of sdpa, flex"),
@@ -150,7 +151,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("data.max_tokens=1024",), "data.max_tokens=1024 exceeds model.max_position_embeddings=512"),
     (("data.pack_rows=true", "data.pack_row_tokens=32"), "data.pack_row_tokens=32 is below data.max_tokens=64"),
     (("model.num_attention_heads=3",), "model.hidden_size=128 is not divisible by model.num_attention_heads=3"),
-    (("model=small", "model.attention=flex"), "model.attention=flex has no attention dropout"),
+    (("model=small", "model.attention=flex"), "FlexAttention has no attention dropout"),
     (("+trainer.max_steps=5",), "trainer.max_steps is set by dnabert from max_steps"),
     (("+trainer.gradient_clip=1",), "trainer.gradient_clip is not a Lightning Trainer argument"),
 ]

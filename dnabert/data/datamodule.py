@@ -248,6 +248,15 @@ def genome_sources(genomes: Sequence[GenomeSource | Mapping[str, Any]]) -> list[
     return sources
 
 
+def check_pack_row_tokens(pack_rows: bool, pack_row_tokens: int | None, max_tokens: int) -> None:
+    """A packed row must hold a full-length window (also checked up front, dnabert.run.validate)."""
+    if pack_rows and pack_row_tokens is not None and pack_row_tokens < max_tokens:
+        raise DnabertError(
+            f"data.pack_row_tokens={pack_row_tokens} is below data.max_tokens={max_tokens}: a full-length window "
+            "would not fit a row. Set it to at least max_tokens, or null (= max_tokens)."
+        )
+
+
 class WindowDataModule(L.LightningDataModule):
     """What every windowed corpus shares: the training stream, the validation set and the loaders.
 
@@ -283,11 +292,7 @@ class WindowDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.rule = WindowRule(k, max_tokens, length_rule)
-        if pack_rows and pack_row_tokens is not None and pack_row_tokens < max_tokens:
-            raise DnabertError(
-                f"data.pack_row_tokens={pack_row_tokens} is below data.max_tokens={max_tokens}: a full-length window "
-                "would not fit a row. Set it to at least max_tokens, or null (= max_tokens)."
-            )
+        check_pack_row_tokens(pack_rows, pack_row_tokens, max_tokens)
         # None: one window per row; else rows packed with windows up to this many tokens (dnabert.data.packing)
         self.pack_row_tokens = (pack_row_tokens or max_tokens) if pack_rows else None
         self.k = k

@@ -29,14 +29,15 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-from transformers.activations import ACT2FN
 
+from dnabert.data.datamodule import check_pack_row_tokens
 from dnabert.data.masking import MASKING_MODES
 from dnabert.data.sources import FORMATS
 from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.data.windows import LENGTH_RULES
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert.model import ATTENTION_BACKENDS
+from dnabert.models.components import ATTENTION_BACKENDS, check_attention_backend
+from dnabert.models.dnabert.model import ModelConfig
 from dnabert.run.config import accumulation_steps, declared_device_count, mask_switch_step, resolve_device_count
 
 # What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
@@ -233,10 +234,6 @@ def gpu_name(value: str, cfg: DictConfig) -> str | None:
     return None
 
 
-def activation(value: str, cfg: DictConfig) -> str | None:
-    return None if value in ACT2FN else "is unknown; use a transformers activation such as gelu, gelu_new or relu"
-
-
 def fits_k(value: int, cfg: DictConfig) -> str | None:
     needed = vocab_size(cfg.k)
     return None if value == needed else f"does not fit k={cfg.k} (needs {needed}); leave it at ${{vocab_size:${{k}}}}"
@@ -328,8 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
             within=PROBABILITY),
     Setting("model.layer_norm_eps", NUMBER, "e.g. model.layer_norm_eps=1e-12", within=POSITIVE),
     Setting("model.initializer_range", NUMBER, "e.g. model.initializer_range=0.02", within=POSITIVE),
-    Setting("model.hidden_act", TEXT, "use one of transformers' activations such as gelu, gelu_new or relu",
-            check=activation),
+    Setting("model.hidden_act", TEXT, "use one of transformers' activations such as gelu, gelu_new or relu"),
     Setting("model.init_from", TEXT, "or null to start from random weights", optional=True,
             check=existing_directory, on_disk=True),
     Setting("model.compile", BOOL, "use true or false"),
@@ -422,25 +418,14 @@ def windows_fit_positions(cfg: DictConfig) -> None:
 
 
 def packed_rows_hold_a_window(cfg: DictConfig) -> None:
-    row_tokens = OmegaConf.select(cfg, "data.pack_row_tokens")
-    if OmegaConf.select(cfg, "data.pack_rows") and row_tokens is not None and row_tokens < cfg.data.max_tokens:
-        raise DnabertError(
-            f"data.pack_row_tokens={row_tokens} is below data.max_tokens={cfg.data.max_tokens}: a full-length window "
-            "would not fit a row. Set it to at least max_tokens, or null (= max_tokens)."
-        )
+    check_pack_row_tokens(cfg.data.pack_rows, OmegaConf.select(cfg, "data.pack_row_tokens"), cfg.data.max_tokens)
 
 
-def heads_divide_hidden(cfg: DictConfig) -> None:
-    hidden, heads = cfg.model.hidden_size, cfg.model.num_attention_heads
-    if hidden % heads:
-        raise DnabertError(f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads}; "
-                           "pick a head count that divides the hidden size.")
-
-
-def flex_without_attention_dropout(cfg: DictConfig) -> None:
-    if cfg.model.attention == "flex" and cfg.model.attention_probs_dropout_prob > 0:
-        raise DnabertError("model.attention=flex has no attention dropout: set model.attention_probs_dropout_prob=0 "
-                           "or use model.attention=sdpa.")
+def model_builds(cfg: DictConfig) -> None:
+    """The BERT config's own checks (heads divide the hidden size, a known activation) and the attention kernel's."""
+    fields = {key: value for key, value in _value(cfg, "model").items() if key in ModelConfig.__dataclass_fields__}
+    config = ModelConfig.from_dict(fields)
+    check_attention_backend(cfg.model.attention, config.attention_probs_dropout_prob)
 
 
 def one_genome_source(cfg: DictConfig) -> None:
@@ -469,8 +454,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("max_steps", "masking.final_rate_steps"), mask_switch_within_run),
     Agreement(("model.max_position_embeddings", "data.max_tokens"), windows_fit_positions),
     Agreement(("data.pack_rows", "data.max_tokens"), packed_rows_hold_a_window),
-    Agreement(("model.hidden_size", "model.num_attention_heads"), heads_divide_hidden),
-    Agreement(("model.attention", "model.attention_probs_dropout_prob"), flex_without_attention_dropout),
+    Agreement(("model.hidden_size", "model.num_attention_heads", "model.attention"), model_builds),
     Agreement(("data.fasta", "data.genomes"), one_genome_source, on_this_machine=True),
 )
 
