@@ -136,8 +136,8 @@ def folder_name(value: str, cfg: DictConfig) -> str | None:
     """Names that become one folder of the run directory (outputs/<experiment_name>/<run_name>)."""
     if NAME_PATTERN.fullmatch(value):
         return None
-    return ("becomes a folder name: use letters, digits and . _ - + = , @ (no '/', no spaces, not starting with "
-            "a dot), at most 200 characters")
+    return ("becomes a folder name: use letters, digits and . _ - + = , @, starting with a letter or digit (no '/', "
+            "no spaces), at most 200 characters")
 
 
 def _file_problem(path: Path, what: str) -> str | None:
@@ -379,6 +379,16 @@ SETTINGS: tuple[Setting, ...] = (
 
 
 # ------------------------------------------------------------------------------------------------ agreements
+@dataclass(frozen=True)
+class Agreement:
+    """A check between settings; it runs where all its `keys` are present, after every row passed. Those that
+    look at this machine or its files are skipped where nothing runs here (estimate=true)."""
+
+    keys: tuple[str, ...]
+    check: Callable[[DictConfig], None]
+    on_this_machine: bool = False
+
+
 # Trainer arguments that dnabert sets from other settings: setting them under trainer.* would be overwritten.
 TRAINER_OWNED = {
     "max_steps": "max_steps", "accumulate_grad_batches": "global_batch_size",
@@ -397,6 +407,10 @@ def trainer_arguments(cfg: DictConfig) -> None:
             raise DnabertError(f"trainer.{key} is not a Lightning Trainer argument; remove it or fix its spelling.")
 
 
+def devices_available(cfg: DictConfig) -> None:
+    resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)
+
+
 def batch_divides(cfg: DictConfig) -> None:
     accumulation_steps(cfg.global_batch_size, cfg.data.micro_batch_size,
                        declared_device_count(cfg.trainer.accelerator, cfg.trainer.devices), cfg.trainer.num_nodes)
@@ -408,9 +422,8 @@ def mask_switch_within_run(cfg: DictConfig) -> None:
 
 def windows_fit_positions(cfg: DictConfig) -> None:
     """Longer windows than position embeddings would end mid-run in an index error on the first long window."""
-    positions = OmegaConf.select(cfg, "model.max_position_embeddings")
-    max_tokens = OmegaConf.select(cfg, "data.max_tokens")
-    if positions is not None and max_tokens is not None and max_tokens > positions:
+    positions, max_tokens = cfg.model.max_position_embeddings, cfg.data.max_tokens
+    if max_tokens > positions:
         raise DnabertError(
             f"data.max_tokens={max_tokens} exceeds model.max_position_embeddings={positions}; lower data.max_tokens "
             "or raise the model's positions (a pretrained model's cannot change)."
@@ -429,22 +442,8 @@ def model_builds(cfg: DictConfig) -> None:
 
 
 def one_genome_source(cfg: DictConfig) -> None:
-    if "genomes" in cfg.data and not cfg.data.fasta and not cfg.data.genomes:
+    if not cfg.data.fasta and not cfg.data.genomes:
         raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """A check between settings; it runs where all its `keys` are present, after every row passed. Those that
-    look at this machine or its files are skipped where nothing runs here (estimate=true)."""
-
-    keys: tuple[str, ...]
-    check: Callable[[DictConfig], None]
-    on_this_machine: bool = False
-
-
-def devices_available(cfg: DictConfig) -> None:
-    resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)
 
 
 AGREEMENTS: tuple[Agreement, ...] = (
