@@ -136,6 +136,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     # logger
     (("logger=wandb", "logger.wandb.project="), "logger.wandb.project='' is empty"),
     (("logger=wandb", "logger.wandb.offline=sometimes"), "logger.wandb.offline='sometimes' is not true or false"),
+    (("logger=wandb", "logger.wandb.mode=onlin"), "logger.wandb.mode='onlin' is not one of online, offline"),
     (("logger=wandb", "logger.wandb.entity="), "logger.wandb.entity='' is empty"),
     (("logger=wandb", "logger.wandb.group="), "logger.wandb.group='' is empty"),
     (("logger=wandb", "logger.wandb.resume=restart"), "logger.wandb.resume='restart' is not one of allow"),

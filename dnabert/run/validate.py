@@ -363,6 +363,8 @@ SETTINGS: tuple[Setting, ...] = (
     # logger (configs/logger/*.yaml)
     Setting("logger.wandb.project", TEXT, "name the wandb project (or set WANDB_PROJECT)", check=not_blank),
     Setting("logger.wandb.offline", BOOL, "use true (write locally, `wandb sync` later) or false"),
+    Setting("logger.wandb.mode", TEXT, "null: online when the server is reachable, else offline; online: insist",
+            optional=True, choices=("online", "offline", "disabled")),
     Setting("logger.wandb.entity", TEXT, "name the wandb team or user (or set WANDB_ENTITY), or null", optional=True,
             check=not_blank),
     Setting("logger.wandb.group", TEXT, "e.g. logger.wandb.group=${experiment_name}", check=not_blank),
