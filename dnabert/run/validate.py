@@ -3,8 +3,8 @@
 Why: a mistyped setting used to end deep inside a library (Lightning's precision ValueError under Hydra's "Error
 executing job", torch's "Invalid learning rate"), misreported by a later check (max_steps=0 as a problem of
 masking.final_rate_steps), or, worst, in a dataloader worker after the ranks had started. `validate_config` runs
-first in `dnabert.run.training.run`, before the run directory, the data or any rank exists, and raises one
-DnabertError that names the first bad setting and its fix.
+first in `dnabert.run.training.run`, before the data, the model or any DDP rank exists (Hydra has only made the run
+directory), and raises one DnabertError that names the first bad setting and its fix.
 
 How to extend: a row of `SETTINGS` says what one setting may hold (type, range, choices, or a `check` for
 anything else); a row applies only where its key is present in the composed config, so a config group added
