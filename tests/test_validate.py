@@ -5,6 +5,7 @@ exit code 2 and one line; a FASTA that changes mid-run still ends in a DnabertEr
 from __future__ import annotations
 
 import functools
+import gzip
 import re
 import shutil
 import subprocess
@@ -53,6 +54,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("data.fasta={BINARY}",), "binary.fa' is not a text file"),
     (("data.fasta={DIR}/none.fa",), "none.fa' does not exist"),
     (("data.fasta={NOT_FASTA}",), "does not start with a '>' header line"),
+    (("data.fasta={GZIP}",), "plain.fa.gz' is gzip-compressed but not with bgzip"),
     (("data.genomes=5",), "data.genomes=5 is not a list"),
     (("data.genomes=[]",), "No genome given: set data.fasta"),
     (("data=mixed_demo", "data.genomes.2.name="), "data.genomes[2].name='' is empty"),
@@ -165,8 +167,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (folder / "binary.fa").write_bytes(bytes(range(256)) * 8)
     (folder / "notes.fa").write_text("sample sheet\nACGT\n")
     (folder / "reads.csv").write_text("sequence\nACGTACGTACGTAAACCCGGGTTT\n")
+    (folder / "plain.fa.gz").write_bytes(gzip.compress(b">chr1\nACGT\n"))
     return {"DIR": str(folder), "BINARY": str(folder / "binary.fa"), "NOT_FASTA": str(folder / "notes.fa"),
-            "CSV": str(folder / "reads.csv")}
+            "CSV": str(folder / "reads.csv"), "GZIP": str(folder / "plain.fa.gz")}
 
 
 @functools.cache

@@ -158,7 +158,12 @@ def fasta_file(value: str, cfg: DictConfig) -> str | None:
         return problem
     with path.open("rb") as handle:
         head = handle.read(4096)
-    if head.startswith(GZIP_MAGIC) or head.lstrip().startswith(b">"):
+    if head.startswith(GZIP_MAGIC):
+        if head[3] & 4 and head[12:14] == b"BC":  # BGZF: gzip with an extra field "BC" holding the block size
+            return None
+        return (f"is gzip-compressed but not with bgzip, so it cannot be read at random positions; re-compress it "
+                f"(`zcat {path.name} | bgzip > new.fa.gz`) or decompress it")
+    if head.lstrip().startswith(b">"):
         return None
     if not head.strip():
         return "is empty; point it at a FASTA file with '>' header lines"
