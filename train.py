@@ -11,7 +11,7 @@ from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 os.environ.setdefault("DNABERT_ROOT", str(Path(__file__).resolve().parent))
@@ -59,6 +59,29 @@ def check_output_override(argv: list[str]) -> None:
             return
 
 
+def check_folder_names(argv: list[str]) -> None:
+    """Hydra creates outputs/<experiment_name>/<run_name> before any of our code runs: a name with '/' or '..' would
+    put a folder elsewhere first, so these two are checked from the command line (everything else in run())."""
+    named = [arg for arg in argv if arg.partition("=")[0] in ("run_name", "experiment_name")]
+    if not named:
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dnabert.run.validate import SETTINGS, check_value
+
+    rows = {setting.key: setting for setting in SETTINGS}
+    for override in OverridesParser.create().parse_overrides(named):
+        value = override.value()
+        if override.is_sweep_override() or (isinstance(value, str) and "${" in value):
+            continue  # a sweep or an interpolation: run() checks what Hydra makes of it
+        try:
+            check_value(rows[override.key_or_group], override.key_or_group, value, OmegaConf.create())
+        except DnabertError as err:
+            print(f"dnabert: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
 if __name__ == "__main__":
     check_output_override(sys.argv[1:])
+    check_folder_names(sys.argv[1:])
     main()

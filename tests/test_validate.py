@@ -255,13 +255,15 @@ def run_train(*overrides: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_cli_rows_exit_2_with_one_line(tmp_path) -> None:
-    """Through the real entry point: before, bf17 was Lightning's ValueError under Hydra (exit 1) and a FASTA with a
-    record name twice ended in pyfaidx's ValueError (found when the data is opened, not up front)."""
+    """Through the real entry point: before, bf17 was Lightning's ValueError under Hydra (exit 1), a FASTA with a
+    record name twice ended in pyfaidx's ValueError (found when the data is opened, not up front), and Hydra made
+    the folder of a run name with '..' before any check."""
     duplicated = tmp_path / "twice.fa"
     duplicated.write_text(">chr1\n" + "ACGT" * 30 + "\n>chr1\n" + "TTGCA" * 30 + "\n")
     cases = [
         (["trainer.precision=bf17"], "trainer.precision='bf17' is not one of auto"),
         ([f"data.fasta={duplicated}", "data.num_workers=0"], f"FASTA file {duplicated} has two records named"),
+        (["run_name=../escape"], "run_name='../escape' becomes a folder name"),
     ]
     for overrides, fragment in cases:
         result = run_train(*overrides, f"paths.output_root={tmp_path / 'out'}", "export=false")
@@ -270,6 +272,7 @@ def test_cli_rows_exit_2_with_one_line(tmp_path) -> None:
         assert last_line.startswith("dnabert: error: ") and fragment in last_line, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
         assert result.stderr.count("dnabert: error:") == 1
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["demo"]  # Hydra made no outputs/escape
 
 
 def test_fasta_errors_found_when_opened(tmp_path) -> None:

@@ -498,6 +498,13 @@ def _present(cfg: DictConfig, keys: tuple[str, ...]) -> bool:
     return all(OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT for key in keys)
 
 
+def check_value(setting: Setting, key: str, value: Any, cfg: DictConfig) -> None:
+    """One value against its row: the message is "<key>=<value> <problem>; <fix>."."""
+    problem = setting.problem(value, cfg)
+    if problem:
+        raise DnabertError(f"{key if value is None else f'{key}={value!r}'} {problem}.")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise one DnabertError for the first setting that is wrong or disagrees with another; files and devices are
     looked at only where the run will use them (not for estimate=true)."""
@@ -507,11 +514,8 @@ def validate_config(cfg: DictConfig) -> None:
             continue
         for key in _concrete_keys(cfg, setting.key):
             value = _value(cfg, key)
-            if value is _ABSENT:
-                continue
-            problem = setting.problem(value, cfg)
-            if problem:
-                raise DnabertError(f"{key if value is None else f'{key}={value!r}'} {problem}.")
+            if value is not _ABSENT:
+                check_value(setting, key, value, cfg)
     for agreement in AGREEMENTS:
         if _present(cfg, agreement.keys) and (check_here or not agreement.on_this_machine):
             agreement.check(cfg)
