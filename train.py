@@ -66,11 +66,16 @@ def check_folder_names(argv: list[str]) -> None:
     if not named:
         return
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
     from dnabert.run.validate import SETTINGS, check_value
 
     rows = {setting.key: setting for setting in SETTINGS}
-    for override in OverridesParser.create().parse_overrides(named):
+    try:
+        overrides = OverridesParser.create().parse_overrides(named)
+    except OverrideParseException:
+        return  # Hydra reports the syntax itself
+    for override in overrides:
         value = override.value()
         if override.is_sweep_override() or (isinstance(value, str) and "${" in value):
             continue  # a sweep or an interpolation: run() checks what Hydra makes of it
