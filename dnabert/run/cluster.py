@@ -6,6 +6,9 @@ Why it looks like this:
   instead only records the signal; at the next optimiser-step boundary all ranks agree, save `last.ckpt`
   (atomically, through our CheckpointIO) and stop. The requeued job runs the same command, finds the same run
   directory and continues from that step: masks, dropout and data position are functions of the step.
+- A crash in any rank ends the whole run (`EndRunOnCrash`): the data workers ignore SIGTERM (they must outlive a
+  preemption signal until the step ends), so on an exception they are killed outright, or the process would wait
+  for them at exit forever; the rank that failed first reports the error, the others stop with one line.
 - Everything that would otherwise fail after DDP ranks were started (one rank dies, the others hang in a
   collective) is checked first, in the launching process: SLURM task counts, NCCL without CUDA, wandb online
   without credentials, a checkpoint of another model shape.
@@ -13,10 +16,13 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import multiprocessing
 import netrc
 import os
 import signal
 import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +32,9 @@ from urllib.parse import urlparse
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dnabert.errors import DnabertError
@@ -34,6 +42,8 @@ from dnabert.run.checkpoints import read_checkpoint
 
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 WANDB_ID_FILE = "wandb_run_id"
+# Counter in the process group's key-value store: the rank that increments it first is the one that failed.
+FAILURES_KEY = "dnabert/failures"
 # Shape-defining model settings: a checkpoint whose values differ cannot be loaded into this run's model.
 SHAPE_SETTINGS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size")
@@ -148,9 +158,81 @@ class PreemptionCheckpoint(L.Callback):
             rank_zero_info(f"Requeued SLURM job {os.environ['SLURM_JOB_ID']}: continues from {self.checkpoint_path}.")
 
 
+def end_data_workers() -> None:
+    """Kill this process's DataLoader workers (its daemonic multiprocessing children).
+
+    They ignore SIGTERM (SLURM signals the whole process group; see `ignore_scheduler_signals`), and
+    multiprocessing's exit handler ends daemonic children with SIGTERM and then waits for them: without this, a
+    process whose training loop raised waits at exit forever, and under SLURM holds its GPUs until the time limit.
+    """
+    workers = [process for process in multiprocessing.active_children() if process.daemon]
+    if not workers:
+        return
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler would turn these deaths into a second error ("worker killed by signal").
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout=10)
+
+
+def failed_first() -> bool:
+    """Whether this rank's error is the run's first: the others then fail only because it stopped (a collective
+    with a dead peer), and their errors would bury the real one.
+
+    The process group's store (served by global rank 0) counts failures atomically. When it is unreachable,
+    rank 0 is gone, so it failed first.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    try:
+        return dist.distributed_c10d._get_default_store().add(FAILURES_KEY, 1) == 1
+    except (RuntimeError, OSError):  # torch raises DistNetworkError/DistStoreError (RuntimeError subclasses)
+        return False
+
+
+class EndRunOnCrash(L.Callback):
+    """Any exception in any rank ends every process of the run within seconds, with a non-zero exit status and
+    the error reported once.
+
+    The first rank to fail kills its data workers and the ranks it launched (Lightning's launcher on one node),
+    then lets the error propagate (traceback, exit 1). A rank that fails after it (its collective lost a peer)
+    prints one line and exits at once. Ranks launched by something else end with their peer: under `srun
+    --kill-on-bad-exit=1` SLURM kills them; a rank launched by Lightning is killed by its launcher, and a launcher
+    whose child failed is killed by Lightning's child-process observer.
+    """
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        end_data_workers()
+        if not failed_first():
+            print(f"dnabert: rank {trainer.global_rank} stopped because another rank failed first (its error is "
+                  "reported above or in its own log).", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)  # its own error is a consequence; Lightning's clean-up would wait for the dead peer
+        launcher = trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher):
+            launcher.kill(signal.SIGKILL)
+        finalize_loggers_quietly(trainer, exception)
+
+
+def finalize_loggers_quietly(trainer: L.Trainer, exception: BaseException) -> None:
+    """Mark the loggers' runs failed here, where a logger that fails again (its folder deleted, the disk full: often
+    the very error being handled) costs one line instead of a second traceback; Lightning then has none left to
+    finalize."""
+    for logger in trainer.loggers:
+        try:
+            logger.finalize("failed")
+        except Exception as err:  # any logger, any backend: the run's own error is the one to report
+            if err is not exception:
+                rank_zero_warn(f"{type(logger).__name__} could not finish after the error below: {err}")
+    trainer.loggers = []
+
+
 def cluster_callbacks(run_dir: str) -> list[L.Callback]:
-    """Callbacks that save a checkpoint and requeue when the scheduler signals preemption."""
-    return [PreemptionCheckpoint(run_dir)]
+    """Callbacks that save a checkpoint and requeue when the scheduler signals preemption, and that end every
+    process of the run when one of them fails."""
+    return [PreemptionCheckpoint(run_dir), EndRunOnCrash()]
 
 
 # --------------------------------------------------------------------------------------------- launch checks

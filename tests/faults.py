@@ -1,0 +1,24 @@
+"""Faults a test injects into a real `python train.py` run through Hydra, e.g.
+`+callbacks.fault._target_=tests.faults.RaiseAtStep +callbacks.fault.step=5 +callbacks.fault.rank=1`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose; its name in a log marks where the run's one error report is."""
+
+
+class RaiseAtStep(L.Callback):
+    """Raise in one rank only (the others carry on into the next collective) once it has trained `step` steps."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step >= self.step:
+            raise InjectedFault(f"injected fault in rank {self.rank} at step {trainer.global_step}")
