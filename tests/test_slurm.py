@@ -2,6 +2,8 @@
 apt-get when missing): the CPU smoke script runs 2 tasks (DDP over gloo); SIGUSR1 (what `--signal` sends near the
 time limit) makes it checkpoint at a step boundary and requeue itself; `scontrol requeue` from outside stops it
 mid-run; each time the requeued job continues in the same run directory from the saved step and finally finishes.
+The soak (issue 12, item 9) requeues one job six times, once after losing a rank to SIGKILL, and compares the end
+with an uninterrupted run: weights, run directory, wandb run, metrics history.
 """
 
 from __future__ import annotations
@@ -9,16 +11,30 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
+from dnabert.tools.report import load_metrics
 from tests.conftest import ROOT
-from tests.training_runs import TINY, checkpoint, free_port, metric_by_step, wait_for
+from tests.training_runs import (
+    TINY,
+    checkpoint,
+    final_weights,
+    finish,
+    free_port,
+    metric_by_step,
+    run_dir,
+    start_training,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -133,3 +149,107 @@ def test_hydra_submitit_launcher_runs_a_sweep_job(slurm: dict[str, str], tmp_pat
         assert f"#SBATCH {line}" in script
     task_logs = "".join(p.read_text() for p in (outputs / "demo" / "multirun" / ".submitit").rglob("*_log.*"))
     assert "Starting with 2 processes" in task_logs and "Training from step 0 " in task_logs
+
+
+# ------------------------------------------------------------------------------------------------------ soak
+SOAK_STEPS = 150
+SOAK = (f"max_steps={SOAK_STEPS}", "callbacks.model_checkpoint.every_n_train_steps=5", "trainer.val_every_n_steps=20",
+        "logger=wandb")
+USR1_REQUEUES = 5
+
+
+def rank_process(job: str, rank: int) -> int:
+    """The pid of one task's training process (not its data worker, whose parent is that process)."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = dict(item.split("=", 1) for item in environ.read_text().split("\0") if "=" in item)
+            parent = (environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except OSError:  # ended while we looked
+            continue
+        if (variables.get("SLURM_JOB_ID") == job and variables.get("SLURM_PROCID") == str(rank)
+                and b"train.py" in (environ.parent / "cmdline").read_bytes() and b"train.py" not in parent_command):
+            return int(environ.parent.name)
+    raise AssertionError(f"no training process of rank {rank} in job {job}")
+
+
+def reproducible_metrics(directory: Path) -> pd.DataFrame:
+    """The run's metrics history as the report reads it, without the columns that measure speed."""
+    metrics = load_metrics(directory)
+    return metrics[[name for name in sorted(metrics.columns) if not name.endswith("_per_s")]]
+
+
+@pytest.mark.slow
+def test_soak_requeued_six_times_and_losing_a_rank_ends_like_an_uninterrupted_run(slurm: dict[str, str],
+                                                                                   tmp_path: Path) -> None:
+    """A 2-task job is stopped by SIGUSR1 five times at varied steps (checkpoint at the step boundary, requeue
+    itself), then loses rank 1 to SIGKILL (the other rank ends at once; the job fails and is requeued by hand, as
+    a user would), and runs to the end. It must end as an uninterrupted 2-process run does."""
+    wandb_env = {name: value for name, value in os.environ.items() if name.startswith("WANDB_")}
+    reference = start_training(tmp_path / "reference", "reference", *SOAK, "trainer=cpu_ddp", "trainer.devices=2",
+                               env=wandb_env)  # meanwhile: the job waits for SLURM most of the time
+    outputs = tmp_path / "outputs"
+    job = slurm_command(
+        {**slurm, **wandb_env}, "sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out",
+        f"--export=ALL,DNABERT_PYTHON={sys.executable}", str(ROOT / "slurm" / "smoke_cpu.sbatch"),
+        *TINY, *SOAK, f"paths.output_root={outputs}",
+    ).strip()
+    log = tmp_path / f"slurm-{job}.out"
+    run = outputs / "demo" / f"job{job}"
+    checkpoints = run / "checkpoints"
+
+    def segment(restart: int) -> str:
+        """What the job printed in its start number `restart` (0: the first)."""
+        text = log.read_text(errors="replace") if log.exists() else ""
+        parts = re.split(r"job \d+ start \S+ restart (\d+) on", text)
+        return next((body for number, body in zip(parts[1::2], parts[2::2], strict=True) if int(number) == restart),
+                    "")
+
+    def started_from(restart: int) -> int:
+        wait_until(lambda: "Training from step" in segment(restart), f"start {restart} to train")
+        return int(re.search(r"Training from step (\d+) ", segment(restart)).group(1))
+
+    def newest_checkpoint() -> int:
+        steps = [int(p.stem.split("-")[1]) for p in checkpoints.glob("step-*.ckpt")]
+        return max(steps, default=0)
+
+    def saved_after(step: int) -> None:
+        wait_until(lambda: newest_checkpoint() > step, f"a checkpoint after step {step}")
+
+    # 1. Five times: SIGUSR1 while training (as `--signal` sends near the time limit) -> checkpoint, requeue, resume.
+    stops = []
+    for restart in range(USR1_REQUEUES):
+        resumed_at = started_from(restart)
+        assert resumed_at == (stops[-1] if stops else 0), segment(restart)[-3000:]
+        saved_after(resumed_at)
+        slurm_command(slurm, "scancel", "--signal=USR1", job)
+        wait_until(lambda r=restart: f"Requeued SLURM job {job}" in segment(r), "the job to requeue itself")
+        stops.append(int(re.search(r"SIGUSR1: saved \S+last\.ckpt at step (\d+)", segment(restart)).group(1)))
+    assert len(set(stops)) == USR1_REQUEUES and stops == sorted(stops) and stops[-1] < SOAK_STEPS, stops
+
+    # 2. One rank dies without a word (the kernel's OOM killer, a node fault): the other ends at once, the job fails.
+    resumed_at = started_from(USR1_REQUEUES)
+    assert resumed_at == stops[-1]
+    saved_after(resumed_at)
+    os.kill(rank_process(job, 1), signal.SIGKILL)
+    wait_until(lambda: job_state(slurm, job)["JobState"] == "FAILED", "the job to fail after losing a rank", 120)
+    resume_point = newest_checkpoint()
+    assert resumed_at < resume_point < SOAK_STEPS
+    slurm_command(slurm, "scontrol", "requeue", job)
+    assert started_from(USR1_REQUEUES + 1) == resume_point
+
+    # 3. It ends at max_steps as the uninterrupted run does.
+    wait_until(lambda: job_state(slurm, job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"), "the job to end")
+    state = job_state(slurm, job)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == str(USR1_REQUEUES + 1), segment(6)[-4000:]
+    finish(reference)
+    uninterrupted = run_dir(tmp_path / "reference", "reference")
+    assert checkpoint(checkpoints / "last.ckpt")["global_step"] == SOAK_STEPS
+    weights, expected = final_weights(run), final_weights(uninterrupted)
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[name], expected[name]) for name in weights)
+    assert sorted(p.name for p in (outputs / "demo").iterdir()) == [f"job{job}"]
+    run_id = (run / "wandb_run_id").read_text().strip()
+    wandb_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == USR1_REQUEUES + 2 and {p.name.rsplit("-", 1)[1] for p in wandb_runs} == {run_id}
+    pd.testing.assert_frame_equal(reproducible_metrics(run), reproducible_metrics(uninterrupted))
