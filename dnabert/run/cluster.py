@@ -148,6 +148,10 @@ class PreemptionCheckpoint(L.Callback):
             f"{trainer.global_step}; stopping."
         )
         trainer.should_stop = True
+        # Lightning validates once more on should_stop (meant for early stopping). A run that is not interrupted
+        # does not validate at this step: that validation would add rows to the metrics history that the
+        # uninterrupted run lacks, and spend the scheduler's grace period.
+        trainer.limit_val_batches = 0
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Requeue last: SLURM ends this job at once, so everything else must be finished by now."""
