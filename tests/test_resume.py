@@ -144,6 +144,10 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_ckpt_path_continues_from_it(
     assert 4 <= stopped_at < 40
     last = checkpoints / "last.ckpt"
     assert checkpoint(last)["global_step"] == stopped_at
+    # Validation only where an uninterrupted run validates (every 12 steps, logged as step 11, 23, ...), not once
+    # more at the stop: the resumed history would have rows the uninterrupted one lacks.
+    validated = metric_by_step(run_dir(output_root, "stopped"), "val/loss")
+    assert set(validated) == {step - 1 for step in range(12, stopped_at + 1, 12)}
 
     output = train(output_root, "continued", *STEPS, f"ckpt_path='{last}'")  # quoted: Hydra reads '=' in paths
     assert f"Restoring states from the checkpoint path at {last}" in output

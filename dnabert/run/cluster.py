@@ -148,10 +148,11 @@ class PreemptionCheckpoint(L.Callback):
             f"{trainer.global_step}; stopping."
         )
         trainer.should_stop = True
-        # Lightning validates once more on should_stop (meant for early stopping). A run that is not interrupted
-        # does not validate at this step: that validation would add rows to the metrics history that the
-        # uninterrupted run lacks, and spend the scheduler's grace period.
-        trainer.limit_val_batches = 0
+        if not regular_validation_step(trainer):
+            # Lightning validates once more on should_stop (meant for early stopping). A run that is not
+            # interrupted does not validate at this step: that validation would add rows to the metrics history
+            # that the uninterrupted run lacks, and spend the scheduler's grace period.
+            trainer.limit_val_batches = 0
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Requeue last: SLURM ends this job at once, so everything else must be finished by now."""
@@ -231,6 +232,12 @@ def finalize_loggers_quietly(trainer: L.Trainer, exception: BaseException) -> No
             if err is not exception:
                 rank_zero_warn(f"{type(logger).__name__} could not finish after the error below: {err}")
     trainer.loggers = []
+
+
+def regular_validation_step(trainer: L.Trainer) -> bool:
+    """Whether the micro-batch that just ended is one after which the run validates anyway (val_check_interval)."""
+    every = trainer.val_check_batch
+    return isinstance(every, int) and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
 
 
 def cluster_callbacks(run_dir: str) -> list[L.Callback]:
