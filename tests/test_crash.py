@@ -44,7 +44,7 @@ def test_data_workers_that_ignore_sigterm_are_ended_without_a_second_error() -> 
     """What a crashing process does before it exits: its workers go, and their deaths raise nothing here."""
     loader = DataLoader(Endless(), batch_size=None, num_workers=2, worker_init_fn=ignore_scheduler_signals)
     batches = iter(loader)
-    next(batches)
+    next(batches), next(batches)  # one batch from each worker: both have run worker_init_fn
     workers = list(batches._workers)
     for worker in workers:
         os.kill(worker.pid, signal.SIGTERM)  # what multiprocessing's exit handler sends: ignored
