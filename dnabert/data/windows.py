@@ -2,14 +2,24 @@
 infinite, position-addressable stream.
 
 Why it looks like this:
-- Nothing is materialised: an epoch's windows are a few numpy arrays computed from (seed, genome, epoch), so any
-  stream position can be recomputed exactly after a restart, in any process, without files on disk.
+- Nothing is materialised: an epoch is a plan computed from (seed, genome, epoch), so any stream position can be
+  recomputed exactly after a restart, in any process, without files on disk. The plan is lazy, because a whole
+  epoch's windows do not fit in a data process (GRCh38 at 64 tokens: 60M windows; a 32 Gbp corpus at 128 tokens:
+  about 320M): intervals are split into units of at most 2 x 64 kbp, an epoch is a seeded permutation of the units
+  plus the window count of each, and the units are taken in groups of about 64k windows, each group cut and
+  shuffled only when the stream reaches it. Memory is O(units), not O(windows).
+- Every random draw of the cut is a hash of (seed, genome, epoch, unit, piece) (counter-based, SplitMix64), so a
+  unit's cut is the same whether it is counted for the epoch size or cut for its group, in any process, and
+  counting an epoch is vectorised over all units.
 - Length rule "original" is the DNABERT cut (recipe.md): while more than M = max_tokens - 2 + k - 1 nucleotides
   remain, the next piece is M long with probability 0.5, else max(int(u*M), 5); the remainder is the last
-  piece. Rule "fixed" cuts pieces of exactly M and drops each interval's shorter tail (no padding at all).
-  Every epoch redraws the cut and skips a random phase at the start of each interval longer than M (so cut
-  points move between epochs; the skipped bp are used in other epochs). An interval of at most M bp is one
+  piece. Rule "fixed" cuts pieces of exactly M and drops each unit's shorter tail (no padding at all).
+  Every epoch redraws the cut and skips a random phase at the start of each unit longer than M (so cut
+  points move between epochs; the skipped bp are used in other epochs). A unit of at most M bp is one
   window. Windows shorter than k have no k-mer and are dropped: the original's 5-nt minimum gives zero 6-mers.
+- The shuffle is two-level: a uniform permutation of the units, then a uniform permutation of each group's
+  windows. A micro-batch therefore mixes windows from hundreds of places of the genome (GRCh38 at 512 tokens:
+  about 390 units of 64 kbp per group), not one window from each of B uniformly random places.
 - Several genomes share the stream by weight: each has its own infinite sequence of epochs, and a seeded
   multinomial draw per chunk of stream slots (vectorised) says which genome supplies each slot.
 """
@@ -29,7 +39,12 @@ LENGTH_RULES = ("original", "fixed")
 ORIGINAL_MIN_PIECE = 5  # max(int(u * M), 5) in the original cut
 _MIX_CHUNK = 4096  # stream slots per genome-mixing draw
 _MIX_BLOCK = 256  # chunks drawn by one multinomial call (prefix counts are summed per block)
-_CUT, _SHUFFLE_RC, _MIX_COUNTS, _MIX_ORDER = 1, 2, 3, 4  # RNG stream tags: one purpose per seed sequence
+_CUT, _SHUFFLE_RC, _MIX_COUNTS, _MIX_ORDER, _GROUP_SHUFFLE = 1, 2, 3, 4, 5  # RNG tags: one purpose per seed sequence
+_UNIT_BP = 1 << 16  # intervals are split into units of [64, 128) kbp: the grain of the epoch shuffle
+_GROUP_WINDOWS = 1 << 16  # about this many windows are cut and shuffled together
+_COUNT_PIECES = 1 << 21  # bound on the pieces hashed at once while counting an epoch
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_PHASE_SALT = np.uint64(0x5DEECE66D)
 
 
 @dataclass(frozen=True)
@@ -78,74 +93,172 @@ class Windows:
         return cls(*(np.concatenate(arrays) for arrays in zip(*(p._arrays() for p in parts), strict=True)))
 
 
+def plan_units(intervals: np.ndarray) -> np.ndarray:
+    """Intervals (n, 3) split into units of [_UNIT_BP, 2 * _UNIT_BP) bp (shorter intervals stay whole): the grain of
+    the epoch shuffle. Splitting relative to each interval's start keeps every unit at least as long as its
+    interval or _UNIT_BP, so no unit falls below k."""
+    contig, start, end = (intervals[:, i].astype(np.int64) for i in range(3))
+    per_interval = np.maximum((end - start) // _UNIT_BP, 1)
+    owner = np.repeat(np.arange(len(start)), per_interval)
+    index_in_interval = np.arange(int(per_interval.sum())) - np.repeat(np.cumsum(per_interval) - per_interval,
+                                                                       per_interval)
+    unit_start = start[owner] + index_in_interval * _UNIT_BP
+    is_last = index_in_interval == per_interval[owner] - 1
+    unit_end = np.where(is_last, end[owner], unit_start + _UNIT_BP)
+    return np.column_stack([contig[owner], unit_start, unit_end]).reshape(-1, 3)
+
+
 def cut_intervals(
     intervals: np.ndarray, rule: WindowRule, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(contig, start, length) of the windows tiling `intervals` (n, 3), in interval order."""
+    """(contig, start, length) of the windows tiling `intervals` (n, 3), in interval order; `rng` seeds the cut."""
+    key = int(rng.integers(0, 2**63))
+    owner, start, length = _cut_units(intervals, np.arange(len(intervals)), key, rule)
+    return intervals[owner, 0].astype(np.int64), start, length
+
+
+def _cut_units(
+    units: np.ndarray, unit_ids: np.ndarray, key: int, rule: WindowRule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row of `units`, start, length) of the windows of each unit, unit after unit; a pure function of
+    (key, unit id), so any subset of units is cut exactly as in the whole epoch."""
     longest = rule.max_nucleotides
-    contig, start, end = (intervals[:, i].astype(np.int64) for i in range(3))
+    start, end = units[:, 1].astype(np.int64), units[:, 2].astype(np.int64)
     size = end - start
     is_long = size > longest
+    unit_keys = _mix64(unit_ids.astype(np.uint64) * _GOLDEN + np.uint64(key))
     # Random phase, at most what keeps one full window after it.
-    phase = np.where(is_long, rng.integers(0, np.clip(size - longest, 0, longest) + 1), 0)
+    phase_cap = np.clip(size - longest, 0, longest) + 1
+    phase = np.where(is_long, _uniform(_mix64(unit_keys ^ _PHASE_SALT), phase_cap), 0)
     start, size = start + phase, size - phase
-    pieces_per_interval, lengths = (
-        _original_pieces(size, is_long, longest, rng)
-        if rule.length_rule == "original"
-        else _fixed_pieces(size, is_long, longest)
-    )
-    owner = np.repeat(np.arange(len(size)), pieces_per_interval)
-    first_piece = np.cumsum(pieces_per_interval) - pieces_per_interval
-    offset_in_interval = np.cumsum(lengths) - lengths
-    offset_in_interval -= np.repeat(offset_in_interval[first_piece], pieces_per_interval)
-    keep = lengths >= rule.k
-    return contig[owner][keep], (start[owner] + offset_in_interval)[keep], lengths[keep]
+    if rule.length_rule == "original":
+        owner, offset, length = _original_pieces(size, is_long, longest, unit_keys)
+    else:
+        owner, offset, length = _fixed_pieces(size, is_long, longest)
+    keep = length >= rule.k
+    return owner[keep], start[owner[keep]] + offset[keep], length[keep]
 
 
 def _original_pieces(
-    size: np.ndarray, is_long: np.ndarray, longest: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """The DNABERT cut: i.i.d. piece lengths consumed interval after interval, plus each interval's remainder.
+    size: np.ndarray, is_long: np.ndarray, longest: int, unit_keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The DNABERT cut of each unit: i.i.d. piece lengths while more than `longest` remains, then the remainder.
 
-    Pieces come from one pool in order, so interval i uses pool[p_i:p_{i+1}]; only the search for each p_{i+1}
-    loops in Python (once per long interval), the rest is vectorised.
+    Piece j of a unit is hash(unit key, j); a unit draws a generous number of pieces at once (about 1.5x what it
+    needs; units whose draw falls short, which is rare, draw twice as many again) and keeps those that start
+    before size - longest.
     """
-    need = int(size[is_long].sum())
-    pool = _draw_original_pieces(rng, need // (longest // 2) + 64, longest)
-    pool_end = np.concatenate([[0], np.cumsum(pool)])
-    pointers = np.zeros(len(size) + 1, dtype=np.int64)  # pool index after each interval's pieces
-    pointer = 0
-    for index in np.flatnonzero(is_long):
-        target = pool_end[pointer] + size[index] - longest  # take pieces until at most `longest` remains
-        after = int(np.searchsorted(pool_end, target, side="left"))
-        while after >= len(pool_end):  # pool exhausted (rare): extend it from the same stream
-            pool = np.concatenate([pool, _draw_original_pieces(rng, len(pool) + 64, longest)])
-            pool_end = np.concatenate([[0], np.cumsum(pool)])
-            after = int(np.searchsorted(pool_end, target, side="left"))
-        pointers[index + 1] = pointer = after
-    pointers = np.maximum.accumulate(pointers)  # short intervals draw nothing: carry the pointer over them
-    drawn = np.diff(pointers)
-    remainder = size - (pool_end[pointers[1:]] - pool_end[pointers[:-1]])
-    pieces_per_interval = drawn + 1
-    lengths = np.empty(int(pieces_per_interval.sum()), dtype=np.int64)
-    last_piece = np.cumsum(pieces_per_interval) - 1
-    is_drawn = np.ones(len(lengths), dtype=bool)
-    is_drawn[last_piece] = False
-    lengths[is_drawn] = pool[: pointers[-1]]
-    lengths[last_piece] = remainder
-    return pieces_per_interval, lengths
+    target = np.where(is_long, size - longest, 0)  # drawn pieces cover at least this much
+    guess = np.where(is_long, target // max(longest // 2, 1) + 8, 0)
+    while True:
+        owner = np.repeat(np.arange(len(size)), guess)
+        first = np.cumsum(guess) - guess
+        index = np.arange(len(owner), dtype=np.uint64) - np.repeat(first, guess).astype(np.uint64)
+        hashes = _mix64(unit_keys[owner] + (index + np.uint64(1)) * _GOLDEN)
+        drawn = _uniform(hashes, np.uint64(2 * longest))  # >= longest: a full piece (p = 0.5), else int(u * M)
+        length = np.where(drawn >= longest, longest, np.maximum(drawn, ORIGINAL_MIN_PIECE))
+        total = np.concatenate([[0], np.cumsum(length)])
+        end_in_unit = total[1:] - np.repeat(total[first], guess)
+        short = np.zeros(len(size), dtype=bool)
+        has_pieces = guess > 0
+        short[has_pieces] = end_in_unit[first[has_pieces] + guess[has_pieces] - 1] < target[has_pieces]
+        if not short.any():
+            break
+        guess = np.where(short, guess * 2, guess)
+    is_drawn = end_in_unit - length < target[owner]  # pieces that start while more than `longest` remains
+    owner, length, offset = owner[is_drawn], length[is_drawn], (end_in_unit - length)[is_drawn]
+    used = np.bincount(owner, weights=length, minlength=len(size)).astype(np.int64)
+    units = np.arange(len(size))
+    all_owner = np.concatenate([owner, units])
+    order = np.argsort(all_owner, kind="stable")  # each unit's drawn pieces, then its remainder
+    return (all_owner[order], np.concatenate([offset, used])[order],
+            np.concatenate([length, size - used])[order])
 
 
-def _draw_original_pieces(rng: np.random.Generator, count: int, longest: int) -> np.ndarray:
-    full = rng.random(count) >= 0.5
-    random_length = np.maximum((rng.random(count) * longest).astype(np.int64), ORIGINAL_MIN_PIECE)
-    return np.where(full, longest, random_length)
+def _fixed_pieces(
+    size: np.ndarray, is_long: np.ndarray, longest: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pieces_per_unit = np.where(is_long, size // longest, 1)
+    owner = np.repeat(np.arange(len(size)), pieces_per_unit)
+    index = np.arange(len(owner)) - np.repeat(np.cumsum(pieces_per_unit) - pieces_per_unit, pieces_per_unit)
+    return owner, index * longest, np.where(is_long, longest, size)[owner]
 
 
-def _fixed_pieces(size: np.ndarray, is_long: np.ndarray, longest: int) -> tuple[np.ndarray, np.ndarray]:
-    pieces_per_interval = np.where(is_long, size // longest, 1)
-    lengths = np.repeat(np.where(is_long, longest, size), pieces_per_interval)
-    return pieces_per_interval, lengths
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: uint64 -> well-mixed uint64, elementwise (a counter-based random draw)."""
+    values = values ^ (values >> np.uint64(30))
+    values *= np.uint64(0xBF58476D1CE4E5B9)
+    values ^= values >> np.uint64(27)
+    values *= np.uint64(0x94D049BB133111EB)
+    values ^= values >> np.uint64(31)
+    return values
+
+
+def _uniform(hashes: np.ndarray, bound: np.ndarray | np.uint64) -> np.ndarray:
+    """Integers uniform in [0, bound) (bound < 2**32) from hashes: the top 32 bits scaled (Lemire), as int64."""
+    return (((hashes >> np.uint64(32)) * np.asarray(bound, dtype=np.uint64)) >> np.uint64(32)).astype(np.int64)
+
+
+def _epoch_key(seed: int, genome_index: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, genome_index, epoch, _CUT]).generate_state(1, np.uint64)[0])
+
+
+class EpochPlan:
+    """One genome's epoch without its windows: the unit order, each group's units and window range. Windows are
+    made group by group (`group`); `len` is the epoch's window count."""
+
+    def __init__(
+        self, units: np.ndarray, rule: WindowRule, seed: int, genome_index: int, epoch: int,
+        reverse_complement: bool = False,
+    ) -> None:
+        self.units, self.rule, self.reverse_complement = units, rule, reverse_complement
+        self.seed, self.genome_index, self.epoch = seed, genome_index, epoch
+        self.key = _epoch_key(seed, genome_index, epoch)
+        order = np.random.default_rng([seed, genome_index, epoch, _SHUFFLE_RC]).permutation(len(units))
+        window_start = np.concatenate([[0], np.cumsum(self._unit_window_counts()[order])])
+        group_of_unit = window_start[:-1] // _GROUP_WINDOWS
+        self.unit_bounds = np.append(np.flatnonzero(np.diff(group_of_unit, prepend=-1)), len(units))
+        self.window_bounds = window_start[self.unit_bounds]
+        self.order = order.astype(np.int32 if len(units) < 2**31 else np.int64)
+
+    def _unit_window_counts(self) -> np.ndarray:
+        """Windows of every unit this epoch, cut in slices of units so the pieces in memory stay bounded."""
+        counts = np.zeros(len(self.units), dtype=np.int32)
+        per_unit = (self.units[:, 2] - self.units[:, 1]) // self.rule.max_nucleotides + 9
+        slice_ends = np.searchsorted(np.cumsum(per_unit), np.arange(1, 1 + per_unit.sum() // _COUNT_PIECES) *
+                                     _COUNT_PIECES)
+        first = 0
+        for last in [*slice_ends.tolist(), len(self.units)]:
+            if last > first:
+                ids = np.arange(first, last)
+                owner = _cut_units(self.units[first:last], ids, self.key, self.rule)[0]
+                counts[first:last] = np.bincount(owner, minlength=last - first)
+            first = max(first, last)
+        return counts
+
+    def __len__(self) -> int:
+        return int(self.window_bounds[-1])
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.window_bounds) - 1
+
+    def group(self, index: int) -> Windows:
+        """Group `index` shuffled: the epoch's windows [window_bounds[index], window_bounds[index + 1])."""
+        ids = self.order[self.unit_bounds[index] : self.unit_bounds[index + 1]].astype(np.int64)
+        owner, start, length = _cut_units(self.units[ids], ids, self.key, self.rule)
+        rng = np.random.default_rng([self.seed, self.genome_index, self.epoch, _GROUP_SHUFFLE, index])
+        order = rng.permutation(len(start))
+        reverse = rng.random(len(start)) < 0.5 if self.reverse_complement else np.zeros(len(start), dtype=bool)
+        genome = np.full(len(start), self.genome_index, dtype=np.int32)
+        contig = self.units[ids[owner[order]], 0].astype(np.int32)
+        return Windows(genome, contig, start[order], length[order].astype(np.int32), reverse)
+
+    def windows(self) -> Windows:
+        """The whole epoch in stream order (for tests and exports; training reads it group by group)."""
+        if not self.n_groups:
+            return Windows(*(np.zeros(0, dtype) for dtype in (np.int32, np.int32, np.int64, np.int32, bool)))
+        return Windows.concatenate([self.group(index) for index in range(self.n_groups)])
 
 
 def epoch_windows(
@@ -157,12 +270,7 @@ def epoch_windows(
     reverse_complement: bool = False,
 ) -> Windows:
     """All windows of one genome's epoch, shuffled; a pure function of its arguments."""
-    contig, start, length = cut_intervals(intervals, rule, np.random.default_rng([seed, genome_index, epoch, _CUT]))
-    rng = np.random.default_rng([seed, genome_index, epoch, _SHUFFLE_RC])
-    order = rng.permutation(len(start))
-    reverse = rng.random(len(start)) < 0.5 if reverse_complement else np.zeros(len(start), dtype=bool)
-    genome = np.full(len(start), genome_index, dtype=np.int32)
-    return Windows(genome, contig[order].astype(np.int32), start[order], length[order].astype(np.int32), reverse)
+    return EpochPlan(plan_units(intervals), rule, seed, genome_index, epoch, reverse_complement).windows()
 
 
 class WindowStream:
@@ -181,40 +289,58 @@ class WindowStream:
             raise DnabertError("the data config needs at least one genome with a weight.")
         if not np.all(np.isfinite(weights_array)) or np.any(weights_array < 0) or weights_array.sum() <= 0:
             raise DnabertError(f"genome weights {list(weights)} must be >= 0 with a positive sum; fix `weight`.")
-        self.interval_sets = interval_sets
+        self.units = [plan_units(intervals) for intervals in interval_sets]
         self.probabilities = weights_array / weights_array.sum()
         self.rule = rule
         self.seed = seed
         self.reverse_complement = reverse_complement
         self._epoch_starts = [[0] for _ in interval_sets]  # per genome: first stream index of each epoch
-        self._epochs: OrderedDict[tuple[int, int], Windows] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, int], EpochPlan] = OrderedDict()
+        self._groups: OrderedDict[tuple[int, int, int], Windows] = OrderedDict()
         self._mix_prefix: dict[int, np.ndarray] = {0: np.zeros(len(interval_sets), dtype=np.int64)}
-        self._mix_counts: dict[int, np.ndarray] = {}
+        self._mix_counts: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last_chunk: tuple[int, np.ndarray, np.ndarray] = (-1, np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def __getstate__(self) -> dict:
-        # Spawned workers recompute epochs themselves; don't pickle an epoch's arrays (~100 MB on GRCh38).
-        return {**self.__dict__, "_epochs": OrderedDict()}
+        # Spawned workers recompute plans and groups themselves; the epoch starts travel (they are the costly part).
+        return {**self.__dict__, "_plans": OrderedDict(), "_groups": OrderedDict()}
+
+    def plan(self, genome_index: int, epoch: int) -> EpochPlan:
+        """One genome's epoch plan (the last two per genome are kept: a micro-batch may straddle two epochs)."""
+        key = (genome_index, epoch)
+        if key not in self._plans:
+            self._plans[key] = EpochPlan(
+                self.units[genome_index], self.rule, self.seed, genome_index, epoch, self.reverse_complement
+            )
+            if not len(self._plans[key]):
+                raise DnabertError(f"genome {genome_index} has no window of at least k={self.rule.k} bp to train on.")
+            if len(self._plans) > 2 * len(self.units):
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(key)
+        return self._plans[key]
 
     def epoch(self, genome_index: int, epoch: int) -> Windows:
-        """One genome's epoch (the last few are kept: consecutive micro-batches mostly hit the same one)."""
-        key = (genome_index, epoch)
-        if key not in self._epochs:
-            self._epochs[key] = epoch_windows(
-                self.interval_sets[genome_index], self.rule, self.seed, genome_index, epoch,
-                self.reverse_complement,
-            )
-            if len(self._epochs) > 2 * len(self.interval_sets):
-                self._epochs.popitem(last=False)
-        self._epochs.move_to_end(key)
-        return self._epochs[key]
+        """One genome's whole epoch in stream order (materialised: for tests and exports, not the hot path)."""
+        return self.plan(genome_index, epoch).windows()
 
-    def _epoch_size(self, genome_index: int, epoch: int) -> int:
-        """Window count of an epoch without shuffling it: resuming far into the stream skips epochs this way."""
-        if (genome_index, epoch) in self._epochs:
-            return len(self._epochs[genome_index, epoch])
-        rng = np.random.default_rng([self.seed, genome_index, epoch, _CUT])
-        return len(cut_intervals(self.interval_sets[genome_index], self.rule, rng)[0])
+    def _group(self, genome_index: int, epoch: int, group: int) -> Windows:
+        """One group's windows; one or two groups per genome are kept (each genome's slots go through its groups
+        in order, and the mixing interleaves the genomes)."""
+        key = (genome_index, epoch, group)
+        if key not in self._groups:
+            self._groups[key] = self.plan(genome_index, epoch).group(group)
+            if len(self._groups) > len(self.units) + 2:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key]
+
+    def seek(self, position: int) -> None:
+        """Count the epochs each genome goes through before stream `position`, here and once: dataloader workers
+        forked or spawned afterwards inherit the epoch starts instead of each recounting every earlier epoch."""
+        before = self._prefix(position // _MIX_CHUNK)
+        for genome_index, index in enumerate(before.tolist()):
+            if self.probabilities[genome_index] > 0:
+                self._epoch_start_of(genome_index, index)
 
     def windows(self, first: int, count: int) -> Windows:
         """The windows at stream positions [first, first + count), in stream order."""
@@ -223,12 +349,25 @@ class WindowStream:
 
     def _genome_windows(self, genome_index: int, index: np.ndarray) -> Windows:
         """Windows number `index` of one genome's own stream (its epochs back to back)."""
-        starts = self._epoch_starts[genome_index]
-        while starts[-1] <= index.max():
-            starts.append(starts[-1] + self._epoch_size(genome_index, len(starts) - 1))
+        starts = self._epoch_start_of(genome_index, int(index.max()))
         epoch_of = np.searchsorted(starts, index, side="right") - 1
         return _grouped(
-            epoch_of, lambda epoch, rows: self.epoch(genome_index, epoch).take(index[rows] - starts[epoch])
+            epoch_of, lambda epoch, rows: self._epoch_windows(genome_index, epoch, index[rows] - starts[epoch])
+        )
+
+    def _epoch_start_of(self, genome_index: int, index: int) -> list[int]:
+        """The genome's epoch starts, counted far enough that the last one lies beyond its stream index `index`."""
+        starts = self._epoch_starts[genome_index]
+        while starts[-1] <= index:
+            starts.append(starts[-1] + len(self.plan(genome_index, len(starts) - 1)))
+        return starts
+
+    def _epoch_windows(self, genome_index: int, epoch: int, local: np.ndarray) -> Windows:
+        """Windows number `local` of one genome's epoch, fetched group by group."""
+        bounds = self.plan(genome_index, epoch).window_bounds
+        group_of = np.searchsorted(bounds, local, side="right") - 1
+        return _grouped(
+            group_of, lambda group, rows: self._group(genome_index, epoch, group).take(local[rows] - bounds[group])
         )
 
     def _genome_slots(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +400,9 @@ class WindowStream:
         if block not in self._mix_counts:
             rng = np.random.default_rng([self.seed, block, _MIX_COUNTS])
             self._mix_counts[block] = rng.multinomial(_MIX_CHUNK, self.probabilities, size=_MIX_BLOCK)
+            if len(self._mix_counts) > 2:  # a week's run passes thousands of blocks: keep only the recent ones
+                self._mix_counts.popitem(last=False)
+        self._mix_counts.move_to_end(block)
         return self._mix_counts[block][chunk % _MIX_BLOCK]
 
     def _prefix(self, chunk: int) -> np.ndarray:
