@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from dnabert.data.genome import Genome, GenomeSource, HeldOut
 from dnabert.data.packing import pack_batch
 from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID, kmer_ids_from_codes
-from dnabert.data.windows import WindowRule, Windows, WindowStream, epoch_windows, read_windows
+from dnabert.data.windows import EpochPlan, WindowRule, Windows, WindowStream, plan_units, read_windows
 from dnabert.errors import DnabertError
 
 if TYPE_CHECKING:
@@ -340,6 +340,7 @@ class WindowDataModule(L.LightningDataModule):
             self.reverse_complement,
         )
         rank, world, start = self._placement()
+        stream.seek((rank + world * start) * self.micro_batch_size)  # epochs counted once, before workers start
         return MicroBatchStream(
             GenomeWindowSource(self.genomes, stream), self.k, self.micro_batch_size, rank, world, start,
             self.pad_to_multiple_of, self.batches_per_transfer if self.num_workers > 0 else 1, self.pack_row_tokens,
@@ -359,17 +360,31 @@ class WindowDataModule(L.LightningDataModule):
         rule = WindowRule(self.k, self.rule.max_tokens, "fixed")
         parts = []
         for index, genome in enumerate(self.genomes):
-            windows = epoch_windows(genome.val_intervals, rule, self.split_seed, index, epoch=0)
-            full = windows.length == rule.max_nucleotides
-            if self.full_length_validation and full.any():
-                windows = windows.take(full)
-            parts.append(windows.take(slice(0, self.val_max_windows)))
+            plan = EpochPlan(plan_units(genome.val_intervals), rule, self.split_seed, index, epoch=0)
+            parts.append(self._first_validation_windows(plan))
         if not sum(map(len, parts)):
             raise DnabertError(
                 f"no held-out validation data: {self.no_validation_hint} "
                 "(or turn validation off with trainer.limit_val_batches=0)."
             )
         return Windows.concatenate(parts)
+
+    def _first_validation_windows(self, plan: EpochPlan) -> Windows:
+        """The plan's first val_max_windows windows (full-length ones where any exist), read group by group: a
+        32 Gbp corpus holds out millions of windows, and only the first few thousand are used."""
+        first, full = [], []
+        n_first = n_full = 0
+        for group in range(plan.n_groups):
+            windows = plan.group(group)
+            if n_first < self.val_max_windows:
+                first.append(windows)
+                n_first += len(windows)
+            full.append(windows.take(windows.length == plan.rule.max_nucleotides))
+            n_full += len(full[-1])
+            if n_full >= self.val_max_windows:
+                break
+        chosen = full if self.full_length_validation and n_full else first
+        return Windows.concatenate(chosen).take(slice(0, self.val_max_windows))
 
     def val_dataloader(self) -> DataLoader:
         rank, world, _ = self._placement()
@@ -497,11 +512,12 @@ def _corpus_rows(data: GenomeDataModule, epoch: int, split: str) -> Iterator[dic
     letters = np.frombuffer(b"ATCG", dtype=np.uint8)
     if split == "validation":
         parts = [data.validation_windows()]
-    else:
-        parts = [
-            epoch_windows(genome.train_intervals, data.rule, data.seed, index, epoch, data.reverse_complement)
+    else:  # group by group: a whole epoch of a large corpus does not fit in memory
+        plans = [
+            EpochPlan(plan_units(genome.train_intervals), data.rule, data.seed, index, epoch, data.reverse_complement)
             for index, genome in enumerate(data.genomes)
         ]
+        parts = (plan.group(group) for plan in plans for group in range(plan.n_groups))
     for windows in parts:
         for first in range(0, len(windows), 1024):
             chunk = windows.take(slice(first, first + 1024))

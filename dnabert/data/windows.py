@@ -90,6 +90,8 @@ class Windows:
 
     @classmethod
     def concatenate(cls, parts: list[Windows]) -> Windows:
+        if not parts:
+            return cls(*(np.zeros(0, dtype) for dtype in (np.int32, np.int32, np.int64, np.int32, bool)))
         return cls(*(np.concatenate(arrays) for arrays in zip(*(p._arrays() for p in parts), strict=True)))
 
 
@@ -256,8 +258,6 @@ class EpochPlan:
 
     def windows(self) -> Windows:
         """The whole epoch in stream order (for tests and exports; training reads it group by group)."""
-        if not self.n_groups:
-            return Windows(*(np.zeros(0, dtype) for dtype in (np.int32, np.int32, np.int64, np.int32, bool)))
         return Windows.concatenate([self.group(index) for index in range(self.n_groups)])
 
 
