@@ -7,6 +7,8 @@ import gzip
 import os
 import re
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +120,86 @@ def test_bgzip_reads_equal_plain_reads(tmp_path, synthetic):
     contigs = np.array([0, 1, 0, 1])
     positions = np.array([[5, 6, 7, 300], [7000, 7001, 10, 11], [19_999, 0, 61, 60], [1, 2, 3, 4]])
     assert np.array_equal(plain.gather_codes(contigs, positions), packed.gather_codes(contigs, positions))
+
+
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")  # SAM spec 4.1.2
+HTSLIB_BLOCK = 0xFF00  # htslib's bgzip: 65,280 input bytes per block; Biopython's BgzfWriter: 65,536
+
+
+def write_bgzf_blocks(path: Path, data: bytes, block_size: int) -> Path:
+    """BGZF written block by block as the SAM spec says: a gzip member per block_size input bytes, whose extra
+    field 'BC' holds the block size - 1, then the empty EOF block."""
+    with path.open("wb") as handle:
+        for first in range(0, len(data), block_size):
+            chunk = data[first : first + block_size]
+            deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+            body = deflate.compress(chunk) + deflate.flush()
+            header = b"\x1f\x8b\x08\x04" + bytes(4) + b"\x00\xff" + struct.pack("<H2sHH", 6, b"BC", 2, len(body) + 25)
+            handle.write(header + body + struct.pack("<II", zlib.crc32(chunk), len(chunk)))
+        handle.write(BGZF_EOF)
+    return path
+
+
+@pytest.mark.parametrize("writer", ["biopython", "htslib"])
+def test_bgzip_reads_at_every_block_boundary_equal_the_plain_twin(tmp_path, writer):
+    """Biopython's writer fills blocks with exactly 65,536 bytes; pyfaidx's BGZF reader failed on a read starting
+    at such a boundary (ValueError: within_block_offset ... got 65536)."""
+    rng = np.random.default_rng(7)
+    records = {"chrA": random_contig(rng, 150_000, n_runs=6), "chrB": random_contig(rng, 90_000), "chrC": "ACGT" * 500}
+    plain_path = write_fasta(tmp_path / "plain.fa", records, width=61)
+    if writer == "biopython":
+        packed_path = write_fasta(tmp_path / "packed.fa.gz", records, width=61, bgzip=True)
+        block_size = 65_536
+    else:
+        packed_path = write_bgzf_blocks(tmp_path / "packed.fa.gz", plain_path.read_bytes(), HTSLIB_BLOCK)
+        block_size = HTSLIB_BLOCK
+    plain, packed = open_genome(plain_path), open_genome(packed_path)
+    assert packed.files[0].bgzip and np.array_equal(plain.intervals, packed.intervals)
+    assert f"decompressed copy {packed.files[0].plain}" in packed.report()
+    contigs, positions = [], []
+    boundaries = np.arange(block_size, plain_path.stat().st_size, block_size)
+    assert len(boundaries) >= 3
+    for index, contig in enumerate(plain.contigs):
+        bases = np.arange(contig.length)
+        byte_of_base = contig.offset + bases + bases // contig.line_bases * (contig.line_bytes - contig.line_bases)
+        for boundary in boundaries:  # windows starting just before, at and after the boundary, and ending at it
+            at = int(np.searchsorted(byte_of_base, boundary))
+            for start in (at - 40, at - 1, at, at + 1):
+                if start >= 0 and start + 40 <= contig.length and 0 < at < contig.length:
+                    contigs.append(index)
+                    positions.append(np.arange(start, start + 40))
+    assert len(contigs) >= 4 * len(boundaries) - 4
+    contigs_array, positions_array = np.array(contigs), np.stack(positions)
+    codes = packed.gather_codes(contigs_array, positions_array)
+    assert np.array_equal(codes, plain.gather_codes(contigs_array, positions_array))
+    names = packed.contig_names
+    expected = [encode_nucleotides(records[names[c]][p[0] : p[-1] + 1])
+                for c, p in zip(contigs, positions, strict=True)]
+    assert np.array_equal(codes, np.stack(expected))
+
+
+def test_bgzip_copy_is_made_once_and_replaced_when_the_file_changes(tmp_path, synthetic, monkeypatch):
+    fasta, records = synthetic
+    packed_path = write_bgzf_blocks(tmp_path / "g.fa.gz", fasta.read_bytes(), 1000)
+    first = open_genome(packed_path).files[0].plain
+    copies = sorted(tmp_path.glob("g.fa.gz.dnabert-plain-*.fa"))
+    assert copies == [first] and first.read_bytes() == fasta.read_bytes()
+    monkeypatch.setattr(genome_module.shutil, "copyfileobj", lambda *_: pytest.fail("decompressed twice"))
+    assert open_genome(packed_path).files[0].plain == first
+    monkeypatch.undo()
+    write_bgzf_blocks(packed_path, fasta.read_bytes().replace(b"ctgB", b"ctgZ"), 777)
+    renamed = open_genome(packed_path)
+    assert renamed.contig_names == ["ctgA", "ctgZ", "ctgC"]
+    assert sorted(tmp_path.glob("g.fa.gz.dnabert-plain-*.fa")) == [renamed.files[0].plain] != [first]
+
+
+def test_damaged_bgzip_names_the_file(tmp_path, synthetic):
+    fasta, _ = synthetic
+    packed = write_bgzf_blocks(tmp_path / "cut.fa.gz", fasta.read_bytes(), 4096)
+    packed.write_bytes(packed.read_bytes()[:5000])
+    with pytest.raises(DnabertError, match="cut.fa.gz is a damaged bgzip file"):
+        open_genome(packed)
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_demo_genomes_facts(tmp_path):

@@ -4,20 +4,27 @@ split, and fast reads of many windows at once.
 Why it looks like this:
 - Scanning GRCh38 for N/IUPAC runs takes minutes, so the intervals are cached in an .npz beside the FASTA (or in
   `cache_dir` when that directory is read-only), keyed by the file's size/mtime and the contig selection.
-- pyfaidx builds and validates the .fai and reads bgzip files; for plain FASTA the hot path memory-maps the file
-  and gathers all bytes of a micro-batch with one fancy-index using the .fai offsets (pyfaidx per window would
-  dominate the data path).
+- pyfaidx builds and validates the .fai; the hot path memory-maps the plain FASTA and gathers all bytes of a
+  micro-batch with one fancy-index using the .fai offsets (pyfaidx per window would dominate the data path).
+- A bgzip FASTA is decompressed once into a plain copy beside the interval cache (named in the start-up report)
+  and read like any plain FASTA: random reads through pyfaidx's BGZF code cost a block inflate per window and
+  failed on valid files whose blocks hold exactly 65,536 bytes (Biopython's writer; pyfaidx #125, #131, #238).
+- The scan reads the file in bounded chunks with ordinary reads, not through the mmap, so its peak RSS does not
+  grow with the genome (mapped pages would count as the process's own).
 - File handles (mmap, pyfaidx) are opened lazily per process id: handles opened in the parent and inherited by
   forked dataloader workers share a file offset and return wrong sequence (stack.md, trap 1).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +80,7 @@ class _Contig:
     name: str
     length: int
     file_index: int
-    offset: int  # byte offset of the first base (plain FASTA); unused for bgzip
+    offset: int  # byte offset of the first base in the plain FASTA (a bgzip file's decompressed copy)
     line_bases: int
     line_bytes: int
 
@@ -108,14 +115,14 @@ class _FastaFile:
             raise DnabertError(f"FASTA file {path} is not readable; fix its permissions.")
         self.bgzip = _is_gzip(path)
         index_dir = _index_dir(path, cache_dir)
-        beside = path.with_name(path.name + ".fai")
-        if index_dir == path.parent or beside.exists() and beside.stat().st_mtime >= path.stat().st_mtime:
+        # What is read: the file itself, or the plain copy of a bgzip file (whose .fai sits beside the copy).
+        self.plain = _decompressed_copy(path, index_dir) if self.bgzip else path
+        beside = self.plain.with_name(self.plain.name + ".fai")
+        if self.bgzip or index_dir == path.parent or beside.exists() and beside.stat().st_mtime >= path.stat().st_mtime:
             self.fai = beside
         else:
             self.fai = index_dir / f"{path.name}.{_path_tag(path)}.fai"
-        self.gzi = self.fai.with_name(self.fai.name[: -len(".fai")] + ".gzi")
         self._pid: int | None = None
-        self._faidx: pyfaidx.Faidx | None = None
         self._memmap: np.memmap | None = None
         faidx = self._open_faidx()
         records = faidx.index
@@ -125,19 +132,11 @@ class _FastaFile:
                 f"FASTA file {path} has no '>' header line; it is not a FASTA file (or is empty)."
             )
         self.records = {name: (rec.rlen, rec.offset, rec.lenc, rec.lenb) for name, rec in records.items()}
-        if not self.bgzip:
-            self._check_index_matches_file()
+        self._check_index_matches_file()
 
     def _open_faidx(self) -> pyfaidx.Faidx:
         try:
-            return pyfaidx.Faidx(
-                str(self.path), indexname=str(self.fai), gzi_indexname=str(self.gzi), as_raw=True
-            )
-        except pyfaidx.UnsupportedCompressionFormat as err:
-            raise DnabertError(
-                f"FASTA file {self.path} is gzip-compressed but not with bgzip, so it cannot be read at random "
-                f"positions; re-compress with bgzip (`zcat {self.path.name} | bgzip > new.fa.gz`) or decompress it."
-            ) from err
+            return pyfaidx.Faidx(str(self.plain), indexname=str(self.fai), as_raw=True)
         except pyfaidx.FastaIndexingError as err:
             raise DnabertError(
                 f"FASTA file {self.path} is malformed ({err}); every record needs a '>' header and lines of "
@@ -184,30 +183,77 @@ class _FastaFile:
 
     def _reopen_if_forked(self) -> None:
         if self._pid != os.getpid():
-            self._faidx = None
             self._memmap = None
             self._pid = os.getpid()
-
-    def faidx(self) -> pyfaidx.Faidx:
-        self._reopen_if_forked()
-        if self._faidx is None:
-            self._faidx = self._open_faidx()
-        return self._faidx
 
     def memmap(self) -> np.memmap:
         self._reopen_if_forked()
         if self._memmap is None:
-            self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._memmap = np.memmap(self.plain, dtype=np.uint8, mode="r")
         return self._memmap
+
+    def read(self, first: int, end: int) -> np.ndarray:
+        """Bytes [first, end) by an ordinary read: unlike the mmap, they do not stay in this process's RSS."""
+        with self.plain.open("rb") as handle:
+            handle.seek(first)
+            return np.frombuffer(handle.read(end - first), dtype=np.uint8)
 
     def __getstate__(self) -> dict:
         # Spawned workers get a pickled copy: never ship open handles.
-        return {**self.__dict__, "_pid": None, "_faidx": None, "_memmap": None}
+        return {**self.__dict__, "_pid": None, "_memmap": None}
 
 
 def _is_gzip(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(2) == b"\x1f\x8b"
+
+
+def _is_bgzf(path: Path) -> bool:
+    """BGZF (SAM spec 4.1): a gzip member with FEXTRA whose first subfield is 'BC' (the block size)."""
+    with path.open("rb") as handle:
+        header = handle.read(16)
+    return len(header) == 16 and header[3] & 4 != 0 and header[12:14] == b"BC"
+
+
+def _decompressed_copy(path: Path, directory: Path) -> Path:
+    """The plain copy of a bgzip FASTA in `directory`, made once (keyed by the file's size and mtime, stale copies
+    removed); decompressed with zlib as a whole stream, so any valid BGZF reads the same whoever wrote it."""
+    if not _is_bgzf(path):
+        raise DnabertError(
+            f"FASTA file {path} is gzip-compressed but not with bgzip, so it cannot be read at random "
+            f"positions; re-compress with bgzip (`zcat {path.name} | bgzip > new.fa.gz`) or decompress it."
+        )
+    stat = path.stat()
+    tag = "" if directory == path.parent else f".{_path_tag(path)}"
+    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = f"{path.name}{tag}.dnabert-plain-"
+    copy = directory / f"{stem}{key}.fa"
+    if copy.exists():
+        return copy
+    for stale in directory.glob(f"{stem}*"):
+        if key not in stale.name:  # a copy of an older version of the file (a concurrent writer has our key)
+            stale.unlink(missing_ok=True)
+    logger.warning("decompressing the bgzip FASTA %s once into %s (a plain copy for fast random reads)", path, copy)
+    temporary = copy.with_name(copy.name + f".tmp{os.getpid()}")
+    try:
+        with gzip.open(path, "rb") as source, temporary.open("wb") as target:
+            shutil.copyfileobj(source, target, 1 << 24)
+        temporary.replace(copy)  # atomic: a concurrent rank never reads half a copy
+        logger.warning("wrote %s (%.2f GB); later runs reuse it, delete it to reclaim the space", copy,
+                       copy.stat().st_size / 1e9)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        temporary.unlink(missing_ok=True)
+        raise DnabertError(
+            f"FASTA file {path} is a damaged bgzip file ({err}); download it again or re-compress the plain FASTA "
+            "with bgzip."
+        ) from err
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise DnabertError(
+            f"cannot write the decompressed copy of {path} to {copy} ({err}); free space there, point "
+            "DNABERT_CACHE_DIR (data.cache_dir) at a disk with room, or give a decompressed FASTA."
+        ) from err
+    return copy
 
 
 @dataclass
@@ -290,29 +336,15 @@ class Genome:
         file_of_row = self._layout[3, contig_index]
         for file_index in np.unique(file_of_row):
             rows = np.flatnonzero(file_of_row == file_index)
-            fasta = self.files[file_index]
-            if fasta.bgzip:
-                codes[rows] = self._read_bgzip(fasta, contig_index[rows], positions[rows])
-            else:
-                offset, line_bases, line_bytes = self._layout[:3, contig_index[rows]]
-                rows_positions = positions[rows]
-                byte = (
-                    offset[:, None]
-                    + rows_positions
-                    + rows_positions // line_bases[:, None] * (line_bytes - line_bases)[:, None]
-                )
-                codes[rows] = encode_nucleotides(fasta.memmap()[byte])
+            offset, line_bases, line_bytes = self._layout[:3, contig_index[rows]]
+            rows_positions = positions[rows]
+            byte = (
+                offset[:, None]
+                + rows_positions
+                + rows_positions // line_bases[:, None] * (line_bytes - line_bases)[:, None]
+            )
+            codes[rows] = encode_nucleotides(self.files[file_index].memmap()[byte])
         return codes
-
-    def _read_bgzip(self, fasta: _FastaFile, contig_index: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """bgzip has no byte-addressable layout: one pyfaidx read per row covering its positions."""
-        out = np.empty(positions.shape, dtype=np.uint8)
-        faidx = fasta.faidx()
-        for row, (contig, row_positions) in enumerate(zip(contig_index, positions, strict=True)):
-            first, last = int(row_positions.min()), int(row_positions.max())
-            text = faidx.fetch(self.contigs[contig].name, first + 1, last + 1)
-            out[row] = encode_nucleotides(str(text))[row_positions - first]
-        return out
 
     @property
     def _layout(self) -> np.ndarray:
@@ -343,6 +375,10 @@ class Genome:
         ]
         if self.selection_note:
             lines.append(f"  {self.selection_note}")
+        for fasta in self.files:
+            if fasta.bgzip:
+                lines.append(f"  {fasta.path.name} is bgzip-compressed: read from its decompressed copy {fasta.plain} "
+                             f"({fasta.plain.stat().st_size / 1e9:.2f} GB; delete it to reclaim the space)")
         return "\n".join(lines)
 
 
@@ -443,13 +479,10 @@ def scan_contig(fasta: _FastaFile, contig: _Contig) -> tuple[np.ndarray, np.ndar
 
 def _read_stretch(fasta: _FastaFile, contig: _Contig, start: int, length: int) -> np.ndarray:
     """Raw sequence bytes of one stretch (newlines removed)."""
-    if fasta.bgzip:
-        text = fasta.faidx().fetch(contig.name, start + 1, start + length)
-        return np.frombuffer(str(text).encode("ascii", errors="replace"), dtype=np.uint8)
     first = contig.offset + start // contig.line_bases * contig.line_bytes + start % contig.line_bases
     end = start + length - 1
     last = contig.offset + end // contig.line_bases * contig.line_bytes + end % contig.line_bases
-    raw = np.asarray(fasta.memmap()[first : last + 1])
+    raw = fasta.read(first, last + 1)
     return raw[(raw != ord("\n")) & (raw != ord("\r"))]
 
 
