@@ -469,9 +469,9 @@ def scan_contig(fasta: _FastaFile, contig: _Contig) -> tuple[np.ndarray, np.ndar
         valid = encode_nucleotides(raw) != INVALID_CODE
         invalid_count += int(valid.size - np.count_nonzero(valid))
         n_count += int(np.count_nonzero((raw == ord("N")) | (raw == ord("n"))))
-        edges = np.diff(valid.astype(np.int8), prepend=0, append=0)
-        starts.append(np.flatnonzero(edges == 1) + chunk_start)
-        ends.append(np.flatnonzero(edges == -1) + chunk_start)
+        padded = np.concatenate([[False], valid, [False]])  # bool throughout: 1 byte per base of the chunk
+        starts.append(np.flatnonzero(padded[1:] & ~padded[:-1]) + chunk_start)
+        ends.append(np.flatnonzero(padded[:-1] & ~padded[1:]) + chunk_start)
     run_starts, run_ends = _merge_touching(np.concatenate(starts), np.concatenate(ends))
     acgt = int(np.sum(run_ends - run_starts))
     return run_starts, run_ends, ContigStats(contig.length, acgt, n_count, invalid_count - n_count)

@@ -26,8 +26,12 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import math
+import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -42,7 +46,8 @@ _MIX_BLOCK = 256  # chunks drawn by one multinomial call (prefix counts are summ
 _CUT, _SHUFFLE_RC, _MIX_COUNTS, _MIX_ORDER, _GROUP_SHUFFLE = 1, 2, 3, 4, 5  # RNG tags: one purpose per seed sequence
 _UNIT_BP = 1 << 16  # intervals are split into units of [64, 128) kbp: the grain of the epoch shuffle
 _GROUP_WINDOWS = 1 << 16  # about this many windows are cut and shuffled together
-_COUNT_PIECES = 1 << 21  # bound on the pieces hashed at once while counting an epoch
+_COUNT_PIECES = 1 << 18  # bound on the pieces hashed at once while counting an epoch (~50 MB)
+_COUNT_THREADS = 8  # epochs counted at once when a resume skips many
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _PHASE_SALT = np.uint64(0x5DEECE66D)
 
@@ -124,66 +129,99 @@ def _cut_units(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row of `units`, start, length) of the windows of each unit, unit after unit; a pure function of
     (key, unit id), so any subset of units is cut exactly as in the whole epoch."""
+    start, owner, offset, length, tail = _pieces(units, unit_ids, key, rule)
+    pieces_per_unit = np.bincount(owner, minlength=len(units))
+    # Each unit's pieces, then its tail: piece i goes to i + owner[i], unit u's tail after its last piece.
+    merged = len(owner) + len(units)
+    all_owner, all_offset, all_length = (np.empty(merged, np.int64) for _ in range(3))
+    piece_slot = np.arange(len(owner)) + owner
+    tail_slot = np.cumsum(pieces_per_unit) + np.arange(len(units))
+    all_owner[piece_slot], all_owner[tail_slot] = owner, np.arange(len(units))
+    all_offset[piece_slot], all_offset[tail_slot] = offset, units[:, 2] - start - tail
+    all_length[piece_slot], all_length[tail_slot] = length, tail
+    keep = all_length >= rule.k
+    return all_owner[keep], start[all_owner[keep]] + all_offset[keep], all_length[keep]
+
+
+def _count_units(units: np.ndarray, unit_ids: np.ndarray, key: int, rule: WindowRule) -> np.ndarray:
+    """Windows of each unit, as `_cut_units` would cut them, without placing them (the epoch-size hot path)."""
+    start, size, is_long, unit_keys = _phased(units, unit_ids, key, rule)
+    if rule.length_rule != "original":
+        return np.where(is_long, size // rule.max_nucleotides, size >= rule.k)
+    first, guess, length, total, target = _original_draws(size, is_long, rule.max_nucleotides, unit_keys)
+    after_drawn = np.searchsorted(total, total[first] + target, side="left")  # one past each unit's last piece
+    short_pieces = np.concatenate([[0], np.cumsum(length < rule.k)])
+    drawn = after_drawn - first - (short_pieces[after_drawn] - short_pieces[first])
+    return drawn + (size - (total[after_drawn] - total[first]) >= rule.k)
+
+
+def _pieces(
+    units: np.ndarray, unit_ids: np.ndarray, key: int, rule: WindowRule
+) -> tuple[np.ndarray, ...]:
+    """The cut of each unit: its start after the random phase; the pieces before its tail as (owner, offset from
+    that start, length), unit after unit; and each unit's tail length (the original rule's remainder, the whole of
+    a unit of at most M bp, 0 where the fixed rule drops it)."""
+    start, size, is_long, unit_keys = _phased(units, unit_ids, key, rule)
+    longest = rule.max_nucleotides
+    if rule.length_rule == "original":
+        first, guess, length, total, target = _original_draws(size, is_long, longest, unit_keys)
+        owner = np.repeat(np.arange(len(size)), guess)
+        offset = total[:-1] - total[first][owner]
+        is_drawn = offset < target[owner]  # pieces that start while more than `longest` remains
+        owner, offset, length = owner[is_drawn], offset[is_drawn], length[is_drawn]
+        used = np.zeros(len(size), dtype=np.int64)
+        is_last = np.append(owner[1:] != owner[:-1], True) if len(owner) else np.zeros(0, bool)
+        used[owner[is_last]] = offset[is_last] + length[is_last]
+        tail = size - used
+    else:
+        pieces_per_unit = np.where(is_long, size // longest, 0)
+        owner = np.repeat(np.arange(len(size)), pieces_per_unit)
+        index = np.arange(len(owner)) - np.repeat(np.cumsum(pieces_per_unit) - pieces_per_unit, pieces_per_unit)
+        offset, length = index * longest, np.full(len(owner), longest, dtype=np.int64)
+        tail = np.where(is_long, 0, size)
+    return start, owner, offset, length, tail
+
+
+def _phased(
+    units: np.ndarray, unit_ids: np.ndarray, key: int, rule: WindowRule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each unit's start and size after its random phase (at most what keeps one full window after it), whether it
+    is longer than a window, and its hash key."""
     longest = rule.max_nucleotides
     start, end = units[:, 1].astype(np.int64), units[:, 2].astype(np.int64)
     size = end - start
     is_long = size > longest
     unit_keys = _mix64(unit_ids.astype(np.uint64) * _GOLDEN + np.uint64(key))
-    # Random phase, at most what keeps one full window after it.
     phase_cap = np.clip(size - longest, 0, longest) + 1
     phase = np.where(is_long, _uniform(_mix64(unit_keys ^ _PHASE_SALT), phase_cap), 0)
-    start, size = start + phase, size - phase
-    if rule.length_rule == "original":
-        owner, offset, length = _original_pieces(size, is_long, longest, unit_keys)
-    else:
-        owner, offset, length = _fixed_pieces(size, is_long, longest)
-    keep = length >= rule.k
-    return owner[keep], start[owner[keep]] + offset[keep], length[keep]
+    return start + phase, size - phase, is_long, unit_keys
 
 
-def _original_pieces(
+def _original_draws(
     size: np.ndarray, is_long: np.ndarray, longest: int, unit_keys: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The DNABERT cut of each unit: i.i.d. piece lengths while more than `longest` remains, then the remainder.
+) -> tuple[np.ndarray, ...]:
+    """The DNABERT cut's i.i.d. piece lengths, drawn for all units at once: unit u's candidates are
+    length[first[u] : first[u] + guess[u]], `total` their running sum (total[i] = sum of length[:i]); the unit uses
+    those that start before target[u] = size - longest (while more than `longest` remains).
 
-    Piece j of a unit is hash(unit key, j); a unit draws a generous number of pieces at once (about 1.5x what it
-    needs; units whose draw falls short, which is rare, draw twice as many again) and keeps those that start
-    before size - longest.
+    Piece j of a unit is hash(unit key, j). Each unit draws its expected need plus 3 standard deviations; if any
+    unit falls short (rare), all draw again with that unit's guess doubled.
     """
-    target = np.where(is_long, size - longest, 0)  # drawn pieces cover at least this much
-    guess = np.where(is_long, target // max(longest // 2, 1) + 8, 0)
+    target = np.where(is_long, size - longest, 0)
+    need = target / (0.75 * longest)  # the mean piece is about 3/4 of a window
+    guess = np.where(is_long, (need + 3 * np.sqrt(need)).astype(np.int64) + 8, 0)
     while True:
-        owner = np.repeat(np.arange(len(size)), guess)
         first = np.cumsum(guess) - guess
-        index = np.arange(len(owner), dtype=np.uint64) - np.repeat(first, guess).astype(np.uint64)
-        hashes = _mix64(unit_keys[owner] + (index + np.uint64(1)) * _GOLDEN)
-        drawn = _uniform(hashes, np.uint64(2 * longest))  # >= longest: a full piece (p = 0.5), else int(u * M)
+        base = unit_keys + _GOLDEN - first.astype(np.uint64) * _GOLDEN  # piece j of u: base[u] + (first[u]+j)*G
+        hashes = np.repeat(base, guess)
+        hashes += np.arange(len(hashes), dtype=np.uint64) * _GOLDEN
+        drawn = _uniform(_mix64(hashes), np.uint64(2 * longest))  # >= longest: a full piece (p = 0.5), else u*M
         length = np.where(drawn >= longest, longest, np.maximum(drawn, ORIGINAL_MIN_PIECE))
         total = np.concatenate([[0], np.cumsum(length)])
-        end_in_unit = total[1:] - np.repeat(total[first], guess)
-        short = np.zeros(len(size), dtype=bool)
-        has_pieces = guess > 0
-        short[has_pieces] = end_in_unit[first[has_pieces] + guess[has_pieces] - 1] < target[has_pieces]
+        short = total[first + guess] - total[first] < target
         if not short.any():
-            break
+            return first, guess, length, total, target
         guess = np.where(short, guess * 2, guess)
-    is_drawn = end_in_unit - length < target[owner]  # pieces that start while more than `longest` remains
-    owner, length, offset = owner[is_drawn], length[is_drawn], (end_in_unit - length)[is_drawn]
-    used = np.bincount(owner, weights=length, minlength=len(size)).astype(np.int64)
-    units = np.arange(len(size))
-    all_owner = np.concatenate([owner, units])
-    order = np.argsort(all_owner, kind="stable")  # each unit's drawn pieces, then its remainder
-    return (all_owner[order], np.concatenate([offset, used])[order],
-            np.concatenate([length, size - used])[order])
-
-
-def _fixed_pieces(
-    size: np.ndarray, is_long: np.ndarray, longest: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pieces_per_unit = np.where(is_long, size // longest, 1)
-    owner = np.repeat(np.arange(len(size)), pieces_per_unit)
-    index = np.arange(len(owner)) - np.repeat(np.cumsum(pieces_per_unit) - pieces_per_unit, pieces_per_unit)
-    return owner, index * longest, np.where(is_long, longest, size)[owner]
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:
@@ -226,15 +264,13 @@ class EpochPlan:
     def _unit_window_counts(self) -> np.ndarray:
         """Windows of every unit this epoch, cut in slices of units so the pieces in memory stay bounded."""
         counts = np.zeros(len(self.units), dtype=np.int32)
-        per_unit = (self.units[:, 2] - self.units[:, 1]) // self.rule.max_nucleotides + 9
+        per_unit = (self.units[:, 2] - self.units[:, 1]) // max(self.rule.max_nucleotides // 2, 1) + 9  # ~ draws
         slice_ends = np.searchsorted(np.cumsum(per_unit), np.arange(1, 1 + per_unit.sum() // _COUNT_PIECES) *
                                      _COUNT_PIECES)
         first = 0
         for last in [*slice_ends.tolist(), len(self.units)]:
             if last > first:
-                ids = np.arange(first, last)
-                owner = _cut_units(self.units[first:last], ids, self.key, self.rule)[0]
-                counts[first:last] = np.bincount(owner, minlength=last - first)
+                counts[first:last] = _count_units(self.units[first:last], np.arange(first, last), self.key, self.rule)
             first = max(first, last)
         return counts
 
@@ -337,10 +373,28 @@ class WindowStream:
     def seek(self, position: int) -> None:
         """Count the epochs each genome goes through before stream `position`, here and once: dataloader workers
         forked or spawned afterwards inherit the epoch starts instead of each recounting every earlier epoch."""
-        before = self._prefix(position // _MIX_CHUNK)
+        chunk = position // _MIX_CHUNK
+        labels, _ = self._chunk_slots(chunk)  # each genome's index at `position`: its slots before it
+        before = self._prefix(chunk) + np.bincount(labels[: position - chunk * _MIX_CHUNK], minlength=len(self.units))
         for genome_index, index in enumerate(before.tolist()):
-            if self.probabilities[genome_index] > 0:
-                self._epoch_start_of(genome_index, index)
+            if self.probabilities[genome_index] <= 0:
+                continue
+            starts = self._epoch_start_of(genome_index, 0)
+            threads = min(_COUNT_THREADS, os.cpu_count() or 1)
+            while starts[-1] <= index:  # epochs are independent: count several at once (numpy frees the GIL)
+                ahead = math.ceil((index + 1 - starts[-1]) / (starts[-1] / (len(starts) - 1)))
+                epochs = range(len(starts) - 1, len(starts) - 1 + max(1, min(threads, ahead)))
+                with ThreadPoolExecutor(len(epochs)) as pool:
+                    sizes = list(pool.map(partial(self._epoch_size, genome_index), epochs))
+                for size in sizes:
+                    if starts[-1] <= index:
+                        starts.append(starts[-1] + size)
+
+    def _epoch_size(self, genome_index: int, epoch: int) -> int:
+        """Window count of an epoch without keeping its plan (a resume skips many)."""
+        if (genome_index, epoch) in self._plans:
+            return len(self._plans[genome_index, epoch])
+        return len(EpochPlan(self.units[genome_index], self.rule, self.seed, genome_index, epoch))
 
     def windows(self, first: int, count: int) -> Windows:
         """The windows at stream positions [first, first + count), in stream order."""
