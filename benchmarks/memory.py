@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -216,8 +217,10 @@ def run_loader(megabases: int, workers: int = 2, batches: int = 400) -> dict:
     iterator = iter(data.train_dataloader())
     for _ in range(batches):
         next(iterator)
+    me = os.getpid()
+    worker_pids = [int(pid) for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
     figures = {"shape": f"GRCh38-shaped FASTA, {megabases} Mbp, real loader, {workers} workers"}
-    for label, pid in [("main", os.getpid())] + [(f"worker{i}", w.pid) for i, w in enumerate(iterator._workers)]:
+    for label, pid in [("main", me)] + [(f"worker{i}", pid) for i, pid in enumerate(worker_pids)]:
         status = Path(f"/proc/{pid}/status").read_text()
         rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
 
@@ -227,7 +230,10 @@ def run_loader(megabases: int, workers: int = 2, batches: int = 400) -> dict:
         figures[f"{label}_peak_mb"] = field("VmHWM")
         figures[f"{label}_file_pages_mb"] = field("RssFile")
         figures[f"{label}_private_mb"] = field("Private_Clean", rollup) + field("Private_Dirty", rollup)
-    del iterator
+    # The workers ignore SIGTERM (they must outlive a SLURM signal until the step ends): end them here for good.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for pid in worker_pids:
+        os.kill(pid, signal.SIGKILL)
     return figures
 
 
