@@ -19,7 +19,7 @@ Why it looks like this:
   window. Windows shorter than k have no k-mer and are dropped: the original's 5-nt minimum gives zero 6-mers.
 - The shuffle is two-level: a uniform permutation of the units, then a uniform permutation of each group's
   windows. A micro-batch therefore mixes windows from hundreds of places of the genome (GRCh38 at 512 tokens:
-  about 390 units of 64 kbp per group), not one window from each of B uniformly random places.
+  about 370 units of 64-128 kbp per group), not one window from each of B uniformly random places.
 - Several genomes share the stream by weight: each has its own infinite sequence of epochs, and a seeded
   multinomial draw per chunk of stream slots (vectorised) says which genome supplies each slot.
 """
