@@ -264,14 +264,11 @@ class EpochPlan:
     def _unit_window_counts(self) -> np.ndarray:
         """Windows of every unit this epoch, cut in slices of units so the pieces in memory stay bounded."""
         counts = np.zeros(len(self.units), dtype=np.int32)
-        per_unit = (self.units[:, 2] - self.units[:, 1]) // max(self.rule.max_nucleotides // 2, 1) + 9  # ~ draws
-        slice_ends = np.searchsorted(np.cumsum(per_unit), np.arange(1, 1 + per_unit.sum() // _COUNT_PIECES) *
-                                     _COUNT_PIECES)
-        first = 0
-        for last in [*slice_ends.tolist(), len(self.units)]:
-            if last > first:
-                counts[first:last] = _count_units(self.units[first:last], np.arange(first, last), self.key, self.rule)
-            first = max(first, last)
+        draws = np.cumsum((self.units[:, 2] - self.units[:, 1]) // max(self.rule.max_nucleotides // 2, 1) + 9)
+        cuts = np.searchsorted(draws, np.arange(_COUNT_PIECES, draws[-1] if len(draws) else 0, _COUNT_PIECES))
+        bounds = np.unique(np.concatenate([[0], cuts, [len(self.units)]]))
+        for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            counts[first:last] = _count_units(self.units[first:last], np.arange(first, last), self.key, self.rule)
         return counts
 
     def __len__(self) -> int:
