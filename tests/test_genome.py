@@ -193,6 +193,19 @@ def test_bgzip_copy_is_made_once_and_replaced_when_the_file_changes(tmp_path, sy
     assert sorted(tmp_path.glob("g.fa.gz.dnabert-plain-*.fa")) == [renamed.files[0].plain] != [first]
 
 
+def test_full_disk_while_decompressing_bgzip_says_where_and_what_to_do(tmp_path, synthetic, monkeypatch):
+    fasta, _ = synthetic
+    packed = write_bgzf_blocks(tmp_path / "g.fa.gz", fasta.read_bytes(), 4096)
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(genome_module.shutil, "copyfileobj", full_disk)
+    with pytest.raises(DnabertError, match=r"decompressed copy of .*g.fa.gz.*No space left.*DNABERT_CACHE_DIR"):
+        open_genome(packed)
+    assert not list(tmp_path.glob("*dnabert-plain*"))  # no half-written copy left behind
+
+
 def test_damaged_bgzip_names_the_file(tmp_path, synthetic):
     fasta, _ = synthetic
     packed = write_bgzf_blocks(tmp_path / "cut.fa.gz", fasta.read_bytes(), 4096)
