@@ -15,6 +15,9 @@ same plan plus the groups it cuts: the plan scenarios measure one such process.
 - loader: the real training loader with 2 workers on the scan's FASTA; per process the peak RSS, the FASTA's
   mapped pages in it (shared page cache) and the private memory (pages not shared with the other processes).
 
+The `hasattr(stream, "plan")` / `"seek"` checks let the same script measure the previous, materialised plan
+(run it from a copy outside the checkout with PYTHONPATH pointing at the older code) for before/after figures.
+
     python -m benchmarks.memory                   # every scenario, a table
     python -m benchmarks.memory --scenario grch38-512
 """
