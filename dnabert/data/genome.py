@@ -11,7 +11,7 @@ Why it looks like this:
   failed on valid files whose blocks hold exactly 65,536 bytes (Biopython's writer; pyfaidx #125, #131, #238).
 - The scan reads the file in bounded chunks with ordinary reads, not through the mmap, so its peak RSS does not
   grow with the genome (mapped pages would count as the process's own).
-- File handles (mmap, pyfaidx) are opened lazily per process id: handles opened in the parent and inherited by
+- The mmap is opened lazily per process id: handles opened in the parent and inherited by
   forked dataloader workers share a file offset and return wrong sequence (stack.md, trap 1).
 """
 
