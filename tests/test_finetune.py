@@ -230,6 +230,7 @@ def finetune_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.C
     return result, tmp_path / "finetune_custom" / "none"
 
 
+@pytest.mark.slow
 def test_finetune_cli_writes_results_report_and_selects_the_best_dev_epoch(finetune_run) -> None:
     result, run_dir = finetune_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -254,6 +255,7 @@ def test_finetune_cli_writes_results_report_and_selects_the_best_dev_epoch(finet
     assert "| test |" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_finetune_resumes_finished_seeds_without_training_again(finetune_run) -> None:
     result, run_dir = finetune_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -272,6 +274,7 @@ def _overrides_of(run_dir: Path) -> list[str]:
     return yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
 
 
+@pytest.mark.slow
 def test_exported_classifier_loads_in_transformers_and_multimolecule_with_equal_logits(finetune_run,
                                                                                        tmp_path: Path) -> None:
     result, run_dir = finetune_run
