@@ -100,7 +100,7 @@ def main() -> None:
     print(f"probe logistic regression (fit + score, {model.config.hidden_size} features): {fit_seconds:.3f} s")
     print(f"training: {train_tokens_per_s:,.0f} tokens/s at {args.train_tokens}-token windows; "
           f"{args.val_every} steps x {args.global_batch} windows between validations = {interval_seconds:,.1f} s")
-    print(f"probe share of training time: {probe_seconds / (interval_seconds + probe_seconds):.2%} "
+    print(f"probe share of training time: {probe_seconds / (interval_seconds + probe_seconds):.4%} "
           f"({probe_seconds:.2f} s per validation)")
 
 

@@ -55,7 +55,7 @@ def test_probe_refuses_a_file_without_two_classes_in_each_part(tmp_path: Path) -
 def test_probe_logs_to_every_logger_and_leaves_the_training_trajectory_alone(tmp_path: Path) -> None:
     """The demo's probe on the bundled task, with CSV and TensorBoard: logged at each validation in both, in the
     report, and the trained weights are those of the same run without the probe."""
-    train(tmp_path, "probe", "logger=tensorboard", "probe.max_sequences=200")
+    train(tmp_path, "probe", "logger=tensorboard", f"probe.path={PROM_CORE}", "probe.max_sequences=200")
     train(tmp_path, "plain", "probe.path=null")
     probed = run_dir(tmp_path, "probe")
     assert_same_weights(final_weights(probed), final_weights(run_dir(tmp_path, "plain")), atol=0)

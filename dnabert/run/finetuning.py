@@ -183,7 +183,8 @@ def seeds_of(cfg: DictConfig) -> list[int]:
 
 def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: int, seed_dir: Path,
                    devices: int) -> dict[str, Any] | None:
-    """Train one seed, evaluate its best-on-dev checkpoint on every split; None when stopped before the end."""
+    """Train one seed, evaluate its best-on-dev checkpoint on every split (on global rank 0; other ranks get {});
+    None when training stopped before the end (preemption)."""
     selection = cfg.selection_metric or DEFAULT_SELECTION[data.labels.task_type]
     L.seed_everything(seed, workers=True, verbose=False)
     classifier = build_classifier(backbone, data.labels.num_outputs, seed, float(cfg.dropout))
@@ -215,7 +216,7 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
                  trainer.global_step, trainer.max_steps)
         return None
     if not trainer.is_global_zero:
-        return None
+        return {}  # the next seed trains on every rank again
     best_path = Path(best.best_model_path)
     state = read_checkpoint(best_path)["state_dict"]
     module.load_state_dict(state)
@@ -280,6 +281,8 @@ def run_finetune(cfg: DictConfig) -> Path | None:
         if result is None:
             return None
         per_seed.append(result)
+    if not all(per_seed):  # not global rank 0: it writes the results
+        return None
     mean, sd = summarise_seeds(per_seed)
     results = {
         "task": cfg.task.name, "task_type": data.labels.task_type, "labels": list(data.labels.names),

@@ -64,8 +64,9 @@ class DownstreamProbe(L.Callback):
         self.last_seconds = 0.0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Tokenise once, for the model's k and positions (long sequences become windows, as in fine-tuning)."""
-        if stage != "fit" or self.loader is not None:
+        """Tokenise once, on global rank 0 (the only rank that probes), for the model's k and positions (long
+        sequences become windows, as in fine-tuning)."""
+        if stage != "fit" or self.loader is not None or (trainer is not None and not trainer.is_global_zero):
             return
         max_positions = pl_module.model.config.max_position_embeddings
         windows = windowed_set(self.data, torch.from_numpy(self.targets), kmer_tokenizer(self.k), max_positions)
