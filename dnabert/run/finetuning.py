@@ -41,9 +41,10 @@ from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
 from dnabert.run.callbacks import StepProgressBar
-from dnabert.run.checkpoints import find_resume_checkpoint, read_checkpoint
+from dnabert.run.checkpoints import checkpoint_step, find_resume_checkpoint, read_checkpoint
 from dnabert.run.cluster import check_launch, cluster_callbacks
 from dnabert.run.config import auto_precision, resolve_device_count
+from dnabert.run.history import set_resume_step
 from dnabert.run.training import MODEL_LEVERS, build_loggers, check_output_dir, quiet_lightning_logs, run_plugins
 from dnabert.tasks.finetune import FineTuneModule, SequenceClassifier, predict
 from dnabert.tasks.metrics import DEFAULT_SELECTION, LOWER_IS_BETTER, split_metrics
@@ -81,6 +82,9 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any]) 
     path = Path(pretrained)
     if path.is_file() or (path / "checkpoints" / "last.ckpt").is_file():
         model, checkpoint_k, _ = load_checkpoint(path)
+        if checkpoint_k is None:  # DNABERT-2 (BPE): add its family to build_encoder and tokenizer_for first
+            raise DnabertError(f"pretrained={path} is a DNABERT-2 run; fine-tuning supports DNABERT (k-mer) "
+                               "backbones so far.")
         return Backbone("dnabert", checkpoint_k, model.config.to_dict(), model.state_dict(), str(path))
     if (path / "config.json").is_file():
         hf_vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
@@ -199,6 +203,9 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
         monitor=f"dev/{selection}", mode="min" if selection in LOWER_IS_BETTER else "max", save_top_k=1,
         save_last=True,
     )
+    resume = find_resume_checkpoint(seed_dir / "checkpoints")
+    loggers = build_loggers(cfg.logger, seed_dir)
+    set_resume_step(loggers, checkpoint_step(resume) if resume else 0)  # a resumed seed keeps its earlier rows
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("val_every_n_steps", None)
     trainer_cfg.update(
@@ -206,10 +213,9 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
         max_epochs=int(cfg.max_epochs), max_steps=int(cfg.max_epochs) * steps_per_epoch,
         check_val_every_n_epoch=1, use_distributed_sampler=True, default_root_dir=str(seed_dir),
         callbacks=[best, StepProgressBar(), *cluster_callbacks(str(seed_dir))],
-        logger=build_loggers(cfg.logger, seed_dir) or False, plugins=run_plugins(cfg.trainer.num_nodes, devices),
+        logger=loggers or False, plugins=run_plugins(cfg.trainer.num_nodes, devices),
     )
     trainer = instantiate(trainer_cfg, _convert_="all")
-    resume = find_resume_checkpoint(seed_dir / "checkpoints")
     trainer.fit(module, split_loaders["train"], split_loaders["dev"], ckpt_path=str(resume) if resume else None)
     if trainer.global_step < trainer.max_steps:
         log.info("Seed %d stopped at step %d of %d; run the same command again to continue.", seed,
