@@ -75,7 +75,12 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any]) 
     from dnabert.tools.export import init_from, load_checkpoint
 
     if pretrained is None or str(pretrained).lower() == "none":
-        config = {key: value for key, value in model_cfg.items() if key not in (*MODEL_LEVERS.values(), "init_from")}
+        family = model_cfg.get("family", "dnabert")
+        if family != "dnabert":  # DNABERT-2: build_encoder and tokenizer_for need its branch first
+            raise DnabertError(f"pretrained=none with model.family={family}: fine-tuning supports DNABERT (k-mer) "
+                               "backbones so far.")
+        not_architecture = (*MODEL_LEVERS.values(), "init_from", "family")
+        config = {key: value for key, value in model_cfg.items() if key not in not_architecture}
         config["vocab_size"] = vocab_size(k)
         ModelConfig.from_dict(config)  # checks the fields now, with the setting's name in the message
         return Backbone("dnabert", k, config, None, "none")
