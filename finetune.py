@@ -13,12 +13,12 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from train import check_output_override, user_error  # also sets DNABERT_ROOT and registers the resolvers
+from train import check_folder_names, check_output_override, user_error  # also sets DNABERT_ROOT, the resolvers
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="finetune")
 def main(cfg: DictConfig) -> None:
-    from dnabert.errors import DnabertError
+    from dnabert.errors import DnabertError, user_message
     from dnabert.run.finetuning import run_finetune
 
     try:
@@ -27,10 +27,11 @@ def main(cfg: DictConfig) -> None:
         problem = user_error(err)
         if problem is None:
             raise
-        print(f"dnabert: error: {problem}", file=sys.stderr)
+        print(f"dnabert: error: {user_message(problem)}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
     check_output_override(sys.argv[1:])
+    check_folder_names(sys.argv[1:])
     main()
