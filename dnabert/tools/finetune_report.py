@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy.special import softmax  # noqa: E402
+import torch  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from dnabert.errors import DnabertError, command_line  # noqa: E402
@@ -47,7 +47,7 @@ def plot_finetune(run_dir: Path, results: dict[str, Any], path: Path) -> None:
         roc_axis, pr_axis = axes[1], axes[2]
         for seed_result in results["seeds"]:
             predictions = np.load(run_dir / f"seed_{seed_result['seed']}" / "predictions.npz")
-            scores = softmax(predictions[f"{split}_outputs"], axis=1)[:, 1]
+            scores = torch.from_numpy(predictions[f"{split}_outputs"]).softmax(dim=1)[:, 1].numpy()
             targets = predictions[f"{split}_targets"]
             false_positive, true_positive, _ = roc_curve(targets, scores)
             precision, recall, _ = precision_recall_curve(targets, scores)
