@@ -329,3 +329,15 @@ def test_finetune_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         f"dnabert: error: labelled file {missing} does not exist; check task.train/task.dev/task.test or probe.path.")
     assert "Traceback" not in result.stderr
+
+
+def test_freeze_backbone_is_a_linear_probe_on_fixed_features() -> None:
+    """Only the pooler and classifier train, and the frozen encoder stays in eval mode (no dropout)."""
+    module = FineTuneModule(build_classifier(tiny_backbone(), 2, 0, 0.1), "classification",
+                            {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}, 0, "mcc",
+                            freeze_backbone=True)
+    module.train()
+    assert not module.classifier.backbone.training and module.classifier.dropout.training
+    trainable = {name for name, parameter in module.named_parameters() if parameter.requires_grad}
+    assert trainable == {"classifier.pooler.dense.weight", "classifier.pooler.dense.bias",
+                         "classifier.classifier.weight", "classifier.classifier.bias"}
