@@ -61,6 +61,7 @@ def tiny_run_overrides(output_root: Path, run_name: str = "test", **extra: objec
         "trainer.log_every_n_steps": 1, "trainer.enable_model_summary": False,
         "callbacks.model_checkpoint.every_n_train_steps": 2, "export": False,
         "run_name": run_name, "paths.output_root": str(output_root),
+        "probe.path": "null",  # the demo's downstream probe is tested in test_probe.py
     }
     settings.update(extra)
     return [f"{key}={value}" for key, value in settings.items()]

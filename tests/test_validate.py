@@ -44,6 +44,14 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("estimate_trial=sometimes",), "estimate_trial='sometimes' is not one of auto"),
     (("export=1",), "export=1 is not true or false"),
     (("max_consecutive_nonfinite=0",), "max_consecutive_nonfinite=0 must be >= 1"),
+    # the downstream probe
+    (("probe.path={DIR}/none.tsv",), "none.tsv' does not exist"),
+    (("probe.max_sequences=2",), "probe.max_sequences=2 must be >= 4"),
+    (("probe.test_fraction=1",), "probe.test_fraction=1 must be in (0, 1)"),
+    (("probe.seed=-1",), "probe.seed=-1 must be in [0, 4294967295]"),
+    (("probe.batch_size=0",), "probe.batch_size=0 must be >= 1"),
+    (("probe.sequence_column=' '",), "probe.sequence_column=' ' is empty"),
+    (("probe.label_column=",), "probe.label_column='' is empty"),
     # paths
     (("paths.root_dir=",), "paths.root_dir='' is empty; point it at the dnabert checkout"),
     (("paths.output_root=' '",), "paths.output_root=' ' is empty"),

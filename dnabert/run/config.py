@@ -7,6 +7,7 @@ the same functions are called at start, where a mistake becomes one clear Dnaber
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -93,6 +94,19 @@ def _wandb_run_id_resolver(run_dir: str) -> str:
     return wandb_run_id(run_dir)
 
 
+def backbone_name(pretrained: object) -> str:
+    """A fine-tuning run's default name from its backbone: `none`; `demo-default` for the run directory
+    outputs/demo/default; `demo-default-step-0000400` for one of its checkpoints; `<parent>-<name>` for a model
+    folder."""
+    if pretrained is None or str(pretrained).lower() == "none":
+        return "none"
+    path = Path(str(pretrained)).resolve()
+    if path.suffix == ".ckpt":
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return f"{run_dir.parent.name}-{run_dir.name}-{path.stem}"
+    return f"{path.parent.name}-{path.name}"
+
+
 def register_resolvers() -> None:
     """Make the derived values usable in YAML: ${vocab_size:${k}}, ${accumulation:...}, ${mask_switch:...}."""
     resolvers = {
@@ -101,6 +115,7 @@ def register_resolvers() -> None:
         "mask_switch": lambda max_steps, final: mask_switch_step(int(max_steps), int(final)),
         "precision": auto_precision,
         "wandb_run_id": _wandb_run_id_resolver,
+        "backbone_name": backbone_name,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

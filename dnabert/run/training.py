@@ -23,7 +23,13 @@ from dnabert.errors import DnabertError
 from dnabert.models.dnabert.model import count_parameters
 from dnabert.run.callbacks import RunArtifacts, StepProgressBar, ThroughputLogger
 from dnabert.run.checkpoints import AtomicCheckpointIO, checkpoint_step, find_resume_checkpoint
-from dnabert.run.cluster import check_checkpoint_fits, check_launch, cluster_callbacks, cluster_plugins
+from dnabert.run.cluster import (
+    check_checkpoint_fits,
+    check_launch,
+    cluster_callbacks,
+    cluster_plugins,
+    wandb_run_id,
+)
 from dnabert.run.config import (
     accumulation_steps,
     auto_precision,
@@ -176,7 +182,8 @@ def build_trainer(cfg: DictConfig, plan: Plan, resume_step: int = 0) -> L.Traine
     callbacks += [StepProgressBar(), ThroughputLogger(), MetricsHistory(str(plan.run_dir)),
                   RunArtifacts(str(plan.run_dir), export=cfg.export)]
     callbacks += cluster_callbacks(str(plan.run_dir))
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    callbacks += probe_callbacks(cfg)
+    loggers = build_loggers(cfg.logger)
     set_resume_step(loggers, resume_step)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     val_every = trainer_cfg.pop("val_every_n_steps")
@@ -191,9 +198,44 @@ def build_trainer(cfg: DictConfig, plan: Plan, resume_step: int = 0) -> L.Traine
         default_root_dir=str(plan.run_dir),
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO(), *cluster_plugins(plan.num_nodes, plan.devices)],
+        plugins=run_plugins(plan.num_nodes, plan.devices),
     )
     return instantiate(trainer_cfg, _convert_="all")
+
+
+def build_loggers(logger_cfg: DictConfig | None, run_dir: Path | None = None) -> list:
+    """The configured metric loggers; `run_dir` moves them (and the wandb run identity) to another folder, as
+    fine-tuning does for each seed."""
+    loggers = []
+    for config in (logger_cfg or {}).values():
+        if config is None:
+            continue
+        overrides = {}
+        if run_dir is not None:
+            overrides["save_dir"] = str(run_dir)
+            if str(config.get("_target_", "")).endswith("WandbLogger"):
+                overrides.update(id=wandb_run_id(str(run_dir)), name=f"{config.name}/{run_dir.name}")
+        loggers.append(instantiate(config, **overrides))
+    return loggers
+
+
+def run_plugins(num_nodes: int, devices: int) -> list:
+    """Atomic checkpoint writes and the cluster environment: every run's Trainer gets them."""
+    return [AtomicCheckpointIO(), *cluster_plugins(num_nodes, devices)]
+
+
+def probe_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The downstream probe when `probe.path` names a labelled file (the demo's bundled promoter task)."""
+    probe_cfg = cfg.get("probe")
+    if not probe_cfg or not probe_cfg.get("path"):
+        return []
+    family = cfg.model.get("family", "dnabert")
+    if family != "dnabert":  # the probe tokenises k-mers; another family plugs in through finetuning.tokenizer_for
+        raise DnabertError(f"probe.path is set but the probe supports k-mer (dnabert) models only, not "
+                           f"model.family={family}; set probe.path=null.")
+    from dnabert.run.probe import DownstreamProbe
+
+    return [DownstreamProbe(**OmegaConf.to_container(probe_cfg, resolve=True), k=int(cfg.k))]
 
 
 def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:

@@ -277,6 +277,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("paths.output_root", TEXT, "point it at a writable folder", check=not_blank),
     Setting("paths.output_dir", TEXT, "point it at a writable folder", check=not_blank),
     Setting("paths.cache_dir", TEXT, "point it at a writable folder", check=not_blank),
+    # the downstream probe (dnabert/run/probe.py)
+    Setting("probe.path", TEXT, "point it at a labelled file, or null for no probe", optional=True,
+            check=existing_file, on_disk=True),
+    Setting("probe.max_sequences", INT, "e.g. probe.max_sequences=1000", within=Range(4)),
+    Setting("probe.test_fraction", NUMBER, "e.g. probe.test_fraction=0.5", within=OPEN_FRACTION),
+    Setting("probe.seed", INT, "e.g. probe.seed=0", within=SEED),
+    Setting("probe.batch_size", INT, "e.g. probe.batch_size=256", within=AT_LEAST_1),
+    Setting("probe.sequence_column", TEXT, "name the column holding the sequences", check=not_blank),
+    Setting("probe.label_column", TEXT, "name the column holding the labels", check=not_blank),
     # data: genomes (configs/data/demo.yaml, grch38.yaml, mixed_demo.yaml)
     Setting("data.fasta", TEXT, _TO_FASTA, optional=True, check=fasta_file, on_disk=True),
     Setting("data.genomes", LIST, "list genomes as {name, fasta, weight}, or set data.fasta"),

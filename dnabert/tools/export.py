@@ -33,12 +33,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
-from transformers import BertForMaskedLM, BertTokenizer, PreTrainedTokenizerFast
+from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from dnabert.data.tokenizers.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
@@ -171,11 +172,16 @@ def _no_progress_bars() -> Iterator[None]:
 def export_checkpoint(
     checkpoint: str | Path, out_dir: str | Path, layout: str | None = None, tokenizer_file: str | Path | None = None
 ) -> Path:
-    """Export a Lightning checkpoint (or a run directory's ``checkpoints/last.ckpt``); returns the out dir.
+    """Export a Lightning checkpoint (or a run directory's ``checkpoints/last.ckpt``) of pretraining or of
+    fine-tuning (finetune.py: a BertForSequenceClassification / DnaBertForSequencePrediction); returns the out dir.
 
     ``layout`` defaults to the family's first layout ("original" for DNABERT, "multimolecule" for DNABERT-2).
     A DNABERT-2 export needs the run's BPE tokenizer: ``tokenizer_file``, by default ``tokenizer.json`` of the
     run directory (the checkpoint's ``../..``), else the run config's ``tokenizer.file`` (a file or its folder)."""
+    if _is_finetune_checkpoint(_checkpoint_file(checkpoint)):
+        classifier, backbone, labels = load_classifier_checkpoint(_checkpoint_file(checkpoint))
+        return export_classifier(classifier, backbone, labels, out_dir, layout or "original",
+                                 {"checkpoint": str(checkpoint)})
     model, k, card_config = load_checkpoint(checkpoint)
     if isinstance(model, DnaBert2ForMaskedLM):
         tokenizer_file = tokenizer_file or _run_tokenizer(Path(checkpoint), card_config.get("train_config") or {})
@@ -198,6 +204,109 @@ def _run_tokenizer(checkpoint: Path, train_config: dict) -> Path:
     )
 
 
+# --------------------------------------------------------------------------------------- fine-tuned models
+# SequenceClassifier parameter names (dnabert.tasks.finetune) -> transformers' BertForSequenceClassification.
+CLASSIFIER_RENAMES = (("backbone.bert.", "bert."), ("pooler.", "bert.pooler."), ("classifier.", "classifier."))
+# ... and transformers' classification head -> MultiMolecule's DnaBertForSequencePrediction (after its BERT renames).
+MULTIMOLECULE_HEAD_RENAMES = (("classifier.", "sequence_head.decoder."),)
+
+
+def export_classifier(classifier: torch.nn.Module, backbone: dict, labels: Any, out_dir: str | Path,
+                      layout: str = "original", card_config: dict | None = None) -> Path:
+    """Write a fine-tuned SequenceClassifier as transformers' ``BertForSequenceClassification`` (original layout)
+    or MultiMolecule's ``DnaBertForSequencePrediction``; class names go to the config's id2label.
+
+    ``backbone``: ``{"family", "k", "config"}`` as fine-tuning stores it; ``labels``: a ``LabelSpace``."""
+    if layout not in LAYOUTS:
+        raise DnabertError(f"Unknown export layout {layout!r}; use one of {', '.join(LAYOUTS)}.")
+    if backbone["family"] != "dnabert":
+        raise DnabertError(f"Export of fine-tuned {backbone['family']} models is not supported yet.")
+    k, config = int(backbone["k"]), ModelConfig.from_dict(backbone["config"])
+    state_dict = {_renamed(key, CLASSIFIER_RENAMES): value for key, value in _plain_state_dict(classifier).items()}
+    # Classification leaves problem_type unset: transformers infers it from num_labels (MultiMolecule's config
+    # rejects it together with id2label).
+    head: dict[str, Any] = {"num_labels": labels.num_outputs}
+    if labels.task_type == "classification":
+        head["id2label"] = dict(enumerate(labels.names))
+        head["label2id"] = {name: index for index, name in enumerate(labels.names)}
+    else:
+        head["problem_type"] = "regression"
+
+    def write(staging: Path) -> None:
+        if layout == "original":
+            hf_config = config.to_hf_config()
+            for key, value in {**head, "classifier_dropout": classifier.dropout.p}.items():
+                setattr(hf_config, key, value)
+            model = BertForSequenceClassification(hf_config)
+            _load_strict(model, state_dict, "the fine-tuned model")
+            model.save_pretrained(staging)
+            _write_bert_tokenizer(config, k, staging)
+        else:
+            multimolecule, tokenizer = _multimolecule_tokenizer(config, k)
+            rows = multimolecule_rows(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))), k)
+            renamed = {_renamed(key, MULTIMOLECULE_HEAD_RENAMES): value
+                       for key, value in _multimolecule_state(state_dict, rows).items()}
+            model = multimolecule.DnaBertForSequencePrediction(
+                _multimolecule_config(multimolecule, config, len(rows), **head))
+            _load_strict(model, renamed, "the fine-tuned model")
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(_classifier_card(k, layout, labels, card_config))
+
+    return _write_replacing(Path(out_dir), write)
+
+
+def _renamed(key: str, renames: Sequence[tuple[str, str]]) -> str:
+    """`key` with the first matching prefix replaced."""
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key.removeprefix(old)
+    return key
+
+
+def _is_finetune_checkpoint(path: Path) -> bool:
+    try:
+        hyper_parameters = read_checkpoint(path, mmap=True).get("hyper_parameters", {})
+    except Exception:  # unreadable: load_checkpoint reports it with the right message
+        return False
+    return "task_type" in hyper_parameters and "backbone" in hyper_parameters
+
+
+def load_classifier_checkpoint(path: Path) -> tuple[torch.nn.Module, dict, Any]:
+    """Rebuild a fine-tuned classifier from its Lightning checkpoint: ``(classifier, backbone, labels)``."""
+    from dnabert.data.labelled import LabelSpace
+    from dnabert.run.finetuning import Backbone, build_encoder
+    from dnabert.tasks.finetune import SequenceClassifier
+
+    content = read_checkpoint(path)
+    hyper_parameters = _plain(content["hyper_parameters"])
+    backbone = hyper_parameters["backbone"]
+    labels = LabelSpace(hyper_parameters["task_type"], tuple(hyper_parameters.get("labels") or ()))
+    encoder = build_encoder(Backbone(backbone["family"], int(backbone["k"]), backbone["config"], None,
+                                     backbone.get("source", "")))
+    classifier = SequenceClassifier(encoder, labels.num_outputs)
+    state = {key.removeprefix("classifier."): value for key, value in content["state_dict"].items()}
+    _load_strict(classifier, state, str(path))
+    return classifier, backbone, labels
+
+
+def _classifier_card(k: int, layout: str, labels: Any, card_config: dict | None) -> str:
+    model_class = ("BertForSequenceClassification" if layout == "original"
+                   else "multimolecule.DnaBertForSequencePrediction")
+    classes = ", ".join(labels.names) if labels.names else "one regression output"
+    sections = [
+        f"---\nlibrary_name: {'transformers' if layout == 'original' else 'multimolecule'}\n"
+        "pipeline_tag: text-classification\ntags:\n- dna\n- dnabert\n- k-mer\n---\n",
+        f"# DNABERT k={k}, fine-tuned\n",
+        f"A DNABERT sequence {labels.task_type} model ({model_class}) fine-tuned with the `dnabert` framework; "
+        f"outputs: {classes}. Input: upper-case, space-separated overlapping {k}-mers "
+        f'(e.g. "{kmer_text("GATTACAGATTACA", k)}") with the bundled tokenizer.\n',
+    ]
+    if card_config:
+        sections.append(f"## Fine-tuning\n\n```json\n{json.dumps(_plain(card_config), indent=2, default=str)}\n```\n")
+    return "\n".join(sections)
+
+
 def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM | DnaBert2ForMaskedLM, int | None, dict]:
     """Rebuild the model from a Lightning checkpoint: ``(model, k, card_config)``; k is None for DNABERT-2.
 
@@ -205,11 +314,7 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM | DnaBer
     ``hyper_parameters`` with ``model_config`` and optionally ``train_config``; DNABERT (the default family) also
     needs ``k``; DNABERT-2 is ``family: dnabert2`` (or a model_config with DnaBert2Config's ``alibi_starting_size``).
     """
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / RUN_DIR_CHECKPOINT
-    if not path.is_file():
-        raise DnabertError(f"Checkpoint {path} does not exist; pass a .ckpt file or a run directory with one.")
+    path = _checkpoint_file(checkpoint)
     try:
         content = read_checkpoint(path)
     except Exception as err:  # any unpickling failure means the same to the user: not a usable file
@@ -241,6 +346,16 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM | DnaBer
         "train_config": hyper_parameters.get("train_config"),
     }
     return model, k, card_config
+
+
+def _checkpoint_file(checkpoint: str | Path) -> Path:
+    """A .ckpt file, or a run directory's checkpoints/last.ckpt."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / RUN_DIR_CHECKPOINT
+    if not path.is_file():
+        raise DnabertError(f"Checkpoint {path} does not exist; pass a .ckpt file or a run directory with one.")
+    return path
 
 
 def init_from(hf_dir: str | Path, k: int) -> DnaBertForMaskedLM:
@@ -296,6 +411,11 @@ def _write_original(state_dict: dict, config: ModelConfig, k: int, out_dir: Path
     model = BertForMaskedLM(config.to_hf_config())
     _load_strict(model, state_dict, "the model")
     model.save_pretrained(out_dir)
+    _write_bert_tokenizer(config, k, out_dir)
+
+
+def _write_bert_tokenizer(config: ModelConfig, k: int, out_dir: Path) -> None:
+    """The original vocab.txt and a BertTokenizer that does not lower-case (the original's did)."""
     vocab_file = write_vocab(k, out_dir / "vocab.txt")
     tokenizer = BertTokenizer(
         str(vocab_file), do_lower_case=False, model_max_length=config.max_position_embeddings
@@ -308,22 +428,39 @@ def _write_original(state_dict: dict, config: ModelConfig, k: int, out_dir: Path
 
 
 def _write_multimolecule(state_dict: dict, config: ModelConfig, k: int, out_dir: Path) -> None:
+    multimolecule, tokenizer = _multimolecule_tokenizer(config, k)
+    rows = multimolecule_rows(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))), k)
+    model = multimolecule.DnaBertForMaskedLM(_multimolecule_config(multimolecule, config, len(rows)))
+    _load_strict(model, _multimolecule_state(state_dict, rows), "the model")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _multimolecule_tokenizer(config: ModelConfig, k: int) -> tuple[Any, Any]:
+    """The multimolecule module (imported only for this layout) and its k-mer tokenizer."""
     try:
         import multimolecule
     except ImportError as err:
         raise DnabertError("--layout multimolecule needs the multimolecule package: pip install multimolecule") from err
-    tokenizer = multimolecule.DnaTokenizer(
+    return multimolecule, multimolecule.DnaTokenizer(
         nmers=k, alphabet="nucleobase", model_max_length=config.max_position_embeddings
     )
-    rows = multimolecule_rows(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))), k)
+
+
+def _multimolecule_state(state_dict: dict, rows: torch.Tensor) -> dict:
+    """transformers BERT names -> MultiMolecule's, vocabulary rows permuted into its token order."""
     renamed = {}
     for key, value in state_dict.items():
         new_key = key
         for old, new in MULTIMOLECULE_RENAMES:
             new_key = new_key.replace(old, new, 1) if new_key.startswith(old) else new_key
         renamed[new_key.replace("LayerNorm", "layer_norm")] = value[rows] if key in VOCAB_ROW_KEYS else value
-    mm_config = multimolecule.DnaBertConfig(
-        vocab_size=len(rows),
+    return renamed
+
+
+def _multimolecule_config(multimolecule: Any, config: ModelConfig, vocab_rows: int, **extra: Any) -> Any:
+    return multimolecule.DnaBertConfig(
+        vocab_size=vocab_rows,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
@@ -334,11 +471,8 @@ def _write_multimolecule(state_dict: dict, config: ModelConfig, k: int, out_dir:
         max_position_embeddings=config.max_position_embeddings,
         initializer_range=config.initializer_range,
         layer_norm_eps=config.layer_norm_eps,
+        **extra,
     )
-    model = multimolecule.DnaBertForMaskedLM(mm_config)
-    _load_strict(model, renamed, "the model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
 
 
 def multimolecule_rows(multimolecule_tokens: Sequence[str], k: int) -> torch.Tensor:

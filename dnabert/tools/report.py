@@ -26,6 +26,8 @@ import pandas as pd  # noqa: E402
 from dnabert.errors import DnabertError, command_line  # noqa: E402
 
 LOSS_METRICS = ("train/loss", "val/loss")
+# The downstream probe (dnabert/run/probe.py), logged at each validation when probe.path is set.
+PROBE_METRICS = ("probe/mcc", "probe/auroc", "probe/acc")
 # A run whose loss never went more than this fraction below the uniform baseline has not learnt anything.
 FLAT_FRACTION = 0.05
 # ... unless it is still falling by more than this fraction of the baseline: then it is merely early.
@@ -47,6 +49,7 @@ class Summary:
     k: int | None
     uniform_loss: float | None
     verdict: str
+    probe: dict[str, tuple[float, float, int]]  # metric -> (first, last, step of last) for each logged probe metric
 
 
 def find_metrics_csv(run_dir: Path) -> list[Path]:
@@ -151,6 +154,8 @@ def summarise(metrics: pd.DataFrame, k: int | None) -> Summary:
         k=k,
         uniform_loss=uniform,
         verdict=judge(val_loss if len(val_loss) else train_loss, uniform),
+        probe={name: (float(values.iloc[0]), float(values.iloc[-1]), int(values.index[-1]))
+               for name in PROBE_METRICS if len(values := series(metrics, name))},
     )
 
 
@@ -163,9 +168,11 @@ def _reference_lines(axis: plt.Axes, uniform: float | None, transform=lambda val
 
 
 def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> None:
-    """Six panels: loss, perplexity, accuracy, learning rate, mask rate vs step; loss vs tokens seen."""
-    figure, axes = plt.subplots(2, 3, figsize=(15, 8.5), constrained_layout=True)
-    (loss_axis, ppl_axis, acc_axis), (lr_axis, mask_axis, tokens_axis) = axes
+    """Eight panels: loss, perplexity, accuracy, downstream probe, learning rate, mask rate vs step; loss vs tokens
+    seen."""
+    figure, axes = plt.subplots(2, 4, figsize=(20, 8.5), constrained_layout=True)
+    (loss_axis, ppl_axis, acc_axis, probe_axis), (lr_axis, mask_axis, tokens_axis, spare_axis) = axes
+    spare_axis.axis("off")
 
     def draw(axis: plt.Axes, names: tuple[str, ...], title: str) -> None:
         for name in names:
@@ -183,6 +190,9 @@ def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> Non
     _reference_lines(ppl_axis, uniform, transform=math.exp)
     ppl_axis.set_yscale("log")
     draw(acc_axis, ("train/acc", "val/acc"), "masked-token accuracy")
+    draw(probe_axis, PROBE_METRICS, "downstream probe (logistic regression on embeddings)")
+    if not any(len(series(metrics, name)) for name in PROBE_METRICS):
+        probe_axis.text(0.5, 0.5, "no probe logged (set probe.path)", ha="center", transform=probe_axis.transAxes)
     draw(lr_axis, ("lr",), "learning rate")
     draw(mask_axis, ("mask_rate",), "mask rate")
     lr_axis.set_ylim(bottom=0)
@@ -247,6 +257,8 @@ def render_markdown(summary: Summary, run_dir: Path) -> str:
         f"| final train loss | {_number(summary.final_train_loss)} |",
         f"| uniform baseline | {baseline} |",
         f"| last val loss / uniform baseline | {_number(ratio, '.3f')} |",
+        *(f"| {name} (first -> last, step {step}) | {first:.4f} -> {last:.4f} |"
+          for name, (first, last, step) in summary.probe.items()),
         "",
         "Curves: [plots/curves.png](plots/curves.png)",
         "",

@@ -1,0 +1,315 @@
+"""`python finetune.py`: a composed Hydra config -> fine-tuning runs (one per seed) -> results.json, report, export.
+
+The run directory holds one folder per seed (`seed_<n>/`: checkpoints, logs, predictions, results.json,
+hf_model/); the run's own results.json and report.md put the seeds side by side with mean and sd. A seed whose
+results.json exists is done; one with a checkpoint continues from it (same command, same run directory).
+
+The two seams a new backbone family (DNABERT-2) plugs into are `resolve_backbone` (what `pretrained=` names:
+architecture, k, weights) and `build_encoder` / `tokenizer_for` (its module without the MLM head, its tokenisation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from dnabert.data.labelled import (
+    LabelledSet,
+    LabelSpace,
+    Tokenize,
+    WindowedSet,
+    collate_windows,
+    kmer_tokenizer,
+    label_space,
+    read_labelled,
+    split_rows,
+    windowed_set,
+)
+from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
+from dnabert.errors import DnabertError
+from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.run.callbacks import StepProgressBar
+from dnabert.run.checkpoints import checkpoint_step, find_resume_checkpoint, read_checkpoint
+from dnabert.run.cluster import check_launch, cluster_callbacks
+from dnabert.run.config import auto_precision, resolve_device_count
+from dnabert.run.history import set_resume_step
+from dnabert.run.training import MODEL_LEVERS, build_loggers, check_output_dir, quiet_lightning_logs, run_plugins
+from dnabert.tasks.finetune import FineTuneModule, SequenceClassifier, predict
+from dnabert.tasks.metrics import DEFAULT_SELECTION, LOWER_IS_BETTER, split_metrics
+
+log = logging.getLogger("dnabert")
+SPLITS = ("train", "dev", "test")
+
+
+# ------------------------------------------------------------------------------------------ backbone seam
+@dataclass
+class Backbone:
+    """What `pretrained=` names: the model family, its k, its config fields and (unless `none`) its weights."""
+
+    family: str  # "dnabert" (BERT over k-mers); DNABERT-2 would add "dnabert2"
+    k: int
+    config: dict[str, Any]
+    weights: dict[str, torch.Tensor] | None
+    source: str
+
+    def describe(self) -> dict[str, Any]:
+        """What a fine-tuning checkpoint stores to rebuild the classifier (export, resume)."""
+        return {"family": self.family, "k": self.k, "config": self.config, "source": self.source}
+
+
+def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any]) -> Backbone:
+    """`none` -> the configured architecture at random; a run directory or .ckpt -> its model; a directory with
+    config.json -> a transformers BertForMaskedLM in the original DNABERT layout (released DNABERT weights)."""
+    from dnabert.tools.export import init_from, load_checkpoint
+
+    if pretrained is None or str(pretrained).lower() == "none":
+        family = model_cfg.get("family", "dnabert")
+        if family != "dnabert":  # DNABERT-2: build_encoder and tokenizer_for need its branch first
+            raise DnabertError(f"pretrained=none with model.family={family}: fine-tuning supports DNABERT (k-mer) "
+                               "backbones so far.")
+        not_architecture = (*MODEL_LEVERS.values(), "init_from", "family")
+        config = {key: value for key, value in model_cfg.items() if key not in not_architecture}
+        config["vocab_size"] = vocab_size(k)
+        ModelConfig.from_dict(config)  # checks the fields now, with the setting's name in the message
+        return Backbone("dnabert", k, config, None, "none")
+    path = Path(pretrained)
+    if path.is_file() or (path / "checkpoints" / "last.ckpt").is_file():
+        model, checkpoint_k, _ = load_checkpoint(path)
+        if checkpoint_k is None:  # DNABERT-2 (BPE): add its family to build_encoder and tokenizer_for first
+            raise DnabertError(f"pretrained={path} is a DNABERT-2 run; fine-tuning supports DNABERT (k-mer) "
+                               "backbones so far.")
+        return Backbone("dnabert", checkpoint_k, model.config.to_dict(), model.state_dict(), str(path))
+    if (path / "config.json").is_file():
+        hf_vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
+        matching = [candidate for candidate in SUPPORTED_K if vocab_size(candidate) == hf_vocab]
+        if not matching:
+            raise DnabertError(f"pretrained={path}: vocabulary of {hf_vocab} rows is not a DNABERT k-mer vocabulary "
+                               f"(4^k + 5 for k in {SUPPORTED_K}).")
+        model = init_from(path, matching[0])
+        return Backbone("dnabert", matching[0], model.config.to_dict(), model.state_dict(), str(path))
+    raise DnabertError(f"pretrained={pretrained} is neither a run directory (with checkpoints/last.ckpt), a .ckpt "
+                       "file, a transformers model directory (config.json) nor 'none'.")
+
+
+def build_encoder(backbone: Backbone) -> torch.nn.Module:
+    """The family's encoder, randomly initialised (global RNG), without its MLM head (fine-tuning never uses it)."""
+    if backbone.family != "dnabert":
+        raise DnabertError(f"backbone family {backbone.family!r} is not supported for fine-tuning yet.")
+    encoder = DnaBertForMaskedLM(ModelConfig.from_dict(backbone.config))
+    del encoder.cls  # its decoder was tied to the word embeddings, which stay in encoder.bert
+    return encoder
+
+
+def load_weights(encoder: torch.nn.Module, backbone: Backbone) -> None:
+    """Copy the pretrained encoder weights in (the MLM head's are left out, as the encoder has none)."""
+    if backbone.weights is None:
+        return
+    weights = {key: value for key, value in backbone.weights.items() if not key.startswith("cls.")}
+    encoder.load_state_dict(weights, strict=True)
+
+
+def tokenizer_for(backbone: Backbone) -> Tokenize:
+    if backbone.family != "dnabert":
+        raise DnabertError(f"backbone family {backbone.family!r} has no tokeniser for fine-tuning yet.")
+    return kmer_tokenizer(backbone.k)
+
+
+def build_classifier(backbone: Backbone, num_outputs: int, seed: int, dropout: float) -> SequenceClassifier:
+    """Random encoder and head from `seed`, then the pretrained weights: the head starts the same whatever the
+    backbone, so `pretrained=none` and `pretrained=<run>` differ only in the encoder's initial weights."""
+    torch.manual_seed(seed)
+    encoder = build_encoder(backbone)
+    classifier = SequenceClassifier(encoder, num_outputs, dropout=dropout,
+                                    initializer_range=backbone.config.get("initializer_range", 0.02))
+    load_weights(encoder, backbone)
+    return classifier
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class TaskData:
+    labels: LabelSpace
+    splits: dict[str, WindowedSet]
+    sources: dict[str, str]
+
+
+def load_task(task_cfg: DictConfig, backbone: Backbone, max_positions: int) -> TaskData:
+    """Read the task's files; a missing dev (test) split is a seeded part of train (task.dev_fraction /
+    task.test_fraction of it), the same for every training seed."""
+    columns = (task_cfg.sequence_column, task_cfg.label_column)
+    train = read_labelled(task_cfg.train, backbone.k, *columns)
+    given = {name: read_labelled(task_cfg[name], backbone.k, *columns) if task_cfg.get(name) else None
+             for name in ("dev", "test")}
+    fractions = [0.0 if given[name] is not None else float(task_cfg.get(f"{name}_fraction", 0.0))
+                 for name in ("dev", "test")]
+    dev_rows, test_rows, train_rows = split_rows(len(train), fractions, int(task_cfg.split_seed))
+    parts: dict[str, LabelledSet] = {"train": train.subset(train_rows)}
+    sources = {"train": f"{train.path} ({len(train_rows)} of {len(train)} rows)"}
+    for name, rows in (("dev", dev_rows), ("test", test_rows)):
+        if given[name] is not None:
+            parts[name], sources[name] = given[name], str(given[name].path)
+        elif len(rows):
+            parts[name], sources[name] = train.subset(rows), f"{train.path} ({len(rows)} rows, split seed " \
+                                                               f"{task_cfg.split_seed})"
+    if "dev" not in parts:
+        raise DnabertError("No dev split: give task.dev=<file> or a task.dev_fraction above 0.")
+    labels = label_space(parts["train"], str(task_cfg.type))
+    tokenize = tokenizer_for(backbone)
+    splits = {name: windowed_set(part, labels.targets(part), tokenize, max_positions) for name, part in parts.items()}
+    return TaskData(labels, splits, sources)
+
+
+def loaders(data: TaskData, batch_size: int, seed: int, num_workers: int) -> dict[str, torch.utils.data.DataLoader]:
+    """Train is shuffled per (seed, epoch) by a sampler Lightning sets the epoch of (and replaces under DDP)."""
+    common = {"batch_size": batch_size, "collate_fn": collate_windows, "num_workers": num_workers}
+    result = {}
+    for name, split in data.splits.items():
+        sampler = (torch.utils.data.DistributedSampler(split, num_replicas=1, rank=0, shuffle=True, seed=seed)
+                   if name == "train" else None)
+        result[name] = torch.utils.data.DataLoader(split, sampler=sampler, **common)
+    return result
+
+
+# -------------------------------------------------------------------------------------------------- runs
+def seeds_of(cfg: DictConfig) -> list[int]:
+    seeds = list(cfg.seeds) if cfg.get("seeds") else [int(cfg.seed)]
+    if len(set(seeds)) != len(seeds):
+        raise DnabertError(f"seeds={seeds} repeats a seed; give distinct seeds.")
+    return [int(seed) for seed in seeds]
+
+
+def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: int, seed_dir: Path,
+                   devices: int) -> dict[str, Any] | None:
+    """Train one seed, evaluate its best-on-dev checkpoint on every split (on global rank 0; other ranks get {});
+    None when training stopped before the end (preemption)."""
+    selection = cfg.selection_metric or DEFAULT_SELECTION[data.labels.task_type]
+    L.seed_everything(seed, workers=True, verbose=False)
+    classifier = build_classifier(backbone, data.labels.num_outputs, seed, float(cfg.dropout))
+    module = FineTuneModule(
+        classifier, data.labels.task_type, OmegaConf.to_container(cfg.optim, resolve=True), seed, selection,
+        freeze_backbone=bool(cfg.freeze_backbone), backbone=backbone.describe(), labels=list(data.labels.names),
+    )
+    split_loaders = loaders(data, int(cfg.batch_size), seed, int(cfg.num_workers))
+    steps_per_epoch = math.ceil(len(data.splits["train"]) / (int(cfg.batch_size) * devices * cfg.trainer.num_nodes))
+    best = ModelCheckpoint(
+        dirpath=seed_dir / "checkpoints", filename="best-epoch-{epoch:02d}", auto_insert_metric_name=False,
+        monitor=f"dev/{selection}", mode="min" if selection in LOWER_IS_BETTER else "max", save_top_k=1,
+        save_last=True,
+    )
+    resume = find_resume_checkpoint(seed_dir / "checkpoints")
+    loggers = build_loggers(cfg.logger, seed_dir)
+    set_resume_step(loggers, checkpoint_step(resume) if resume else 0)  # a resumed seed keeps its earlier rows
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("val_every_n_steps", None)
+    trainer_cfg.update(
+        devices=devices, precision=auto_precision(str(cfg.trainer.precision), cfg.trainer.accelerator),
+        max_epochs=int(cfg.max_epochs), max_steps=int(cfg.max_epochs) * steps_per_epoch,
+        check_val_every_n_epoch=1, use_distributed_sampler=True, default_root_dir=str(seed_dir),
+        callbacks=[best, StepProgressBar(), *cluster_callbacks(str(seed_dir))],
+        logger=loggers or False, plugins=run_plugins(cfg.trainer.num_nodes, devices),
+    )
+    trainer = instantiate(trainer_cfg, _convert_="all")
+    trainer.fit(module, split_loaders["train"], split_loaders["dev"], ckpt_path=str(resume) if resume else None)
+    if trainer.global_step < trainer.max_steps:
+        log.info("Seed %d stopped at step %d of %d; run the same command again to continue.", seed,
+                 trainer.global_step, trainer.max_steps)
+        return None
+    if not trainer.is_global_zero:
+        return {}  # the next seed trains on every rank again
+    best_path = Path(best.best_model_path)
+    state = read_checkpoint(best_path)["state_dict"]
+    module.load_state_dict(state)
+    chosen = module.best_epoch()
+    evaluated, predictions = {}, {}
+    for name, loader in split_loaders.items():
+        eval_loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size,
+                                                  collate_fn=collate_windows)
+        outputs, targets = predict(classifier, eval_loader, module.device)
+        evaluated[name] = split_metrics(outputs, targets, data.labels.task_type)
+        predictions[f"{name}_outputs"], predictions[f"{name}_targets"] = outputs.numpy(), targets.numpy()
+    np.savez_compressed(seed_dir / "predictions.npz", **predictions)
+    result = {
+        "seed": seed, "best_epoch": int(chosen["epoch"]), "best_checkpoint": best_path.name,
+        "selection_metric": f"dev/{selection}", "metrics": evaluated, "dev_history": module.dev_history,
+    }
+    if cfg.export:
+        from dnabert.tools.export import export_classifier
+
+        export_classifier(classifier, backbone.describe(), data.labels, seed_dir / "hf_model",
+                          card_config={"task": OmegaConf.to_container(cfg.task, resolve=True), "seed": seed})
+        result["export"] = str(seed_dir / "hf_model")
+    (seed_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def summarise_seeds(per_seed: list[dict[str, Any]]) -> tuple[dict, dict]:
+    """Mean and sample sd (None for one seed) of every split's metrics over the seeds."""
+    mean, sd = {}, {}
+    for split in per_seed[0]["metrics"]:
+        names = per_seed[0]["metrics"][split]
+        values = {name: [result["metrics"][split][name] for result in per_seed] for name in names}
+        mean[split] = {name: statistics.fmean(v) for name, v in values.items()}
+        sd[split] = {name: statistics.stdev(v) if len(v) > 1 else None for name, v in values.items()}
+    return mean, sd
+
+
+def run_finetune(cfg: DictConfig) -> Path | None:
+    """Fine-tune for every seed, then write results.json, report.md and plots/finetune.png in the run directory."""
+    quiet_lightning_logs()
+    run_dir = Path(cfg.paths.output_dir)
+    check_output_dir(run_dir)
+    devices = resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)
+    check_launch(cfg.trainer, cfg.logger, devices, int(cfg.trainer.num_nodes))
+    backbone = resolve_backbone(cfg.pretrained, int(cfg.k), OmegaConf.to_container(cfg.model, resolve=True))
+    max_positions = int(cfg.max_positions or backbone.config["max_position_embeddings"])
+    if max_positions > backbone.config["max_position_embeddings"]:
+        raise DnabertError(f"max_positions={max_positions} exceeds the backbone's "
+                           f"{backbone.config['max_position_embeddings']} positions; lower it or leave it null.")
+    data = load_task(cfg.task, backbone, max_positions)
+    seeds = seeds_of(cfg)
+    log.info("fine-tune %s on task %s (%s, %d outputs; train %d, dev %d, test %d sequences), backbone %s (k=%d), "
+             "seeds %s; run directory %s", "a linear probe" if cfg.freeze_backbone else "all weights", cfg.task.name,
+             data.labels.task_type, data.labels.num_outputs, *(len(data.splits.get(s, ())) for s in SPLITS),
+             backbone.source, backbone.k, seeds, run_dir)
+    per_seed = []
+    for seed in seeds:
+        seed_dir = run_dir / f"seed_{seed}"
+        done = seed_dir / "results.json"
+        result = json.loads(done.read_text()) if done.is_file() else fine_tune_seed(cfg, backbone, data, seed,
+                                                                                   seed_dir, devices)
+        if result is None:
+            return None
+        per_seed.append(result)
+    if not all(per_seed):  # not global rank 0: it writes the results
+        return None
+    mean, sd = summarise_seeds(per_seed)
+    results = {
+        "task": cfg.task.name, "task_type": data.labels.task_type, "labels": list(data.labels.names),
+        "splits": data.sources, "pretrained": backbone.source, "k": backbone.k,
+        "freeze_backbone": bool(cfg.freeze_backbone), "selection_metric": per_seed[0]["selection_metric"],
+        "seeds": per_seed, "mean": mean, "sd": sd,
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from dnabert.tools.finetune_report import write_finetune_report
+
+    paths = write_finetune_report(run_dir, results)
+    lines = [f"Run directory: {run_dir}", f"  results: {run_dir / 'results.json'}"]
+    lines += [f"  report: {path}" for path in paths]
+    split = "test" if "test" in mean else "dev"
+    metric = per_seed[0]["selection_metric"].split("/", 1)[1]
+    spread = f" ± {sd[split][metric]:.4f}" if sd[split][metric] is not None else ""
+    lines.append(f"  {split} {metric}: {mean[split][metric]:.4f}{spread} over {len(per_seed)} seed(s)")
+    print("\n".join(lines), flush=True)
+    return run_dir

@@ -1,0 +1,114 @@
+"""Is the representation getting better for a task? A linear probe at every validation of a pretraining run.
+
+At each validation, rank 0 embeds a fixed, seeded set of labelled sequences with the current model (eval mode, no
+gradients: mean final hidden state per sequence), fits scikit-learn's logistic regression on the probe's train part
+and scores its test part. It logs `probe/mcc`, `probe/auroc` and `probe/acc` to every logger; the run report plots
+them. (BioNeMo v1 does this for protein models; no DNA framework did.)
+
+Why a callback in run/ and not in tasks/: it is run machinery (when and on which rank to evaluate, what to log)
+around any pretraining module with `.model.encode`; the embedding itself is tasks.finetune's
+`mean_pooled_embeddings`, shared with fine-tuning.
+
+It does not change the training trajectory: the model is in eval mode (dropout draws nothing), nothing uses the
+global RNGs (the subset and split come from numpy's seeded generator, the logistic regression's lbfgs is
+deterministic), and the model's mode is left as found. Other ranks go on to the next step and wait for rank 0 at
+the next collective, for as long as the probe takes (seconds; BENCHMARKS.md has its cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, matthews_corrcoef, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from dnabert.data.labelled import (
+    collate_windows,
+    kmer_tokenizer,
+    label_space,
+    read_labelled,
+    split_rows,
+    windowed_set,
+)
+from dnabert.errors import DnabertError
+from dnabert.tasks.finetune import mean_pooled_embeddings
+
+log = logging.getLogger("dnabert")
+PROBE_METRICS = ("probe/mcc", "probe/auroc", "probe/acc")
+
+
+class DownstreamProbe(L.Callback):
+    """Logistic regression on frozen embeddings of a labelled classification task, at every validation."""
+
+    def __init__(self, path: str, k: int, max_sequences: int = 1000, test_fraction: float = 0.5, seed: int = 0,
+                 batch_size: int = 256, sequence_column: str = "sequence", label_column: str = "label") -> None:
+        data = read_labelled(path, None, sequence_column, label_column)
+        labels = label_space(data, "classification")
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(data))[:max_sequences])
+        data = data.subset(chosen)
+        test_rows, train_rows = split_rows(len(data), [test_fraction], seed)
+        self.targets = labels.targets(data).numpy()
+        if len(set(self.targets[train_rows])) < 2 or len(set(self.targets[test_rows])) < 2:
+            raise DnabertError(f"probe.path={path}: the probe's train or test part holds one class only; raise "
+                               "probe.max_sequences or use a file with more examples of each class.")
+        self.train_rows, self.test_rows = train_rows, test_rows
+        self.data, self.k, self.seed, self.batch_size = data, k, seed, batch_size
+        self.name = Path(path).name
+        self.loader: torch.utils.data.DataLoader | None = None
+        self.last_seconds = 0.0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Tokenise once, on global rank 0 (the only rank that probes), for the model's k and positions (long
+        sequences become windows, as in fine-tuning)."""
+        if stage != "fit" or self.loader is not None or (trainer is not None and not trainer.is_global_zero):
+            return
+        max_positions = pl_module.model.config.max_position_embeddings
+        windows = windowed_set(self.data, torch.from_numpy(self.targets), kmer_tokenizer(self.k), max_positions)
+        # Its own generator: iterating a DataLoader otherwise draws a seed from torch's global RNG.
+        self.loader = torch.utils.data.DataLoader(windows, batch_size=self.batch_size, collate_fn=collate_windows,
+                                                  generator=torch.Generator().manual_seed(self.seed))
+
+    def embed(self, pl_module: L.LightningModule) -> np.ndarray:
+        """One vector per probe sequence from the model as it is now (eval mode, no gradients)."""
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            features = [mean_pooled_embeddings(model, batch["input_ids"].to(pl_module.device),
+                                               batch["sequence_index"].to(pl_module.device),
+                                               batch["labels"].shape[0]).cpu()
+                        for batch in self.loader]
+        finally:
+            model.train(was_training)
+        return torch.cat(features).numpy().astype(np.float64)
+
+    def score(self, features: np.ndarray) -> dict[str, float]:
+        """Fit on the train part, score the test part (standardised features: one regularisation fits all sizes)."""
+        train_x, test_x = features[self.train_rows], features[self.test_rows]
+        train_y, test_y = self.targets[self.train_rows], self.targets[self.test_rows]
+        scaler = StandardScaler().fit(train_x)
+        classifier = LogisticRegression(max_iter=1000, random_state=self.seed)
+        classifier.fit(scaler.transform(train_x), train_y)
+        probabilities = classifier.predict_proba(scaler.transform(test_x))
+        predicted = probabilities.argmax(axis=1)
+        scores = probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities
+        return {
+            "probe/mcc": float(matthews_corrcoef(test_y, predicted)),
+            "probe/auroc": float(roc_auc_score(test_y, scores, multi_class="ovr")),
+            "probe/acc": float(accuracy_score(test_y, predicted)),
+        }
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.loader is None:
+            return
+        start = time.perf_counter()
+        metrics = self.score(self.embed(pl_module))
+        self.last_seconds = time.perf_counter() - start
+        pl_module.log_dict(metrics, rank_zero_only=True)
+        log.debug("probe on %s at step %d: %s (%.2f s)", self.name, trainer.global_step, metrics, self.last_seconds)

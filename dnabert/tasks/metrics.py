@@ -1,0 +1,54 @@
+"""Downstream metrics, computed by torchmetrics on whole splits (not averaged over batches).
+
+Classification: accuracy, F1 (binary, or macro for several classes), MCC, precision, recall, AUROC, AUPR (average
+precision), as the DNABERT and DNABERT-2 fine-tuning scripts report them. Regression: MSE, Pearson, Spearman.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import functional as tmf
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc", "precision", "recall", "auroc", "aupr")
+REGRESSION_METRICS = ("mse", "pearson", "spearman")
+# The dev metric that selects the checkpoint, by task type (DNABERT-2's headline metric is MCC).
+DEFAULT_SELECTION = {"classification": "mcc", "regression": "spearman"}
+LOWER_IS_BETTER = {"mse", "loss"}
+
+
+def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """`probabilities` (N, C) rows summing to 1, `labels` (N,) class ids."""
+    probabilities, labels = probabilities.float().cpu(), labels.long().cpu()
+    num_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(dim=1)
+    if num_classes == 2:  # the positive class's score; F1, precision and recall of the positive class
+        scores, options = probabilities[:, 1], {"task": "binary"}
+    else:  # one-vs-rest, macro-averaged over classes
+        scores, options = probabilities, {"task": "multiclass", "num_classes": num_classes, "average": "macro"}
+    values = {
+        "accuracy": tmf.accuracy(predicted, labels, task="multiclass", num_classes=num_classes),
+        "f1": tmf.f1_score(predicted, labels, **options),
+        "mcc": tmf.matthews_corrcoef(predicted, labels, task="multiclass", num_classes=num_classes),
+        "precision": tmf.precision(predicted, labels, **options),
+        "recall": tmf.recall(predicted, labels, **options),
+        "auroc": tmf.auroc(scores, labels, **options),
+        "aupr": tmf.average_precision(scores, labels, **options),
+    }
+    return {name: float(values[name]) for name in CLASSIFICATION_METRICS}
+
+
+def regression_metrics(predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """`predictions` and `targets` (N,) real values."""
+    predictions, targets = predictions.float().flatten().cpu(), targets.float().flatten().cpu()
+    return {
+        "mse": float(tmf.mean_squared_error(predictions, targets)),
+        "pearson": float(tmf.pearson_corrcoef(predictions, targets)),
+        "spearman": float(tmf.spearman_corrcoef(predictions, targets)),
+    }
+
+
+def split_metrics(outputs: torch.Tensor, targets: torch.Tensor, task_type: str) -> dict[str, float]:
+    """Metrics of a split from the model's outputs: logits (N, C) for classification, values (N, 1) for regression."""
+    if task_type == "regression":
+        return regression_metrics(outputs.squeeze(-1), targets)
+    return classification_metrics(outputs.float().softmax(dim=-1), targets)
