@@ -14,9 +14,11 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +54,19 @@ class SequenceSource(Protocol):
     (any process, any order), returning rows of valid codes (0..3) up to lengths[i] >= k."""
 
     def read(self, first: int, count: int) -> SequenceBatch: ...
+
+
+class WindowTokenizer(Protocol):
+    """A tokenizer other than the k-mers (`collate`): windows of codes -> the batch contract's rows, cut to
+    `max_tokens` tokens ([CLS] and [SEP] included), with the same special ids (dnabert.data.tokenizers.bpe)."""
+
+    vocab_size: int
+
+    def collate(self, batch: SequenceBatch, max_tokens: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+        ...
+
+
+Collate = Callable[[SequenceBatch], dict[str, torch.Tensor]]
 
 
 class GenomeWindowSource:
@@ -123,6 +138,7 @@ class MicroBatchStream(IterableDataset):
         pad_to_multiple_of: int = 8,
         batches_per_transfer: int = 1,
         pack_row_tokens: int | None = None,
+        collate_fn: Collate | None = None,
     ) -> None:
         if micro_batch_size < 1:
             raise DnabertError(f"data.micro_batch_size={micro_batch_size} must be at least 1.")
@@ -139,12 +155,16 @@ class MicroBatchStream(IterableDataset):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.batches_per_transfer = batches_per_transfer
         self.pack_row_tokens = pack_row_tokens  # None: one window per row; else pack rows of this many tokens
+        self.collate_fn = collate_fn  # None: overlapping k-mers (`collate`)
 
     def batch(self, local_index: int) -> dict[str, torch.Tensor]:
         """Rank-local micro-batch `local_index` (global micro-batch rank + world_size * local_index)."""
         global_index = self.rank + self.world_size * local_index
         batch = self.source.read(global_index * self.micro_batch_size, self.micro_batch_size)
-        collated = collate(batch, self.k, self.pad_to_multiple_of)
+        if self.collate_fn is None:
+            collated = collate(batch, self.k, self.pad_to_multiple_of)
+        else:
+            collated = self.collate_fn(batch)
         if self.pack_row_tokens:
             return pack_batch(collated, self.pack_row_tokens, self.pad_to_multiple_of)
         return collated
@@ -210,8 +230,9 @@ class _ValidationBatches(Dataset):
     """This rank's fixed validation micro-batches (map-style: finite, and the same every call)."""
 
     def __init__(self, genomes: list[Genome], windows: Windows, micro_batch_size: int, k: int, multiple: int,
-                 rank: int, world_size: int) -> None:
+                 rank: int, world_size: int, collate_fn: Collate | None = None) -> None:
         self.genomes, self.windows, self.k, self.multiple = genomes, windows, k, multiple
+        self.collate_fn = collate_fn
         self.micro_batch_size = micro_batch_size
         n_global = -(-len(windows) // micro_batch_size)
         # Equal counts on every rank when possible: a rank with an extra batch would wait alone in DDP syncs.
@@ -224,7 +245,8 @@ class _ValidationBatches(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         first = self.global_indices[index] * self.micro_batch_size
         windows = self.windows.take(slice(first, first + self.micro_batch_size))
-        return collate(read_batch(self.genomes, windows), self.k, self.multiple)
+        batch = read_batch(self.genomes, windows)
+        return collate(batch, self.k, self.multiple) if self.collate_fn is None else self.collate_fn(batch)
 
 
 def genome_sources(genomes: Sequence[GenomeSource | Mapping[str, Any]]) -> list[GenomeSource]:
@@ -289,9 +311,18 @@ class WindowDataModule(L.LightningDataModule):
         start_position: int | None,
         pack_rows: bool = False,
         pack_row_tokens: int | None = None,
+        tokenizer: WindowTokenizer | None = None,
+        window_bp: int | None = None,
     ) -> None:
         super().__init__()
-        self.rule = WindowRule(k, max_tokens, length_rule)
+        if (tokenizer is None) != (window_bp is None):
+            raise DnabertError(
+                "data.window_bp (bp per window, cut to max_tokens after tokenising) goes with a BPE tokenizer: "
+                f"set both or neither (data.tokenizer is {'set' if tokenizer else 'unset'}, "
+                f"data.window_bp={window_bp})."
+            )
+        self.rule = WindowRule(k, max_tokens, length_rule, window_bp)
+        self.tokenizer = tokenizer
         check_pack_row_tokens(pack_rows, pack_row_tokens, max_tokens)
         # None: one window per row; else rows packed with windows up to this many tokens (dnabert.data.packing)
         self.pack_row_tokens = (pack_row_tokens or max_tokens) if pack_rows else None
@@ -313,7 +344,20 @@ class WindowDataModule(L.LightningDataModule):
         """Share of the training stream of each entry of `self.genomes`."""
         raise NotImplementedError
 
+    def collate_fn(self) -> Collate | None:
+        """The tokenizer's collation at this module's token budget; None: overlapping k-mers (`collate`)."""
+        if self.tokenizer is None:
+            return None
+        return functools.partial(self.tokenizer.collate, max_tokens=self.rule.max_tokens,
+                                 pad_to_multiple_of=self.pad_to_multiple_of)
+
     def windows_report(self) -> str:
+        if self.tokenizer is not None:
+            return (
+                f"windows: up to {self.rule.max_nucleotides} nt, tokenised with {self.tokenizer} and cut to "
+                f"{self.rule.max_tokens} tokens, length rule {self.rule.length_rule!r}, reverse complement "
+                f"{'on' if self.reverse_complement else 'off'}"
+            )
         return (
             f"windows: k={self.k}, up to {self.rule.max_nucleotides} nt ({self.rule.max_tokens} tokens), "
             f"length rule {self.rule.length_rule!r}, reverse complement {'on' if self.reverse_complement else 'off'}"
@@ -330,20 +374,27 @@ class WindowDataModule(L.LightningDataModule):
             start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         return rank, world, start
 
-    def train_stream(self) -> MicroBatchStream:
+    def window_source(self, rule: WindowRule | None = None) -> GenomeWindowSource:
+        """The seeded training stream of windows (training split, mixed by weight); `rule` defaults to this
+        module's. The BPE tokenizer is trained on the start of this stream."""
         self.setup()
         stream = WindowStream(
             [g.train_intervals for g in self.genomes],
             self.stream_weights(),
-            self.rule,
+            rule or self.rule,
             self.seed,
             self.reverse_complement,
         )
+        return GenomeWindowSource(self.genomes, stream)
+
+    def train_stream(self) -> MicroBatchStream:
+        source = self.window_source()
         rank, world, start = self._placement()
         stream.seek((rank + world * start) * self.micro_batch_size)  # epochs counted once, before workers start
         return MicroBatchStream(
-            GenomeWindowSource(self.genomes, stream), self.k, self.micro_batch_size, rank, world, start,
+            source, self.k, self.micro_batch_size, rank, world, start,
             self.pad_to_multiple_of, self.batches_per_transfer if self.num_workers > 0 else 1, self.pack_row_tokens,
+            self.collate_fn(),
         )
 
     def train_dataloader(self) -> PositionCountingLoader:
@@ -357,7 +408,7 @@ class WindowDataModule(L.LightningDataModule):
         `full_length_validation`, shorter ones only for an entry whose held-out stretches are all shorter than
         a window."""
         self.setup()
-        rule = WindowRule(self.k, self.rule.max_tokens, "fixed")
+        rule = dataclasses.replace(self.rule, length_rule="fixed")
         parts = []
         for index, genome in enumerate(self.genomes):
             plan = EpochPlan(plan_units(genome.val_intervals), rule, self.split_seed, index, epoch=0)
@@ -390,7 +441,8 @@ class WindowDataModule(L.LightningDataModule):
         rank, world, _ = self._placement()
         windows = self.validation_windows()  # runs setup, which fills self.genomes
         batches = _ValidationBatches(
-            self.genomes, windows, self.micro_batch_size, self.k, self.pad_to_multiple_of, rank, world
+            self.genomes, windows, self.micro_batch_size, self.k, self.pad_to_multiple_of, rank, world,
+            self.collate_fn(),
         )
         # Read in the main process: a few thousand fixed windows cost milliseconds, and a worker forked anew at
         # every evaluation can deadlock in os.fork() (a thread ending during the fork), hanging DDP ranks.
@@ -412,7 +464,8 @@ class GenomeDataModule(WindowDataModule):
     seeds are evaluated on the same held-out set). batches_per_transfer micro-batches travel from a worker
     together (see MicroBatchStream). pack_rows packs each micro-batch's windows into rows of pack_row_tokens
     (default max_tokens) tokens (dnabert.data.packing; the model then needs packed=True); micro_batch_size still
-    counts windows.
+    counts windows. tokenizer (a WindowTokenizer, e.g. dnabert.data.tokenizers.bpe.BpeWindowTokenizer) replaces
+    the k-mers: windows are then up to window_bp bp, tokenised and cut to max_tokens; k only drops shorter ones.
     rank, world_size and start_position (rank-local micro-batch) default to the attached trainer's
     global_rank, world_size and global_step * accumulate_grad_batches.
     """
@@ -441,11 +494,14 @@ class GenomeDataModule(WindowDataModule):
         start_position: int | None = None,
         pack_rows: bool = False,
         pack_row_tokens: int | None = None,
+        tokenizer: WindowTokenizer | None = None,
+        window_bp: int | None = None,
     ) -> None:
         super().__init__(
             k, micro_batch_size, num_workers, seed, length_rule, max_tokens, val_max_windows, split_seed,
             reverse_complement, pad_to_multiple_of, pin_memory, batches_per_transfer, rank, world_size,
-            start_position, pack_rows=pack_rows, pack_row_tokens=pack_row_tokens,
+            start_position, pack_rows=pack_rows, pack_row_tokens=pack_row_tokens, tokenizer=tokenizer,
+            window_bp=window_bp,
         )
         self.sources = genome_sources(genomes)
         self.val_fraction = val_fraction

@@ -1,4 +1,4 @@
-"""Whole-k-mer masking for the MLM objective, and the 15% -> 20% masking-rate schedule.
+"""Whole-k-mer masking for the MLM objective (token-level masking for BPE), and the 15% -> 20% rate schedule.
 
 Overlapping k-mers share nucleotides: a lone masked k-mer can be read off its neighbours. So masking works
 on nucleotides ("whole_kmer" mode): hidden nucleotides are drawn i.i.d. with p = 1-(1-rate)^(1/k) and a token
@@ -18,6 +18,10 @@ masked: both modes replace them the same way (80% [MASK], 10% a random k-mer dif
 10% unchanged, as the model card says; the original code could draw special tokens or the original token
 itself as the "random" one).
 
+"token" mode is for tokens that do not overlap (BPE, DNABERT-2): every real token is masked independently with
+probability `rate`, and the random replacement is drawn among all non-special ids of the vocabulary
+(`vocab_size`).
+
 Everything is vectorised torch on the tensor's device (masking runs after the batch reaches the GPU, so it
 can read the optimiser step); the only Python loop is over the k span offsets of "original" mode.
 """
@@ -32,7 +36,7 @@ from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, ch
 from dnabert.errors import DnabertError
 
 IGNORE_INDEX = -100  # the label of unmasked positions: ignored by torch.nn.functional.cross_entropy
-MASKING_MODES = ("whole_kmer", "original")
+MASKING_MODES = ("whole_kmer", "original", "token")
 
 
 def _check_fraction(value: float, setting: str, *, closed: bool = False) -> float:
@@ -161,26 +165,42 @@ def original_mask_positions(
     return masked & real
 
 
+def token_mask_positions(
+    input_ids: torch.Tensor, rate: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Which tokens "token" masking hides (bool (B, T)): each real token independently with probability `rate`."""
+    rate = _check_fraction(rate, "masking.rate")
+    _check_inputs(input_ids, generator)
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    return (draw < rate) & (input_ids >= NUM_SPECIAL_TOKENS)
+
+
 def mask_batch(
     input_ids: torch.Tensor,
-    k: int,
+    k: int | None,
     rate: float,
     generator: torch.Generator | None = None,
     mode: str = "whole_kmer",
     mask_token_fraction: float = 0.8,
     random_token_fraction: float = 0.1,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask a batch for MLM: returns (masked_ids, labels), both LongTensor (B, T) on the input's device.
 
-    `rate` is the masked fraction in "whole_kmer" mode and the span-centre rate in "original" mode (see the
-    module docstring). Of the masked tokens, `mask_token_fraction` become [MASK], `random_token_fraction` a
-    uniformly drawn k-mer different from the original, the rest stay. labels hold the original id at masked
-    positions and IGNORE_INDEX elsewhere. `input_ids` is not modified.
+    `rate` is the masked fraction in "whole_kmer" and "token" modes and the span-centre rate in "original" mode
+    (see the module docstring). Of the masked tokens, `mask_token_fraction` become [MASK],
+    `random_token_fraction` a uniformly drawn non-special token different from the original, the rest stay.
+    `vocab_size` bounds that draw (default: the k-mer vocabulary of k; "token" mode needs it, and ignores k).
+    labels hold the original id at masked positions and IGNORE_INDEX elsewhere. `input_ids` is not modified.
     """
     if mode == "whole_kmer":
         masked = whole_kmer_mask_positions(input_ids, k, rate, generator)
     elif mode == "original":
         masked = original_mask_positions(input_ids, k, rate, generator)
+    elif mode == "token":
+        if vocab_size is None:
+            raise ValueError("token-level masking needs the vocabulary size (vocab_size=...)")
+        masked = token_mask_positions(input_ids, rate, generator)
     else:
         raise DnabertError(f"masking.mode={mode!r} is unknown; choose one of {', '.join(MASKING_MODES)}.")
     mask_token_fraction = _check_fraction(mask_token_fraction, "masking.mask_token_fraction", closed=True)
@@ -196,10 +216,11 @@ def mask_batch(
     choice = torch.rand(input_ids.shape, generator=generator, device=device)
     to_mask_token = masked & (choice < mask_token_fraction)
     to_random = masked & (choice >= mask_token_fraction) & (choice < mask_token_fraction + random_token_fraction)
-    # Draw among the 4^k - 1 other k-mers: a uniform draw over one fewer id, shifted past the original id.
-    num_kmers = 4**k
+    # Draw among the other non-special tokens (4^k - 1 k-mers): a uniform draw over one fewer id, shifted past
+    # the original id.
+    num_tokens = (vocab_size if vocab_size is not None else 4 ** check_k(k) + NUM_SPECIAL_TOKENS) - NUM_SPECIAL_TOKENS
     random_ids = NUM_SPECIAL_TOKENS + torch.randint(
-        0, num_kmers - 1, input_ids.shape, generator=generator, device=device
+        0, num_tokens - 1, input_ids.shape, generator=generator, device=device
     )
     random_ids += (random_ids >= input_ids).long()
     masked_ids = torch.where(to_mask_token, MASK_ID, input_ids)

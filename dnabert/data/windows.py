@@ -54,11 +54,16 @@ _PHASE_SALT = np.uint64(0x5DEECE66D)
 
 @dataclass(frozen=True)
 class WindowRule:
-    """How long windows are: the model's token budget fixes the longest window, the rule the distribution."""
+    """How long windows are: the model's token budget fixes the longest window, the rule the distribution.
+
+    `window_bp` sets the longest window directly, for tokenizers whose tokens have no fixed length (BPE): windows
+    of that many bp are tokenised and then cut to `max_tokens`. `k` is then only the shortest window kept.
+    """
 
     k: int
     max_tokens: int = 512
     length_rule: str = "original"
+    window_bp: int | None = None
 
     def __post_init__(self) -> None:
         check_k(self.k)
@@ -67,10 +72,14 @@ class WindowRule:
             raise DnabertError(f"data.length_rule={self.length_rule!r} is unknown; use one of {choices}.")
         if self.max_tokens < 3:
             raise DnabertError(f"data.max_tokens={self.max_tokens} leaves no room for a k-mer between [CLS] and [SEP].")
+        if self.window_bp is not None and self.window_bp < self.k:
+            raise DnabertError(f"data.window_bp={self.window_bp} is shorter than the shortest window ({self.k} bp).")
 
     @property
     def max_nucleotides(self) -> int:
-        """[CLS] + (max_tokens - 2) k-mers + [SEP]; n k-mers span n + k - 1 nucleotides."""
+        """[CLS] + (max_tokens - 2) k-mers + [SEP]; n k-mers span n + k - 1 nucleotides. Or `window_bp`."""
+        if self.window_bp is not None:
+            return self.window_bp
         return self.max_tokens - 2 + self.k - 1
 
 

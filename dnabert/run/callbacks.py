@@ -177,7 +177,11 @@ class RunArtifacts(L.Callback):
             if plots and isinstance(logger, WandbLogger):  # the same figure beside the live curves
                 logger.log_image(key="report/curves", images=plots, step=trainer.global_step)
         finished = trainer.global_step >= trainer.max_steps
-        if self.export and finished:  # a preempted run exports when it really ends, not at every requeue
+        bpe = pl_module.hparams.get("tokenizer_vocab_size") is not None
+        if self.export and finished and bpe:
+            lines.append("  Hugging Face model: not written (the export writes k-mer vocabularies; BPE runs keep "
+                         "their tokenizer.json and checkpoints)")
+        elif self.export and finished:  # a preempted run exports when it really ends, not at every requeue
             from dnabert.tools.export import export_model
 
             export_dir = self.run_dir / "hf_model"

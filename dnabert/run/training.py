@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, ensure_bpe_tokenizer
 from dnabert.errors import DnabertError
+from dnabert.models import DEFAULT_FAMILY
 from dnabert.models.dnabert.model import count_parameters
 from dnabert.run.callbacks import RunArtifacts, StepProgressBar, ThroughputLogger
 from dnabert.run.checkpoints import AtomicCheckpointIO, checkpoint_step, find_resume_checkpoint
@@ -116,9 +118,37 @@ def check_output_dir(run_dir: Path) -> None:
         ) from err
 
 
+def uses_bpe(cfg: DictConfig) -> bool:
+    """Whether the run tokenises with BPE (`tokenizer=bpe`) instead of overlapping k-mers."""
+    kind = OmegaConf.select(cfg, "tokenizer.kind", default="kmer")
+    if kind not in ("kmer", "bpe"):
+        raise DnabertError(f"tokenizer.kind={kind!r} is unknown; use tokenizer=kmer or tokenizer=bpe.")
+    return kind == "bpe"
+
+
+def prepare_tokenizer(cfg: DictConfig) -> None:
+    """For BPE with no `tokenizer.file`: train it from data.genomes on first use (cached by settings and genome
+    identity, dnabert.data.tokenizers.bpe) and point `tokenizer.file` at it."""
+    if not uses_bpe(cfg) or cfg.tokenizer.file:
+        return
+    sample_data = build_datamodule(cfg, with_tokenizer=False)
+    if not hasattr(sample_data, "sources"):
+        raise DnabertError("tokenizer=bpe trains on genomes (data.fasta or data.genomes); for another corpus "
+                           "train one with `python -m dnabert.data.tokenizers.bpe train` and set tokenizer.file.")
+    path = ensure_bpe_tokenizer(sample_data, int(cfg.tokenizer.train_bp), int(cfg.tokenizer.vocab_size),
+                                cfg.paths.cache_dir, report=log.info)
+    with open_dict(cfg):
+        cfg.tokenizer.file = str(path)
+
+
 def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     init_from = model_cfg.pop("init_from", None)
+    family = model_cfg.pop("family", DEFAULT_FAMILY)
+    tokenizer_vocab_size = None
+    if uses_bpe(cfg):  # the file's real size; an estimate without the file uses the configured size
+        file = cfg.tokenizer.file
+        tokenizer_vocab_size = BpeWindowTokenizer(file).vocab_size if file else int(cfg.tokenizer.vocab_size)
     levers = {name: model_cfg.pop(key) for name, key in MODEL_LEVERS.items() if key in model_cfg}
     masking = OmegaConf.to_container(cfg.masking, resolve=True)
     masking["switch_step"] = plan.switch_step
@@ -132,6 +162,8 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
         init_from=init_from,
         train_config=OmegaConf.to_container(cfg, resolve=True),
         packed=bool(cfg.data.get("pack_rows", False)),
+        family=family,
+        tokenizer_vocab_size=tokenizer_vocab_size,
         **levers,
     )
 
@@ -139,28 +171,36 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
 def describe_model(module: DnaBertLitModule) -> str:
     """One line in place of Lightning's layer table: the shape that matters and the levers in use."""
     config = module.model.config
+    family = {"dnabert": "BERT", "dnabert2": "DNABERT-2 (MosaicBERT)"}.get(module.family, module.family)
+    tokens = f"k={module.k}" if module.hparams.tokenizer_vocab_size is None else "BPE"
     return (
-        f"model: BERT {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"model: {family} {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{config.num_attention_heads} heads, FFN {config.intermediate_size}, vocabulary {config.vocab_size} "
-        f"(k={module.k}): {count_parameters(module.model):,} parameters; packed rows "
+        f"({tokens}): {count_parameters(module.model):,} parameters; packed rows "
         f"{'on' if module.packed else 'off'}, LM head on "
         f"{'masked positions only' if module.head_on_masked_only else 'all tokens'}, attention "
         f"{module.model.attention}, compile {'on' if module.hparams.compile_model else 'off'}"
     )
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+def build_datamodule(cfg: DictConfig, with_tokenizer: bool = True) -> L.LightningDataModule:
     """`data.fasta=...` is the one-genome shorthand; otherwise `data.genomes` lists them with weights. A corpus
-    config with neither (data=sequences) is instantiated as it is."""
+    config with neither (data=sequences) is instantiated as it is. With BPE (and `with_tokenizer`), the windows
+    are `tokenizer.window_bp` long and tokenised with `tokenizer.file` (see `prepare_tokenizer`)."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    bpe = {}
+    if with_tokenizer and uses_bpe(cfg):
+        bpe = {"tokenizer": BpeWindowTokenizer(cfg.tokenizer.file), "window_bp": int(cfg.tokenizer.window_bp)}
     if "fasta" not in data_cfg and "genomes" not in data_cfg:
+        if bpe:
+            raise DnabertError("tokenizer=bpe works on genomes (data.fasta or data.genomes), not on data=sequences.")
         return instantiate(data_cfg, _convert_="all")
     fasta = data_cfg.pop("fasta", None)
     if fasta:
         data_cfg["genomes"] = [{"name": Path(fasta).name.split(".")[0], "fasta": fasta, "weight": 1.0}]
     if not data_cfg.get("genomes"):
         raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
-    return instantiate(data_cfg, _convert_="all")
+    return instantiate(data_cfg, _convert_="all", **bpe)
 
 
 def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -277,6 +317,7 @@ def run(cfg: DictConfig) -> Path | None:
     if first_local_rank:
         log.info(plan.describe(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    prepare_tokenizer(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, plan)
     if first_local_rank:

@@ -21,7 +21,8 @@ from transformers import get_linear_schedule_with_warmup
 from dnabert.data.masking import MaskSchedule, mask_batch
 from dnabert.data.tokenizers.kmer import PAD_ID, check_k, vocab_size
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, masked_lm_loss
+from dnabert.models import DEFAULT_FAMILY, build_model
+from dnabert.models.dnabert.model import IGNORE_INDEX, masked_lm_loss
 
 
 def derive_seed(*parts: int) -> int:
@@ -56,7 +57,8 @@ def build_adamw(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim.Ad
 
 
 class DnaBertLitModule(L.LightningModule):
-    """BERT masked-language-model pretraining on k-mer ids, with the DNABERT optimiser and schedules."""
+    """Masked-language-model pretraining of any model family (dnabert.models) on k-mer or BPE ids, with the
+    DNABERT optimiser and schedules."""
 
     def __init__(
         self,
@@ -72,30 +74,43 @@ class DnaBertLitModule(L.LightningModule):
         compile_model: bool = False,
         attention: str = "sdpa",
         head_on_masked_only: bool = True,
+        family: str = DEFAULT_FAMILY,
+        tokenizer_vocab_size: int | None = None,
     ) -> None:
         """Performance levers, each with its off switch: ``packed``: rows hold several windows
         (``data.pack_rows``); ``compile_model``: torch.compile the model in place, state-dict keys unchanged
         (``model.compile``); ``attention``: "sdpa" or "flex" for packed rows (``model.attention``);
-        ``head_on_masked_only``: the MLM head runs on masked positions only (``model.head_on_masked_only``)."""
+        ``head_on_masked_only``: the MLM head runs on masked positions only (``model.head_on_masked_only``).
+        ``family`` picks the model code (``model.family``); ``tokenizer_vocab_size`` is the BPE tokenizer's
+        size (None: the k-mer vocabulary of k), which the model's vocabulary must equal."""
         super().__init__()
         self.save_hyperparameters()
         self.k = check_k(k)
-        config = ModelConfig.from_dict(model_config)
-        if config.vocab_size != vocab_size(k):
+        self.mask_mode = masking.get("mode", "whole_kmer")
+        self.model = build_model(family, model_config, attention=attention)
+        expected_vocab = tokenizer_vocab_size if tokenizer_vocab_size is not None else vocab_size(k)
+        if self.model.config.vocab_size != expected_vocab:
+            hint = ("set model.vocab_size to the tokenizer's size (${tokenizer.vocab_size})" if tokenizer_vocab_size
+                    else "leave model.vocab_size at its default ${vocab_size:${k}}")
             raise DnabertError(
-                f"model.vocab_size={config.vocab_size} does not fit k={k} (needs {vocab_size(k)}); "
-                "leave model.vocab_size at its default ${vocab_size:${k}}."
+                f"model.vocab_size={self.model.config.vocab_size} does not fit the "
+                f"{'BPE tokenizer' if tokenizer_vocab_size else f'k={k} vocabulary'} ({expected_vocab} tokens); {hint}."
             )
-        self.model = DnaBertForMaskedLM(config, attention=attention)
+        if tokenizer_vocab_size is not None and self.mask_mode != "token":
+            raise DnabertError(
+                f"masking.mode={self.mask_mode!r} works on overlapping k-mers; BPE tokens need masking=token."
+            )
+        self.family = family
         self.packed = packed
         self.head_on_masked_only = head_on_masked_only
         if init_from:
+            if family != DEFAULT_FAMILY:
+                raise DnabertError(f"model.init_from is not supported for model.family={family} yet; set it to null.")
             from dnabert.tools.export import load_pretrained_into
 
             load_pretrained_into(self.model, init_from, k)
         if compile_model:  # dynamic: micro-batch widths (and packed row counts) vary from batch to batch
             self.model.compile(dynamic=True)
-        self.mask_mode = masking.get("mode", "whole_kmer")
         self.schedule = MaskSchedule(
             rate=masking["rate"], final_rate=masking["final_rate"], switch_step=masking.get("switch_step")
         )
@@ -125,7 +140,8 @@ class DnaBertLitModule(L.LightningModule):
         rate = self.schedule.rate_at(self.global_step) if training else self.schedule.rate
         generator = torch.Generator(device=batch["input_ids"].device).manual_seed(batch["mask_seed"])
         batch["input_ids"], batch["labels"] = mask_batch(
-            batch["input_ids"], self.k, rate, generator, mode=self.mask_mode
+            batch["input_ids"], self.k, rate, generator, mode=self.mask_mode,
+            vocab_size=self.model.config.vocab_size,
         )
         batch["mask_rate"] = rate
         return batch

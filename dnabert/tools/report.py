@@ -5,6 +5,10 @@ curve readable: ln(4^k), the loss of a model that knows nothing (uniform over th
 loss of a model that pins down a masked k-mer up to one nucleotide (whole-k-mer masking usually hides about
 one nucleotide per masked k-mer that its visible neighbours do not give away).
 
+BPE runs (DNABERT-2, `tokenizer=bpe`) have no such nucleotide reference: their lines are ln V (uniform over the V
+non-special tokens of the run's vocabulary, from its config) and the DNABERT-2 authors' end state, held-out loss
+~4.3 and masked-token accuracy ~30% (DNABERT_2 #46, #98, #122), for their V = 4096.
+
 `python -m dnabert.tools.report <run dir>` writes `<run dir>/plots/curves.png` and `<run dir>/report.md`.
 """
 
@@ -32,6 +36,35 @@ PROBE_METRICS = ("probe/mcc", "probe/auroc", "probe/acc")
 FLAT_FRACTION = 0.05
 # ... unless it is still falling by more than this fraction of the baseline: then it is merely early.
 EARLY_DROP_FRACTION = 0.01
+# BPE: healthy below this fraction of ln V. The DNABERT-2 authors ended at ~4.3 = 0.52 ln(4091); a replication
+# that stalled (DNABERT_2 #148) at 5.03 = 0.61 ln(4091). Half of ln V, the k-mer rule, would fail the authors' run.
+BPE_HEALTHY_FRACTION = 0.55
+DNABERT2_END_LOSS, DNABERT2_END_ACCURACY = 4.3, 0.30
+NUM_SPECIAL_TOKENS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK]: never a label
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Reference points of a run's loss, from its tokenizer: the uniform loss ln V over the tokens a masked
+    position can hold, the loss below which a run is healthy, and a published end state to draw, if any."""
+
+    uniform: float
+    uniform_label: str  # how the report writes `uniform`: ln(4^6) or ln(4091)
+    healthy_below: float
+    healthy_label: str
+    end_state: tuple[float, float] | None = None  # (loss, masked-token accuracy)
+
+    @classmethod
+    def for_kmers(cls, k: int) -> Baseline:
+        uniform = k * math.log(4)
+        return cls(uniform, f"ln(4^{k})", uniform / 2, "ln(4^k)/2")
+
+    @classmethod
+    def for_bpe(cls, vocab_size: int) -> Baseline:
+        labels = vocab_size - NUM_SPECIAL_TOKENS
+        uniform = math.log(labels)
+        end_state = (DNABERT2_END_LOSS, DNABERT2_END_ACCURACY) if vocab_size == 4096 else None
+        return cls(uniform, f"ln({labels})", BPE_HEALTHY_FRACTION * uniform, f"{BPE_HEALTHY_FRACTION} ln V", end_state)
 
 
 @dataclass(frozen=True)
@@ -50,6 +83,7 @@ class Summary:
     uniform_loss: float | None
     verdict: str
     probe: dict[str, tuple[float, float, int]]  # metric -> (first, last, step of last) for each logged probe metric
+    baseline: Baseline | None = None
 
 
 def find_metrics_csv(run_dir: Path) -> list[Path]:
@@ -86,19 +120,22 @@ def load_metrics(run_dir: Path) -> pd.DataFrame:
     return metrics
 
 
-def read_k(run_dir: Path) -> int | None:
-    """k from the run's resolved Hydra config (`k` at top level, or `data.k`); None when absent."""
+def read_baseline(run_dir: Path) -> tuple[int | None, Baseline | None]:
+    """(k, baseline) from the run's Hydra config: BPE runs (`tokenizer.kind: bpe`) by `tokenizer.vocab_size`,
+    k-mer runs by `k` (top level, or `data.k`); None where the config does not say."""
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
-        return None
+        return None, None
     from omegaconf import OmegaConf
 
     try:
         config = OmegaConf.load(config_path)
+        if OmegaConf.select(config, "tokenizer.kind", default="kmer") == "bpe":
+            return None, Baseline.for_bpe(int(OmegaConf.select(config, "tokenizer.vocab_size")))
         k = OmegaConf.select(config, "k", default=None) or OmegaConf.select(config, "data.k", default=None)
     except Exception:  # an unreadable config only costs the reference lines, not the report
-        return None
-    return int(k) if k is not None else None
+        return None, None
+    return (int(k), Baseline.for_kmers(int(k))) if k is not None else (None, None)
 
 
 def series(metrics: pd.DataFrame, name: str) -> pd.Series:
@@ -110,7 +147,7 @@ def series(metrics: pd.DataFrame, name: str) -> pd.Series:
     return values[~values.index.duplicated(keep="last")].sort_index()
 
 
-def judge(losses: pd.Series, uniform: float | None) -> str:
+def judge(losses: pd.Series, baseline: Baseline | None) -> str:
     """A one-line verdict from simple rules on the held-out loss (train loss when there is no validation)."""
     if losses.empty:
         return "no loss logged yet: nothing to judge"
@@ -118,28 +155,32 @@ def judge(losses: pd.Series, uniform: float | None) -> str:
     if len(not_finite):
         return f"diverged: the loss became {not_finite.iloc[0]} at step {int(not_finite.index[0])}"
     first, last, best = losses.iloc[0], losses.iloc[-1], losses.min()
-    if uniform is not None:
-        if last < uniform / 2:
-            return f"healthy: the loss fell below ln(4^k)/2 = {uniform / 2:.3f}"
+    if baseline is not None:
+        uniform, uniform_text = baseline.uniform, f"{baseline.uniform_label} = {baseline.uniform:.3f}"
+        if last < baseline.healthy_below:
+            return f"healthy: the loss fell below {baseline.healthy_label} = {baseline.healthy_below:.3f}"
         if last > uniform * (1 - FLAT_FRACTION):
             if first - last > EARLY_DROP_FRACTION * uniform:
-                return (f"early: the loss is still near the uniform baseline ln(4^k) = {uniform:.3f} but falling; "
+                return (f"early: the loss is still near the uniform baseline {uniform_text} but falling; "
                         "judge again after more steps")
-            return f"not learning: the loss is flat at the uniform baseline ln(4^k) = {uniform:.3f}"
+            return f"not learning: the loss is flat at the uniform baseline {uniform_text}"
     if last > best * 1.1:
         return "getting worse: the last loss is more than 10% above the best; check the learning rate"
     if last < first:
-        return "learning, not there yet: the loss is falling but still above ln(4^k)/2" if uniform else (
-            "learning: the loss is falling (k unknown, so no baseline to compare with)"
-        )
+        if baseline is None:
+            return "learning: the loss is falling (k unknown, so no baseline to compare with)"
+        return f"learning, not there yet: the loss is falling but still above {baseline.healthy_label}"
     return "not learning: the loss has not fallen since the first value"
 
 
-def summarise(metrics: pd.DataFrame, k: int | None) -> Summary:
-    """The report's numbers; the verdict judges val loss, or train loss for runs without validation."""
+def summarise(metrics: pd.DataFrame, k: int | None, baseline: Baseline | None = None) -> Summary:
+    """The report's numbers; the verdict judges val loss, or train loss for runs without validation. The baseline
+    defaults to the k-mer one of `k`."""
     val_loss, train_loss = series(metrics, "val/loss"), series(metrics, "train/loss")
     tokens, sequences = series(metrics, "train/tokens_seen"), series(metrics, "train/sequences_seen")
-    uniform = k * math.log(4) if k else None
+    if baseline is None and k:
+        baseline = Baseline.for_kmers(k)
+    uniform = baseline.uniform if baseline else None
     finite_val = val_loss[np.isfinite(val_loss.to_numpy())]
     return Summary(
         # Lightning logs 0-based step indices: the last row of an N-step run says N-1.
@@ -153,21 +194,27 @@ def summarise(metrics: pd.DataFrame, k: int | None) -> Summary:
         final_train_loss=float(train_loss.iloc[-1]) if len(train_loss) else None,
         k=k,
         uniform_loss=uniform,
-        verdict=judge(val_loss if len(val_loss) else train_loss, uniform),
+        verdict=judge(val_loss if len(val_loss) else train_loss, baseline),
         probe={name: (float(values.iloc[0]), float(values.iloc[-1]), int(values.index[-1]))
                for name in PROBE_METRICS if len(values := series(metrics, name))},
+        baseline=baseline,
     )
 
 
-def _reference_lines(axis: plt.Axes, uniform: float | None, transform=lambda value: value) -> None:
-    if uniform is None:
+def _reference_lines(axis: plt.Axes, baseline: Baseline | None, transform=lambda value: value) -> None:
+    if baseline is None:
         return
-    axis.axhline(transform(uniform), color="grey", linestyle="--", linewidth=1, label="uniform ln(4^k)")
-    axis.axhline(transform(math.log(4)), color="grey", linestyle=":", linewidth=1,
-                 label="one hidden nt ln(4)")
+    axis.axhline(transform(baseline.uniform), color="grey", linestyle="--", linewidth=1,
+                 label=f"uniform {baseline.uniform_label}")
+    if baseline.end_state is not None:
+        axis.axhline(transform(baseline.end_state[0]), color="grey", linestyle=":", linewidth=1,
+                     label=f"DNABERT-2 authors' end {baseline.end_state[0]}")
+    elif baseline.uniform_label.startswith("ln(4^"):
+        axis.axhline(transform(math.log(4)), color="grey", linestyle=":", linewidth=1,
+                     label="one hidden nt ln(4)")
 
 
-def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> None:
+def plot_curves(metrics: pd.DataFrame, baseline: Baseline | None, path: Path) -> None:
     """Eight panels: loss, perplexity, accuracy, downstream probe, learning rate, mask rate vs step; loss vs tokens
     seen."""
     figure, axes = plt.subplots(2, 4, figsize=(20, 8.5), constrained_layout=True)
@@ -185,11 +232,14 @@ def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> Non
         axis.grid(alpha=0.3)
 
     draw(loss_axis, LOSS_METRICS, "masked-token loss (nats)")
-    _reference_lines(loss_axis, uniform)
+    _reference_lines(loss_axis, baseline)
     draw(ppl_axis, ("train/ppl", "val/ppl"), "perplexity")
-    _reference_lines(ppl_axis, uniform, transform=math.exp)
+    _reference_lines(ppl_axis, baseline, transform=math.exp)
     ppl_axis.set_yscale("log")
     draw(acc_axis, ("train/acc", "val/acc"), "masked-token accuracy")
+    if baseline is not None and baseline.end_state is not None:
+        acc_axis.axhline(baseline.end_state[1], color="grey", linestyle=":", linewidth=1,
+                         label=f"DNABERT-2 authors' end {baseline.end_state[1]:.0%}")
     draw(probe_axis, PROBE_METRICS, "downstream probe (logistic regression on embeddings)")
     if not any(len(series(metrics, name)) for name in PROBE_METRICS):
         probe_axis.text(0.5, 0.5, "no probe logged (set probe.path)", ha="center", transform=probe_axis.transAxes)
@@ -209,7 +259,7 @@ def plot_curves(metrics: pd.DataFrame, uniform: float | None, path: Path) -> Non
                 seen = np.interp(values.index, tokens.index, tokens.to_numpy())
                 marker = "o" if name.startswith("val/") else None
                 tokens_axis.plot(seen, values.to_numpy(), marker=marker, markersize=3, label=name)
-        _reference_lines(tokens_axis, uniform)
+        _reference_lines(tokens_axis, baseline)
     else:
         tokens_axis.text(0.5, 0.5, "train/tokens_seen not logged", ha="center",
                          transform=tokens_axis.transAxes)
@@ -232,12 +282,17 @@ def render_markdown(summary: Summary, run_dir: Path) -> str:
         if summary.last_val_loss is not None and summary.uniform_loss
         else None
     )
-    baseline = (
-        f"{summary.uniform_loss:.4f} (ln(4^{summary.k})); one-hidden-nucleotide reference ln(4) = "
-        f"{math.log(4):.4f}"
-        if summary.uniform_loss
-        else "unknown (no k in .hydra/config.yaml)"
-    )
+    reference = summary.baseline
+    if reference is None:
+        baseline = "unknown (no k or tokenizer in .hydra/config.yaml)"
+    elif reference.end_state is not None:
+        baseline = (f"{reference.uniform:.4f} ({reference.uniform_label}); DNABERT-2 authors' end state: loss "
+                    f"~{reference.end_state[0]}, masked-token accuracy ~{reference.end_state[1]:.0%}")
+    elif reference.uniform_label.startswith("ln(4^"):
+        baseline = (f"{reference.uniform:.4f} ({reference.uniform_label}); one-hidden-nucleotide reference ln(4) = "
+                    f"{math.log(4):.4f}")
+    else:
+        baseline = f"{reference.uniform:.4f} ({reference.uniform_label})"
     best = "n/a"
     if summary.best_val_step is not None:
         best = f"{_number(summary.best_val_loss)} at step {summary.best_val_step}"
@@ -269,10 +324,10 @@ def write_report(run_dir: str | Path) -> list[Path]:
     """Write plots/curves.png and report.md for a run directory; returns their paths."""
     run_dir = Path(run_dir)
     metrics = load_metrics(run_dir)
-    k = read_k(run_dir)
-    summary = summarise(metrics, k)
+    k, baseline = read_baseline(run_dir)
+    summary = summarise(metrics, k, baseline)
     png_path = run_dir / "plots" / "curves.png"
-    plot_curves(metrics, summary.uniform_loss, png_path)
+    plot_curves(metrics, summary.baseline, png_path)
     markdown_path = run_dir / "report.md"
     markdown_path.write_text(render_markdown(summary, run_dir))
     return [png_path, markdown_path]

@@ -1,0 +1,279 @@
+"""BPE tokenizer for DNABERT-2-style runs: train it from the configured genomes, cache it, tokenise windows.
+
+Why it looks like this:
+- The training text is the start of the pretraining stream itself (`WindowDataModule.window_source`: the
+  training split of every genome, mixed by weight, cut by the same seed), read until `train_bp` bp. The
+  tokenizer sees the corpus in the proportions the model will, never a held-out region, and the same seed gives
+  the same text and so the same file. Sample windows are TRAINING_WINDOW_BP long, the length of the sequences of
+  the released DNABERT-2 corpus (DNABERT_2 #149).
+- HF `tokenizers` BPE with the Whitespace pre-tokenizer and the five special tokens, as in the authors' script
+  (DNABERT_2 #74); each window is one word, so merges never cross windows.
+- Special ids are the k-mer vocabulary's, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 (dnabert.data.tokenizers.kmer),
+  not the published DNABERT-2 order ([UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4): collation, packing, masking and
+  both model families then share one set of ids. A tokenizer trained here is not interchangeable with the
+  published one anyway (other merges); a tokenizer.json with other special ids is refused when loaded.
+- Training on first use (`ensure_bpe_tokenizer`) caches the result under a key of the settings and the genomes'
+  identity (files, sizes, mtimes, contig choice, weights, held-out split), like the interval cache: a second run,
+  a requeued job or another DDP rank reuses it (one process trains while the others wait on a file lock).
+- The data path (`BpeWindowTokenizer.collate`) tokenises windows in the dataloader workers, one thread each
+  (TOKENIZERS_PARALLELISM=false: workers are the parallelism), and cuts each to `max_tokens`.
+
+Command line:
+    python -m dnabert.data.tokenizers.bpe train --fasta human.fa --fasta mouse.fa:0.5 --train-bp 100000000 --out tok/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from dnabert.data.datamodule import GenomeDataModule, SequenceBatch
+from dnabert.data.tokenizers.kmer import CLS_ID, NUCLEOTIDES, PAD_ID, SEP_ID, SPECIAL_TOKENS
+from dnabert.errors import DnabertError, command_line
+
+TOKENIZER_FILE = "tokenizer.json"
+DEFAULT_VOCAB_SIZE = 4096  # DNABERT-2
+TRAINING_WINDOW_BP = 1000  # sample windows: the length of the released DNABERT-2 corpus's sequences
+_READ_CHUNK = 1024  # windows read from the stream at once
+_CACHE_VERSION = 1  # bump when training or the file layout changes
+_LETTERS = np.frombuffer(NUCLEOTIDES.encode("ascii"), dtype=np.uint8)  # code -> ASCII letter
+
+
+def windows_as_text(codes: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """Rows of nucleotide codes (valid up to `lengths`) as upper-case strings."""
+    letters = _LETTERS[codes]
+    return [row[:length].tobytes().decode("ascii") for row, length in zip(letters, lengths.tolist(), strict=True)]
+
+
+def new_bpe_tokenizer() -> Tokenizer:
+    """An untrained DNABERT-2-style tokenizer: BPE, Whitespace pre-tokenizer, `[CLS] seq [SEP]` when asked for
+    special tokens, and a decoder that joins tokens back into the sequence."""
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+    )
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer
+
+
+def training_texts(data: GenomeDataModule, train_bp: int, report: Callable[[str], None]) -> Iterator[str]:
+    """The first `train_bp` bp of the data module's seeded training stream, as windows of TRAINING_WINDOW_BP."""
+    source = data.window_source(dataclasses.replace(data.rule, window_bp=TRAINING_WINDOW_BP))
+    seen, first, next_report, started = 0, 0, train_bp / 10, time.monotonic()
+    while seen < train_bp:
+        batch = source.read(first, _READ_CHUNK)
+        first += _READ_CHUNK
+        for text in windows_as_text(batch.codes, batch.lengths):
+            text = text[: train_bp - seen]
+            seen += len(text)
+            yield text
+            if seen >= train_bp:
+                break
+        if seen >= next_report:
+            elapsed = time.monotonic() - started
+            report(f"  read {seen / 1e6:,.1f} of {train_bp / 1e6:,.1f} Mbp ({seen / train_bp:.0%}) in {elapsed:.1f} s")
+            next_report += train_bp / 10
+
+
+def train_bpe(data: GenomeDataModule, train_bp: int, vocab_size: int = DEFAULT_VOCAB_SIZE,
+              report: Callable[[str], None] = print) -> Tokenizer:
+    """Train the BPE tokenizer on the start of `data`'s training stream (deterministic for its seed)."""
+    if train_bp < 1 or vocab_size <= len(SPECIAL_TOKENS) + len(NUCLEOTIDES):
+        raise DnabertError(
+            f"tokenizer.train_bp={train_bp} and tokenizer.vocab_size={vocab_size}: the budget must be positive and "
+            f"the vocabulary larger than the {len(SPECIAL_TOKENS)} special tokens and 4 nucleotides."
+        )
+    tokenizer = new_bpe_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=list(NUCLEOTIDES))
+    started = time.monotonic()
+    report(f"Training a BPE tokenizer (vocabulary {vocab_size:,}) on {train_bp / 1e6:,.1f} Mbp of the stream ...")
+    tokenizer.train_from_iterator(training_texts(data, train_bp, report), trainer=trainer)
+    elapsed = time.monotonic() - started
+    report(f"  trained {tokenizer.get_vocab_size():,} tokens in {elapsed:.1f} s ({train_bp / elapsed:,.0f} bp/s)")
+    return tokenizer
+
+
+def save_bpe(tokenizer: Tokenizer, out_dir: Path) -> Path:
+    """Write out_dir/tokenizer.json (+ transformers' config files, so AutoTokenizer loads the folder)."""
+    from transformers import PreTrainedTokenizerFast
+
+    pad, unk, cls, sep, mask = SPECIAL_TOKENS
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, unk_token=unk, cls_token=cls,
+                                           sep_token=sep, mask_token=mask)
+    hf_tokenizer.save_pretrained(str(out_dir))
+    return out_dir / TOKENIZER_FILE
+
+
+def mean_bp_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> float:
+    """Average token length on `texts`: windows of window_bp bp give about window_bp / this many tokens."""
+    encodings = tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+    return sum(map(len, texts)) / max(sum(len(encoding.ids) for encoding in encodings), 1)
+
+
+def cache_key(data: GenomeDataModule, train_bp: int, vocab_size: int) -> str:
+    """What decides the trained file: the settings, the stream's seed and cut, and the genomes' identity."""
+    genomes = []
+    for source in data.sources:
+        files = []
+        for path in source.fasta_paths:
+            if not path.is_file():
+                raise DnabertError(f"FASTA file {path} does not exist; check the genome's `fasta` setting.")
+            stat = path.stat()
+            files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        genomes.append([source.name, source.weight, source.include, source.exclude, files])
+    identity = {
+        "version": _CACHE_VERSION, "vocab_size": vocab_size, "train_bp": train_bp, "window_bp": TRAINING_WINDOW_BP,
+        "seed": data.seed, "length_rule": data.rule.length_rule, "k": data.k,
+        "reverse_complement": data.reverse_complement, "genomes": genomes,
+        "held_out": [data.val_fraction, data.val_block_size, data.val_contigs, data.split_seed],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def ensure_bpe_tokenizer(data: GenomeDataModule, train_bp: int, vocab_size: int, cache_dir: str | Path,
+                         report: Callable[[str], None] = print) -> Path:
+    """The cached tokenizer.json for these settings and genomes, trained first if absent."""
+    directory = Path(cache_dir).expanduser() / "tokenizers" / f"bpe-{cache_key(data, train_bp, vocab_size)}"
+    path = directory / TOKENIZER_FILE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another rank training the same file: wait, then reuse it
+            if path.is_file():
+                report(f"BPE tokenizer: {path} (cached)")
+                return path
+            tokenizer = train_bpe(data, train_bp, vocab_size, report)
+            partial = directory.with_name(directory.name + f".partial-{os.getpid()}")
+            save_bpe(tokenizer, partial)
+            for written in partial.iterdir():  # the files appear whole or not at all
+                os.replace(written, directory / written.name)
+            partial.rmdir()
+    except OSError as err:
+        raise DnabertError(
+            f"cannot write the BPE tokenizer cache in {directory} ({err.strerror}); set paths.cache_dir to a "
+            "writable folder, or train one with `python -m dnabert.data.tokenizers.bpe train` and set tokenizer.file."
+        ) from err
+    report(f"BPE tokenizer: {path}")
+    return path
+
+
+def load_bpe(file: str | Path) -> Tokenizer:
+    """A tokenizer.json (or a folder holding one) with this project's special ids; anything else is refused."""
+    path = Path(file).expanduser()
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise DnabertError(
+            f"tokenizer file {path} does not exist; set tokenizer.file to a tokenizer.json, or null to train one."
+        )
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
+        raise DnabertError(f"{path} is not a tokenizers JSON file ({err}); point tokenizer.file at one.") from err
+    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+    if list(ids.values()) != list(range(len(SPECIAL_TOKENS))):
+        wanted = " ".join(f"{token}={index}" for index, token in enumerate(SPECIAL_TOKENS))
+        raise DnabertError(
+            f"{path} has special ids {ids}; this project needs {wanted} "
+            "(the published DNABERT-2 tokenizer numbers them differently). Train one with "
+            "`python -m dnabert.data.tokenizers.bpe train` or set tokenizer.file=null."
+        )
+    return tokenizer
+
+
+class BpeWindowTokenizer:
+    """The data path's BPE: windows of codes -> `[CLS] tokens [SEP] [PAD]..` rows cut to the token budget
+    (dnabert.data.datamodule.WindowTokenizer). Pickles as its path; each worker loads the file once."""
+
+    def __init__(self, file: str | Path) -> None:
+        self.file = Path(file).expanduser()
+        self._tokenizer: Tokenizer | None = load_bpe(self.file)
+        self.vocab_size = self._tokenizer.get_vocab_size()
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are the parallelism
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokenizer": None}
+
+    def __repr__(self) -> str:
+        return f"BPE ({self.vocab_size:,} tokens, {self.file})"
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = load_bpe(self.file)
+        return self._tokenizer
+
+    def token_ids(self, batch: SequenceBatch, max_tokens: int) -> list[list[int]]:
+        """Each window's BPE ids, cut to the `max_tokens - 2` that fit between [CLS] and [SEP]."""
+        encodings = self.tokenizer.encode_batch_fast(windows_as_text(batch.codes, batch.lengths),
+                                                     add_special_tokens=False)
+        return [encoding.ids[: max_tokens - 2] for encoding in encodings]
+
+    def collate(self, batch: SequenceBatch, max_tokens: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+        """The batch contract of dnabert.data.datamodule.collate, with BPE tokens in place of k-mers."""
+        rows = self.token_ids(batch, max_tokens)
+        counts = np.array([len(row) for row in rows], dtype=np.int64)
+        width = -(-(int(counts.max(initial=0)) + 2) // pad_to_multiple_of) * pad_to_multiple_of
+        input_ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+        input_ids[:, 0] = CLS_ID
+        tokens = np.concatenate([np.asarray(row, dtype=np.int64) for row in rows]) if rows else np.zeros(0, np.int64)
+        row_of = np.repeat(np.arange(len(rows)), counts)
+        column = np.arange(len(tokens)) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+        input_ids[row_of, column] = tokens
+        input_ids[np.arange(len(rows)), counts + 1] = SEP_ID
+        return {"input_ids": torch.from_numpy(input_ids), "window": torch.from_numpy(batch.window)}
+
+
+def _parse_genome(text: str) -> dict:
+    """`PATH` or `PATH:WEIGHT` -> a data.genomes entry named after the file."""
+    path, separator, weight = text.rpartition(":")
+    try:
+        share = float(weight) if separator else 1.0
+    except ValueError:
+        path, share = text, 1.0
+    if not separator:
+        path = text
+    return {"name": Path(path).name.split(".")[0], "fasta": path, "weight": share}
+
+
+@command_line
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m dnabert.data.tokenizers.bpe train`: a tokenizer.json from FASTA files, weighted like a run."""
+    parser = argparse.ArgumentParser(prog="python -m dnabert.data.tokenizers.bpe", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a BPE tokenizer on windows sampled from the genomes")
+    train.add_argument("--fasta", action="append", required=True, metavar="PATH[:WEIGHT]",
+                       help="a genome FASTA and its share of the stream (default 1); repeat for several genomes")
+    train.add_argument("--out", type=Path, required=True, help="folder for tokenizer.json (+ transformers config)")
+    train.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
+    train.add_argument("--train-bp", type=float, default=1e8, help="bp of sampled windows to train on")
+    train.add_argument("--seed", type=int, default=0, help="the stream's seed (data.seed of the run)")
+    train.add_argument("--val-fraction", type=float, default=0.01, help="held out as in the run (data.val_fraction)")
+    args = parser.parse_args(argv)
+    data = GenomeDataModule([_parse_genome(text) for text in args.fasta], seed=args.seed,
+                            val_fraction=args.val_fraction, num_workers=0)
+    tokenizer = train_bpe(data, int(args.train_bp), args.vocab_size)
+    path = save_bpe(tokenizer, args.out)
+    sample = list(training_texts(data, min(int(args.train_bp), 1_000_000), lambda _: None))
+    print(f"  {mean_bp_per_token(tokenizer, sample):.2f} bp per token on average (size data.window_bp with it)")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
