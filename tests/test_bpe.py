@@ -1,0 +1,219 @@
+"""BPE (DNABERT-2): the tokenizer trained from the seeded stream is deterministic and round-trips, the data path cuts
+windows to the token budget and packs them without changing a token, token-level masking hits its rate, and the
+file is cached by settings and genome identity."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from dnabert.data.datamodule import GenomeDataModule
+from dnabert.data.masking import IGNORE_INDEX, mask_batch
+from dnabert.data.tokenizers.bpe import (
+    BpeWindowTokenizer,
+    ensure_bpe_tokenizer,
+    load_bpe,
+    save_bpe,
+    train_bpe,
+    windows_as_text,
+)
+from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID
+from dnabert.errors import DnabertError
+from tests.conftest import windows_in_rows
+from tests.training_runs import assert_same_weights, final_weights, metric_by_step, train
+
+VOCAB = 300  # small: trains in well under a second, still hundreds of merges
+TRAIN_BP = 60_000
+
+
+def write_genome(path: Path, seed: int = 0, length: int = 80_000) -> Path:
+    """Random DNA with repeated motifs (something for BPE to merge) and an N gap (a window boundary)."""
+    rng = np.random.default_rng(seed)
+    motifs = ["".join(rng.choice(list("ACGT"), size=rng.integers(4, 12))) for _ in range(40)]
+    pieces, size = [], 0
+    while size < length:
+        piece = motifs[rng.integers(len(motifs))] if rng.random() < 0.5 else "".join(rng.choice(list("ACGT"), 6))
+        pieces.append(piece)
+        size += len(piece)
+    sequence = "".join(pieces)[:length]
+    sequence = sequence[: length // 2] + "N" * 500 + sequence[length // 2 :]
+    lines = [sequence[i : i + 60] for i in range(0, len(sequence), 60)]
+    path.write_text(">chrT\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def data_module(fasta: Path, cache: Path, **settings) -> GenomeDataModule:
+    defaults = dict(micro_batch_size=16, num_workers=0, max_tokens=32, val_fraction=0.05, val_block_size=2000,
+                    cache_dir=cache, rank=0, world_size=1, start_position=0)
+    return GenomeDataModule([{"name": "toy", "fasta": str(fasta)}], **{**defaults, **settings})
+
+
+@pytest.fixture(scope="module")
+def genome(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_genome(tmp_path_factory.mktemp("bpe_genome") / "toy.fa")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(genome: Path) -> Path:
+    tokenizer = train_bpe(data_module(genome, genome.parent), TRAIN_BP, VOCAB, report=lambda _: None)
+    return save_bpe(tokenizer, genome.parent / "tok")
+
+
+def test_training_is_deterministic_for_a_seed_and_follows_it(genome: Path, tokenizer_file: Path) -> None:
+    again = train_bpe(data_module(genome, genome.parent), TRAIN_BP, VOCAB, report=lambda _: None)
+    other_seed = train_bpe(data_module(genome, genome.parent, seed=1), TRAIN_BP, VOCAB, report=lambda _: None)
+    saved = json.loads(tokenizer_file.read_text())["model"]
+    assert json.loads(again.to_str())["model"] == saved
+    assert json.loads(other_seed.to_str())["model"]["merges"] != saved["merges"]  # another stream, other text
+    assert again.get_vocab_size() == VOCAB
+
+
+def test_round_trip_through_transformers(tokenizer_file: Path) -> None:
+    """The saved folder loads with AutoTokenizer and tokenizer.json alone with PreTrainedTokenizerFast; decoding
+    gives the sequence back; the special ids are the k-mer vocabulary's."""
+    sequence = "ACGTTGCAAGGCTTAACCGGTATATGCGCATTAGGACCCTTAGAGAGTCTCAGT"
+    folder = AutoTokenizer.from_pretrained(str(tokenizer_file.parent))
+    ids = folder(sequence)["input_ids"]
+    assert ids[0] == CLS_ID and ids[-1] == SEP_ID and len(ids) < len(sequence)
+    assert folder.decode(ids, skip_special_tokens=True) == sequence
+    assert (folder.pad_token_id, folder.mask_token_id, folder.unk_token_id) == (PAD_ID, MASK_ID, 1)
+    assert len(folder) == VOCAB
+    plain = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    assert plain(sequence)["input_ids"] == ids
+
+
+def test_a_tokenizer_with_the_published_special_ids_is_refused(tokenizer_file: Path, tmp_path: Path) -> None:
+    content = json.loads(tokenizer_file.read_text())
+    published = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "[MASK]": 4}
+    for entry in content["added_tokens"]:
+        entry["id"] = published[entry["content"]]
+    content["model"]["vocab"].update(published)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(content))
+    with pytest.raises(DnabertError, match=r"tokenizer\.json has special ids .*\[PAD\]=0 \[UNK\]=1"):
+        load_bpe(tmp_path)
+    with pytest.raises(DnabertError, match="does not exist"):
+        load_bpe(tmp_path / "missing.json")
+
+
+def test_windows_are_tokenised_and_cut_to_the_token_budget(genome: Path, tokenizer_file: Path) -> None:
+    bpe = BpeWindowTokenizer(tokenizer_file)
+    data = data_module(genome, genome.parent, tokenizer=bpe, window_bp=200)
+    stream = data.train_stream()
+    source = data.window_source()
+    reference = Tokenizer.from_file(str(tokenizer_file))
+    cut = 0
+    for index in range(3):
+        batch = stream.batch(index)["input_ids"]
+        sequences = source.read(index * 16, 16)
+        assert batch.shape[1] <= 32 and batch.shape[1] % 8 == 0
+        for row, text in zip(batch.tolist(), windows_as_text(sequences.codes, sequences.lengths), strict=True):
+            expected = reference.encode(text, add_special_tokens=False).ids
+            cut += len(expected) > 30
+            real = [token for token in row if token != PAD_ID]
+            assert real == [CLS_ID, *expected[:30], SEP_ID]
+    assert cut > 0, "no window was longer than the budget: the cut was not tested"
+
+
+def test_packing_keeps_every_window_and_token(genome: Path, tokenizer_file: Path) -> None:
+    bpe = BpeWindowTokenizer(tokenizer_file)
+    plain = data_module(genome, genome.parent, tokenizer=bpe, window_bp=200, max_tokens=64).train_stream()
+    packed = data_module(genome, genome.parent, tokenizer=bpe, window_bp=200, max_tokens=64,
+                         pack_rows=True).train_stream()
+    for index in range(4):
+        one_per_row, several = plain.batch(index), packed.batch(index)
+        assert windows_in_rows(several["input_ids"]) != []
+        assert sorted(windows_in_rows(several["input_ids"])) == sorted(windows_in_rows(one_per_row["input_ids"]))
+        assert several["input_ids"].shape[0] < one_per_row["input_ids"].shape[0]
+        assert torch.equal(several["window"], one_per_row["window"])
+
+
+def test_validation_and_workers_see_the_same_tokens(genome: Path, tokenizer_file: Path) -> None:
+    """The tokenizer travels to dataloader workers (pickled as its path) and gives the same batches there."""
+    bpe = BpeWindowTokenizer(tokenizer_file)
+    in_process = data_module(genome, genome.parent, tokenizer=bpe, window_bp=200)
+    with_workers = data_module(genome, genome.parent, tokenizer=bpe, window_bp=200, num_workers=2,
+                               batches_per_transfer=2)
+    expected = [in_process.train_stream().batch(index)["input_ids"] for index in range(4)]
+    loader = iter(with_workers.train_dataloader())
+    for batch in expected:
+        assert torch.equal(next(loader)["input_ids"], batch)
+    validation = next(iter(in_process.val_dataloader()))["input_ids"]
+    assert validation.shape[1] <= 32 and (validation == CLS_ID).sum() == validation.shape[0]
+
+
+def test_window_bp_goes_with_a_tokenizer(genome: Path, tokenizer_file: Path) -> None:
+    with pytest.raises(DnabertError, match="data.window_bp"):
+        data_module(genome, genome.parent, window_bp=200)
+    with pytest.raises(DnabertError, match="data.window_bp"):
+        data_module(genome, genome.parent, tokenizer=BpeWindowTokenizer(tokenizer_file))
+
+
+def test_cache_is_keyed_by_settings_and_genome(genome: Path, tmp_path: Path) -> None:
+    messages: list[str] = []
+    data = data_module(genome, tmp_path)
+    first = ensure_bpe_tokenizer(data, 20_000, 100, tmp_path, report=messages.append)
+    assert any("Training a BPE tokenizer" in message for message in messages)
+    messages.clear()
+    assert ensure_bpe_tokenizer(data_module(genome, tmp_path), 20_000, 100, tmp_path, report=messages.append) == first
+    assert messages == [f"BPE tokenizer: {first} (cached)"]
+    other_budget = ensure_bpe_tokenizer(data, 30_000, 100, tmp_path, report=messages.append)
+    copy = write_genome(tmp_path / "toy.fa", seed=0)  # same content, another file: another identity
+    other_file = ensure_bpe_tokenizer(data_module(copy, tmp_path), 20_000, 100, tmp_path, report=messages.append)
+    assert len({first, other_budget, other_file}) == 3
+    assert load_bpe(first).get_vocab_size() == 100
+
+
+def test_token_masking_rate_and_replacements() -> None:
+    """15% of the real tokens within 0.5 pp, 80/10/10, specials never, random ids non-special and new."""
+    vocab = 4096
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(NUM_SPECIAL_TOKENS, vocab, (256, 512), generator=generator)
+    input_ids[:, 0], input_ids[:, 300] = CLS_ID, SEP_ID
+    input_ids[:, 301:] = PAD_ID
+    masked_ids, labels = mask_batch(input_ids, None, 0.15, generator, mode="token", vocab_size=vocab)
+    real = input_ids >= NUM_SPECIAL_TOKENS
+    masked = labels != IGNORE_INDEX
+    assert not (masked & ~real).any()
+    assert masked.sum() / real.sum() == pytest.approx(0.15, abs=0.005)
+    assert torch.equal(labels[masked], input_ids[masked])
+    to_mask = masked_ids[masked] == MASK_ID
+    changed = (masked_ids[masked] != MASK_ID) & (masked_ids[masked] != input_ids[masked])
+    assert to_mask.float().mean() == pytest.approx(0.8, abs=0.01)
+    assert changed.float().mean() == pytest.approx(0.1, abs=0.01)
+    replacements = masked_ids[masked][changed]
+    assert replacements.min() >= NUM_SPECIAL_TOKENS and replacements.max() < vocab
+    assert replacements.max() > 3000  # drawn over the whole vocabulary, not the 4^k k-mer range of k=3..5
+    assert torch.equal(masked_ids[~masked], input_ids[~masked])
+
+
+# The DNABERT-2 family (dnabert.models.dnabert2) when it is in the tree; until then BERT on the same BPE data path.
+RUN_MODEL = "dnabert2_tiny" if importlib.util.find_spec("dnabert.models.dnabert2") else "tiny"
+RUN = ("experiment=dnabert2_demo", f"model={RUN_MODEL}", "tokenizer.train_bp=200000", "tokenizer.vocab_size=512",
+       "tokenizer.window_bp=300", "max_steps=8", "trainer.val_every_n_steps=4", "data.num_workers=0")
+
+
+@pytest.mark.slow
+def test_dnabert2_demo_sized_run_resumes_exactly(tmp_path: Path) -> None:
+    """Train 8 steps; a second run started from the first one's step-4 checkpoint reuses the cached tokenizer and
+    ends with the same weights and losses. The report judges the run against ln V of its BPE vocabulary."""
+    output = train(tmp_path, "full", *RUN)
+    assert "Training a BPE tokenizer (vocabulary 512)" in output and "vocabulary 512 (BPE)" in output
+    full = tmp_path / "dnabert2_demo" / "full"
+    step_4 = full / "checkpoints" / "step-0000004.ckpt"
+    output = train(tmp_path, "resumed", *RUN, f"ckpt_path='{step_4}'")
+    assert "(cached)" in output and "Training a BPE tokenizer" not in output
+    assert "Training from step 4 " in output
+    resumed = tmp_path / "dnabert2_demo" / "resumed"
+    assert_same_weights(final_weights(resumed), final_weights(full))
+    for metric in ("train/loss", "val/loss", "lr"):
+        expected = {s: v for s, v in metric_by_step(full, metric).items() if s >= 4}
+        assert metric_by_step(resumed, metric) == pytest.approx(expected, rel=1e-6, abs=1e-7), metric
+    report = (full / "report.md").read_text()
+    assert f"| uniform baseline | {np.log(507):.4f} (ln(507)) |" in report  # 512 tokens less the 5 specials
