@@ -90,11 +90,10 @@ class DnaBertLitModule(L.LightningModule):
         self.model = build_model(family, model_config, attention=attention)
         expected_vocab = tokenizer_vocab_size if tokenizer_vocab_size is not None else vocab_size(k)
         if self.model.config.vocab_size != expected_vocab:
-            hint = ("set model.vocab_size to the tokenizer's size (${tokenizer.vocab_size})" if tokenizer_vocab_size
-                    else "leave model.vocab_size at its default ${vocab_size:${k}}")
+            tokens = "the BPE tokenizer" if tokenizer_vocab_size else f"k={k}"
             raise DnabertError(
-                f"model.vocab_size={self.model.config.vocab_size} does not fit the "
-                f"{'BPE tokenizer' if tokenizer_vocab_size else f'k={k} vocabulary'} ({expected_vocab} tokens); {hint}."
+                f"model.vocab_size={self.model.config.vocab_size} does not fit {tokens} (needs {expected_vocab}); "
+                "leave model.vocab_size at its default ${tokenizer.vocab_size}."
             )
         if tokenizer_vocab_size is not None and self.mask_mode != "token":
             raise DnabertError(
