@@ -44,6 +44,7 @@ from transformers.utils import logging as hf_logging
 
 from dnabert.data.tokenizers.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.errors import DnabertError, command_line
+from dnabert.models import DEFAULT_FAMILY, build_model
 from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
 from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
 from dnabert.run.checkpoints import read_checkpoint
@@ -327,12 +328,8 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[DnaBertForMaskedLM | DnaBer
     missing = [name for name in ("model_config",) + (() if dnabert2 else ("k",)) if name not in hyper_parameters]
     if missing:
         raise DnabertError(f"Checkpoint {path} has no hyper-parameter(s) {missing}; it was not written by dnabert.")
-    if dnabert2:
-        k = None
-        model = DnaBert2ForMaskedLM(DnaBert2Config.from_dict(model_config))
-    else:
-        k = check_k(int(hyper_parameters["k"]))
-        model = DnaBertForMaskedLM(ModelConfig.from_dict(model_config))
+    k = None if dnabert2 else check_k(int(hyper_parameters["k"]))
+    model = build_model("dnabert2" if dnabert2 else DEFAULT_FAMILY, model_config)
     model_state = {
         key.removeprefix(LIGHTNING_MODEL_PREFIX): value
         for key, value in ((key.replace(COMPILED_PREFIX, ""), value) for key, value in content["state_dict"].items())
