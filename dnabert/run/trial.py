@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dnabert.data.masking import mask_batch
-from dnabert.data.tokenizers.kmer import CLS_ID, SEP_ID, kmer_ids_from_codes
+from dnabert.data.tokenizers.kmer import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID, kmer_ids_from_codes
 from dnabert.tasks.pretrain import DnaBertLitModule, build_adamw
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -41,11 +41,16 @@ class TrialResult:
         return self.timed_steps * self.micro_batch_size * self.row_tokens / self.seconds
 
 
-def full_length_rows(k: int, micro_batch_size: int, row_tokens: int, seed: int = 0) -> torch.Tensor:
-    """`[CLS] k-mers [SEP]` rows of exactly `row_tokens` ids, cut from random DNA (consistent overlapping k-mers)."""
+def full_length_rows(k: int, micro_batch_size: int, row_tokens: int, seed: int = 0,
+                     bpe_vocab_size: int | None = None) -> torch.Tensor:
+    """`[CLS] k-mers [SEP]` rows of exactly `row_tokens` ids, cut from random DNA (consistent overlapping k-mers);
+    with `bpe_vocab_size`, random non-special BPE ids instead (a step's cost does not depend on which)."""
     rng = np.random.default_rng(seed)
-    codes = rng.integers(0, 4, size=(micro_batch_size, row_tokens - 2 + k - 1), dtype=np.uint8)
-    ids = kmer_ids_from_codes(codes, k)
+    if bpe_vocab_size is None:
+        codes = rng.integers(0, 4, size=(micro_batch_size, row_tokens - 2 + k - 1), dtype=np.uint8)
+        ids = kmer_ids_from_codes(codes, k)
+    else:
+        ids = rng.integers(NUM_SPECIAL_TOKENS, bpe_vocab_size, size=(micro_batch_size, row_tokens - 2))
     cls, sep = (np.full((micro_batch_size, 1), token, dtype=np.int64) for token in (CLS_ID, SEP_ID))
     return torch.from_numpy(np.concatenate([cls, ids, sep], axis=1))
 
@@ -66,7 +71,8 @@ def run_trial(
     """
     model = module.to(device).train()
     optimizer = build_adamw(module.model, module.optim_config)
-    input_ids = full_length_rows(module.k, micro_batch_size, row_tokens).to(device)
+    bpe_vocab_size = module.hparams.get("tokenizer_vocab_size")
+    input_ids = full_length_rows(module.k, micro_batch_size, row_tokens, bpe_vocab_size=bpe_vocab_size).to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     dtype = AUTOCAST_DTYPES.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -79,7 +85,8 @@ def run_trial(
             if on_cuda:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        masked_ids, labels = mask_batch(input_ids, module.k, module.schedule.rate, generator, mode=module.mask_mode)
+        masked_ids, labels = mask_batch(input_ids, module.k, module.schedule.rate, generator, mode=module.mask_mode,
+                                        vocab_size=module.model.config.vocab_size)
         with autocast:
             loss = model.masked_lm_outputs({"input_ids": masked_ids, "labels": labels})["loss"]
         loss.backward()
