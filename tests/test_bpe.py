@@ -217,3 +217,41 @@ def test_dnabert2_demo_sized_run_resumes_exactly(tmp_path: Path) -> None:
         assert metric_by_step(resumed, metric) == pytest.approx(expected, rel=1e-6, abs=1e-7), metric
     report = (full / "report.md").read_text()
     assert f"| uniform baseline | {np.log(507):.4f} (ln(507)) |" in report  # 512 tokens less the 5 specials
+
+
+def test_dnabert2_paper_recipe_and_estimate(compose_config, genome: Path) -> None:
+    """The published recipe, composed as a user runs it, and `estimate=true` for both DNABERT-2 experiments."""
+    from dnabert.run.training import make_plan
+    from dnabert.tools.estimate import estimate_from_config
+
+    cfg = compose_config("experiment=dnabert2_paper", f"data.genomes=[{{name: toy, fasta: '{genome}'}}]",
+                         "estimate=true")
+    assert (cfg.tokenizer.kind, cfg.tokenizer.vocab_size, cfg.model.vocab_size, cfg.model.family) == (
+        "bpe", 4096, 4096, "dnabert2")
+    assert (cfg.model.num_hidden_layers, cfg.model.hidden_size, cfg.model.intermediate_size) == (12, 768, 3072)
+    assert (cfg.masking.mode, cfg.masking.rate, cfg.data.max_tokens) == ("token", 0.15, 128)
+    assert (cfg.optim.lr, list(cfg.optim.betas), cfg.optim.eps, cfg.optim.weight_decay) == (5e-4, [0.9, 0.98], 1e-6,
+                                                                                            1e-5)
+    assert (cfg.optim.warmup_steps, cfg.optim.total_steps, cfg.global_batch_size, cfg.max_steps) == (
+        30_000, None, 4096, 500_000)
+    plan = make_plan(cfg)
+    assert plan.accumulation == 4 and plan.switch_step == 500_000  # 128 x 4 x 8 GPUs; the rate never switches
+    assert "4096 sequences/step = 8 devices x 128 x 4 accumulation; 500,000 steps" in estimate_from_config(
+        cfg, plan.devices, plan.num_nodes)
+    demo = compose_config("experiment=dnabert2_demo", "estimate=true")
+    assert "32 sequences/step" in estimate_from_config(demo, 1, 1)
+
+
+def test_bpe_runs_refuse_kmer_masking_and_a_wrong_vocabulary(compose_config, tokenizer_file: Path) -> None:
+    from dnabert.run.training import build_module, make_plan
+
+    settings = ("experiment=dnabert2_demo", "model=tiny", f"tokenizer.file='{tokenizer_file}'")
+    cfg = compose_config(*settings, f"tokenizer.vocab_size={VOCAB}", "masking=whole_kmer",
+                         "masking.final_rate_steps=10")
+    with pytest.raises(DnabertError, match="BPE tokens need masking=token"):
+        build_module(cfg, make_plan(cfg))
+    cfg = compose_config(*settings)  # the file has 300 tokens, the config asks for 4096
+    with pytest.raises(DnabertError, match=f"model.vocab_size=4096 does not fit the BPE tokenizer \\(needs {VOCAB}\\)"):
+        build_module(cfg, make_plan(cfg))
+    cfg = compose_config(*settings, f"tokenizer.vocab_size={VOCAB}")
+    assert build_module(cfg, make_plan(cfg)).model.config.vocab_size == VOCAB
