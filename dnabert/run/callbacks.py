@@ -178,15 +178,20 @@ class RunArtifacts(L.Callback):
                 logger.log_image(key="report/curves", images=plots, step=trainer.global_step)
         finished = trainer.global_step >= trainer.max_steps
         bpe = pl_module.hparams.get("tokenizer_vocab_size") is not None
-        if self.export and finished and bpe:
-            lines.append("  Hugging Face model: not written (the export writes k-mer vocabularies; BPE runs keep "
-                         "their tokenizer.json and checkpoints)")
+        export_dir = self.run_dir / "hf_model"
+        card_config = pl_module.hparams.get("train_config")
+        if self.export and finished and pl_module.family == "dnabert2":  # BPE: the run's copy of its tokenizer
+            from dnabert.tools.export import export_dnabert2_model
+
+            export_dnabert2_model(pl_module.model, self.run_dir / "tokenizer.json", export_dir, card_config=card_config)
+            lines.append(f"  Hugging Face model (MultiMolecule layout): {export_dir}")
+        elif self.export and finished and bpe:
+            lines.append("  Hugging Face model: not written (BERT on BPE tokens has no export layout; the run keeps "
+                         "its tokenizer.json and checkpoints)")
         elif self.export and finished:  # a preempted run exports when it really ends, not at every requeue
             from dnabert.tools.export import export_model
 
-            export_dir = self.run_dir / "hf_model"
-            export_model(pl_module.model, pl_module.k, export_dir, layout="original",
-                         card_config=pl_module.hparams.get("train_config"))
+            export_model(pl_module.model, pl_module.k, export_dir, layout="original", card_config=card_config)
             lines.append(f"  Hugging Face model: {export_dir}")
         checkpoint_dir = self.run_dir / "checkpoints"
         lines.append(f"  checkpoints: {checkpoint_dir}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, ensure_bpe_tokenizer
+from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, bpe_file, ensure_bpe_tokenizer
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY
 from dnabert.models.dnabert.model import count_parameters
@@ -126,19 +127,25 @@ def uses_bpe(cfg: DictConfig) -> bool:
     return kind == "bpe"
 
 
-def prepare_tokenizer(cfg: DictConfig) -> None:
+def prepare_tokenizer(cfg: DictConfig, run_dir: Path) -> None:
     """For BPE with no `tokenizer.file`: train it from data.genomes on first use (cached by settings and genome
-    identity, dnabert.data.tokenizers.bpe) and point `tokenizer.file` at it."""
-    if not uses_bpe(cfg) or cfg.tokenizer.file:
+    identity, dnabert.data.tokenizers.bpe) and point `tokenizer.file` at it. The run directory keeps a copy
+    (run_dir/tokenizer.json), which the export and any later use of the checkpoints need."""
+    if not uses_bpe(cfg):
         return
-    sample_data = build_datamodule(cfg, with_tokenizer=False)
-    if not hasattr(sample_data, "sources"):
-        raise DnabertError("tokenizer=bpe trains on genomes (data.fasta or data.genomes); for another corpus "
-                           "train one with `python -m dnabert.data.tokenizers.bpe train` and set tokenizer.file.")
-    path = ensure_bpe_tokenizer(sample_data, int(cfg.tokenizer.train_bp), int(cfg.tokenizer.vocab_size),
-                                cfg.paths.cache_dir, report=log.info)
-    with open_dict(cfg):
-        cfg.tokenizer.file = str(path)
+    if not cfg.tokenizer.file:
+        sample_data = build_datamodule(cfg, with_tokenizer=False)
+        if not hasattr(sample_data, "sources"):
+            raise DnabertError("tokenizer=bpe trains on genomes (data.fasta or data.genomes); for another corpus "
+                               "train one with `python -m dnabert.data.tokenizers.bpe train` and set tokenizer.file.")
+        path = ensure_bpe_tokenizer(sample_data, int(cfg.tokenizer.train_bp), int(cfg.tokenizer.vocab_size),
+                                    cfg.paths.cache_dir, report=log.info)
+        with open_dict(cfg):
+            cfg.tokenizer.file = str(path)
+    copy = run_dir / "tokenizer.json"
+    staging = copy.with_name(f".tokenizer.json.{socket.gethostname()}-{os.getpid()}")  # ranks copy at once
+    shutil.copyfile(bpe_file(cfg.tokenizer.file), staging)
+    os.replace(staging, copy)
 
 
 def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
@@ -317,7 +324,7 @@ def run(cfg: DictConfig) -> Path | None:
     if first_local_rank:
         log.info(plan.describe(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    prepare_tokenizer(cfg)
+    prepare_tokenizer(cfg, plan.run_dir)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, plan)
     if first_local_rank:

@@ -172,8 +172,8 @@ def ensure_bpe_tokenizer(data: GenomeDataModule, train_bp: int, vocab_size: int,
     return path
 
 
-def load_bpe(file: str | Path) -> Tokenizer:
-    """A tokenizer.json (or a folder holding one) with this project's special ids; anything else is refused."""
+def bpe_file(file: str | Path) -> Path:
+    """The tokenizer.json that `file` names (the file, or a folder holding one); a missing one is refused."""
     path = Path(file).expanduser()
     if path.is_dir():
         path = path / TOKENIZER_FILE
@@ -181,6 +181,12 @@ def load_bpe(file: str | Path) -> Tokenizer:
         raise DnabertError(
             f"tokenizer file {path} does not exist; set tokenizer.file to a tokenizer.json, or null to train one."
         )
+    return path
+
+
+def load_bpe(file: str | Path) -> Tokenizer:
+    """A tokenizer.json (or a folder holding one) with this project's special ids; anything else is refused."""
+    path = bpe_file(file)
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
@@ -201,7 +207,7 @@ class BpeWindowTokenizer:
     (dnabert.data.datamodule.WindowTokenizer). Pickles as its path; each worker loads the file once."""
 
     def __init__(self, file: str | Path) -> None:
-        self.file = Path(file).expanduser()
+        self.file = bpe_file(file)
         self._tokenizer: Tokenizer | None = load_bpe(self.file)
         self.vocab_size = self._tokenizer.get_vocab_size()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are the parallelism
