@@ -255,3 +255,18 @@ def test_bpe_runs_refuse_kmer_masking_and_a_wrong_vocabulary(compose_config, tok
         build_module(cfg, make_plan(cfg))
     cfg = compose_config(*settings, f"tokenizer.vocab_size={VOCAB}")
     assert build_module(cfg, make_plan(cfg)).model.config.vocab_size == VOCAB
+
+
+def test_dnabert2_run_continues_from_a_multimolecule_export(compose_config, tokenizer_file: Path,
+                                                             tmp_path: Path) -> None:
+    """`model.init_from` of a dnabert2 run loads a MultiMolecule export (written with the run's BPE tokenizer)."""
+    from dnabert.run.training import build_module, make_plan
+    from dnabert.tools.export import export_dnabert2_model
+
+    settings = ("experiment=dnabert2_demo", f"tokenizer.file='{tokenizer_file}'", f"tokenizer.vocab_size={VOCAB}")
+    cfg = compose_config(*settings)
+    exported = build_module(cfg, make_plan(cfg)).model
+    export_dnabert2_model(exported, tokenizer_file, tmp_path / "hf_model")
+    cfg = compose_config(*settings, f"model.init_from='{tmp_path / 'hf_model'}'")
+    continued = build_module(cfg, make_plan(cfg)).model
+    assert_same_weights(continued.state_dict(), exported.state_dict(), atol=0)

@@ -103,11 +103,12 @@ class DnaBertLitModule(L.LightningModule):
         self.packed = packed
         self.head_on_masked_only = head_on_masked_only
         if init_from:
-            if family != DEFAULT_FAMILY:
-                raise DnabertError(f"model.init_from is not supported for model.family={family} yet; set it to null.")
-            from dnabert.tools.export import load_pretrained_into
+            from dnabert.tools.export import load_dnabert2_into, load_pretrained_into
 
-            load_pretrained_into(self.model, init_from, k)
+            if family == "dnabert2":  # a MultiMolecule export or the original release's layout
+                load_dnabert2_into(self.model, init_from)
+            else:
+                load_pretrained_into(self.model, init_from, k)
         if compile_model:  # dynamic: micro-batch widths (and packed row counts) vary from batch to batch
             self.model.compile(dynamic=True)
         self.schedule = MaskSchedule(
