@@ -270,3 +270,19 @@ def test_dnabert2_run_continues_from_a_multimolecule_export(compose_config, toke
     cfg = compose_config(*settings, f"model.init_from='{tmp_path / 'hf_model'}'")
     continued = build_module(cfg, make_plan(cfg)).model
     assert_same_weights(continued.state_dict(), exported.state_dict(), atol=0)
+
+
+def test_command_line_trains_prints_progress_and_writes_a_loadable_folder(genome: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    from dnabert.data.tokenizers.bpe import main
+
+    second = write_genome(tmp_path / "second.fa", seed=3)
+    out = tmp_path / "tok"
+    assert main(["train", "--fasta", str(genome), "--fasta", f"{second}:0.25", "--out", str(out),
+                 "--vocab-size", "120", "--train-bp", "30000"]) == 0
+    printed = capsys.readouterr().out
+    assert "on 30,000 bp of the stream" in printed and "read 30,000 of 30,000 bp (100%)" in printed
+    assert "bp/s" in printed and "bp per token" in printed
+    assert f"wrote {out / 'tokenizer.json'}" in printed
+    assert len(AutoTokenizer.from_pretrained(str(out))) == 120
+    assert main(["train", "--fasta", str(tmp_path / "missing.fa"), "--out", str(out)]) == 2  # one line, exit 2

@@ -85,7 +85,7 @@ def training_texts(data: GenomeDataModule, train_bp: int, report: Callable[[str]
                 break
         if seen >= next_report:
             elapsed = time.monotonic() - started
-            report(f"  read {seen / 1e6:,.1f} of {train_bp / 1e6:,.1f} Mbp ({seen / train_bp:.0%}) in {elapsed:.1f} s")
+            report(f"  read {seen:,} of {train_bp:,} bp ({seen / train_bp:.0%}) in {elapsed:.1f} s")
             next_report += train_bp / 10
 
 
@@ -101,7 +101,7 @@ def train_bpe(data: GenomeDataModule, train_bp: int, vocab_size: int = DEFAULT_V
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                   initial_alphabet=list(NUCLEOTIDES))
     started = time.monotonic()
-    report(f"Training a BPE tokenizer (vocabulary {vocab_size:,}) on {train_bp / 1e6:,.1f} Mbp of the stream ...")
+    report(f"Training a BPE tokenizer (vocabulary {vocab_size:,}) on {train_bp:,} bp of the stream ...")
     tokenizer.train_from_iterator(training_texts(data, train_bp, report), trainer=trainer)
     elapsed = time.monotonic() - started
     report(f"  trained {tokenizer.get_vocab_size():,} tokens in {elapsed:.1f} s ({train_bp / elapsed:,.0f} bp/s)")
