@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
 
 from dnabert.data.datamodule import GenomeDataModule, SequenceBatch
 from dnabert.data.tokenizers.kmer import CLS_ID, NUCLEOTIDES, PAD_ID, SEP_ID, SPECIAL_TOKENS
@@ -110,8 +111,6 @@ def train_bpe(data: GenomeDataModule, train_bp: int, vocab_size: int = DEFAULT_V
 
 def save_bpe(tokenizer: Tokenizer, out_dir: Path) -> Path:
     """Write out_dir/tokenizer.json (+ transformers' config files, so AutoTokenizer loads the folder)."""
-    from transformers import PreTrainedTokenizerFast
-
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
     hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, unk_token=unk, cls_token=cls,
                                            sep_token=sep, mask_token=mask)
