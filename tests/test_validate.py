@@ -24,7 +24,7 @@ from dnabert.errors import DnabertError, user_message
 from dnabert.run.validate import SETTINGS, validate_config
 from tests.conftest import DEMO_FASTA, ROOT
 
-GROUPS = ("data", "model", "masking", "optim", "trainer", "logger", "callbacks", "paths", "experiment")
+GROUPS = ("data", "model", "tokenizer", "masking", "optim", "trainer", "logger", "callbacks", "paths", "experiment")
 SEQUENCES = ("data=sequences", "data.path={CSV}")
 
 # (overrides, fragment of the error). Group choices (data=sequences) are composed, the rest applied to the
@@ -116,6 +116,17 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("model.compile=fast",), "model.compile='fast' is not true or false"),
     (("model.attention=flash",), "model.attention='flash' is not one of sdpa, flex"),
     (("model.head_on_masked_only=1",), "model.head_on_masked_only=1 is not true or false"),
+    (("model.family=gpt",), "model.family='gpt' is not one of dnabert, dnabert2"),
+    (("model=dnabert2_tiny", "model.alibi_starting_size=0"), "model.alibi_starting_size=0 must be >= 1"),
+    (("experiment=dnabert2_demo", "model.vocab_size=4101"),
+     "model.vocab_size=4101 differs from tokenizer.vocab_size=4096; leave it at ${{tokenizer.vocab_size}}"),
+    # tokenizer
+    (("tokenizer.kind=wordpiece",), "tokenizer.kind='wordpiece' is not one of kmer, bpe"),
+    (("experiment=dnabert2_demo", "tokenizer.vocab_size=8", "model.vocab_size=8"),
+     "tokenizer.vocab_size=8 leaves no room beyond the special tokens and A/C/G/T"),
+    (("experiment=dnabert2_demo", "tokenizer.file={DIR}/no_tokenizer.json"), "no_tokenizer.json' does not exist"),
+    (("experiment=dnabert2_demo", "tokenizer.train_bp=0"), "tokenizer.train_bp=0 must be >= 1"),
+    (("experiment=dnabert2_demo", "tokenizer.window_bp=0"), "tokenizer.window_bp=0 must be >= 1"),
     # masking
     (("masking.mode=random",), "masking.mode='random' is not one of whole_kmer, original"),
     (("masking.rate=0",), "masking.rate=0 must be in (0, 1)"),
@@ -163,6 +174,8 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("data.pack_rows=true", "data.pack_row_tokens=32"), "data.pack_row_tokens=32 is below data.max_tokens=64"),
     (("model.num_attention_heads=3",), "model.hidden_size=128 is not divisible by model.num_attention_heads=3"),
     (("model=small", "model.attention=flex"), "FlexAttention has no attention dropout"),
+    (("experiment=dnabert2_demo", "masking=whole_kmer", "masking.final_rate_steps=100"),
+     "with tokenizer=bpe use masking=token"),
     (("+trainer.max_steps=5",), "trainer.max_steps is set by dnabert from max_steps"),
     (("+trainer.gradient_clip=1",), "trainer.gradient_clip is not a Lightning Trainer argument"),
 ]
@@ -222,7 +235,9 @@ GROUP_OPTIONS = sorted(
     if folder.is_dir() and folder.name in GROUPS for option in folder.glob("*.yaml")
 )
 # Settings each option needs besides its own to form a runnable config (a file to read, a batch that divides).
-NEEDS = {"data=grch38": ("data.fasta=DEMO",), "data=sequences": ("data.path=CSV",),
+NEEDS = {"data=grch38": ("data.fasta=DEMO",), "data=genomes": ("data.fasta=DEMO",),
+         "experiment=dnabert2_paper": ("data.fasta=DEMO",), "tokenizer=bpe": ("masking=token",),
+         "data=sequences": ("data.path=CSV",),
          "trainer=gpu_multinode": ("global_batch_size=256",)} | {
     f"experiment=dnabert{k}_paper": ("data.fasta=DEMO",) for k in (3, 4, 5, 6)}
 

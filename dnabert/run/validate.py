@@ -33,11 +33,11 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from dnabert.data.datamodule import check_pack_row_tokens
 from dnabert.data.masking import MASKING_MODES
 from dnabert.data.sources import FORMATS
-from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
+from dnabert.data.tokenizers.kmer import NUM_SPECIAL_TOKENS, SUPPORTED_K, vocab_size
 from dnabert.data.windows import LENGTH_RULES
 from dnabert.errors import DnabertError
+from dnabert.models import DEFAULT_FAMILY, FAMILIES, family_classes
 from dnabert.models.components import ATTENTION_BACKENDS, check_attention_backend
-from dnabert.models.dnabert.model import ModelConfig
 from dnabert.run.config import accumulation_steps, declared_device_count, mask_switch_step, resolve_device_count
 
 # What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
@@ -244,6 +244,27 @@ def fits_k(value: int, cfg: DictConfig) -> str | None:
     return None if value == needed else f"does not fit k={cfg.k} (needs {needed}); leave it at ${{vocab_size:${{k}}}}"
 
 
+def uses_bpe(cfg: DictConfig) -> bool:
+    return OmegaConf.select(cfg, "tokenizer.kind", default="kmer") == "bpe"
+
+
+def fits_tokenizer(value: int, cfg: DictConfig) -> str | None:
+    """k-mers: the vocabulary of k; BPE: the configured tokenizer size (the trained file's is checked at start)."""
+    if not uses_bpe(cfg):
+        return fits_k(value, cfg)
+    wanted = OmegaConf.select(cfg, "tokenizer.vocab_size")
+    if value == wanted:
+        return None
+    return f"differs from tokenizer.vocab_size={wanted}; leave it at ${{tokenizer.vocab_size}}"
+
+
+def tokenizer_size(value: int, cfg: DictConfig) -> str | None:
+    """k-mers: fixed by k; BPE: room for the special tokens and the four nucleotides, at least."""
+    if not uses_bpe(cfg):
+        return fits_k(value, cfg)
+    return None if value > NUM_SPECIAL_TOKENS + 4 else "leaves no room beyond the special tokens and A/C/G/T"
+
+
 def same_as_k(value: int, cfg: DictConfig) -> str | None:
     return None if value == cfg.k else f"differs from k={cfg.k}; leave it at ${{k}}"
 
@@ -327,7 +348,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data.world_size", INT, "or null (from the trainer)", optional=True, within=AT_LEAST_1),
     Setting("data.start_position", INT, "or null (from the checkpoint)", optional=True, within=NON_NEGATIVE),
     # model (configs/model/*.yaml)
-    Setting("model.vocab_size", INT, "leave it at ${vocab_size:${k}}", check=fits_k),
+    Setting("model.family", TEXT, "pick the model code", choices=tuple(FAMILIES)),
+    Setting("model.vocab_size", INT, "leave it at ${tokenizer.vocab_size}", check=fits_tokenizer),
+    Setting("model.alibi_starting_size", INT, "leave it at 512 (DNABERT-2's)", within=AT_LEAST_1),
     Setting("model.hidden_size", INT, "e.g. model.hidden_size=768", within=AT_LEAST_1),
     Setting("model.num_hidden_layers", INT, "e.g. model.num_hidden_layers=12", within=AT_LEAST_1),
     Setting("model.num_attention_heads", INT, "e.g. model.num_attention_heads=12", within=AT_LEAST_1),
@@ -345,6 +368,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model.compile", BOOL, "use true or false"),
     Setting("model.attention", TEXT, "pick the attention kernel", choices=ATTENTION_BACKENDS),
     Setting("model.head_on_masked_only", BOOL, "use true or false"),
+    # tokenizer (configs/tokenizer/*.yaml)
+    Setting("tokenizer.kind", TEXT, "use tokenizer=kmer or tokenizer=bpe", choices=("kmer", "bpe")),
+    Setting("tokenizer.vocab_size", INT, "e.g. tokenizer.vocab_size=4096 (BPE)", check=tokenizer_size),
+    Setting("tokenizer.file", TEXT, "or null to train one on first use", optional=True, check=existing_path,
+            on_disk=True),
+    Setting("tokenizer.train_bp", INT, "e.g. tokenizer.train_bp=100000000", within=AT_LEAST_1),
+    Setting("tokenizer.window_bp", INT, "e.g. tokenizer.window_bp=700 (fills 128 tokens)", within=AT_LEAST_1),
     # masking (configs/masking/*.yaml)
     Setting("masking.mode", TEXT, "pick the masking scheme", choices=MASKING_MODES),
     Setting("masking.rate", NUMBER, "e.g. masking.rate=0.15", within=OPEN_FRACTION),
@@ -451,10 +481,19 @@ def packed_rows_hold_a_window(cfg: DictConfig) -> None:
 
 
 def model_builds(cfg: DictConfig) -> None:
-    """The BERT config's own checks (heads divide the hidden size, a known activation) and the attention kernel's."""
-    fields = {key: value for key, value in _value(cfg, "model").items() if key in ModelConfig.__dataclass_fields__}
-    config = ModelConfig.from_dict(fields)
+    """The family config's own checks (heads divide the hidden size, a known activation) and the attention
+    kernel's."""
+    config_class = family_classes(OmegaConf.select(cfg, "model.family", default=DEFAULT_FAMILY))[0]
+    fields = {key: value for key, value in _value(cfg, "model").items() if key in config_class.__dataclass_fields__}
+    config = config_class.from_dict(fields)
     check_attention_backend(cfg.model.attention, config.attention_probs_dropout_prob)
+
+
+def bpe_masks_tokens(cfg: DictConfig) -> None:
+    """Whole-k-mer masking on BPE ids would train on nonsense without failing."""
+    if uses_bpe(cfg) and cfg.masking.mode != "token":
+        raise DnabertError(f"masking.mode={cfg.masking.mode!r} works on overlapping k-mers; with tokenizer=bpe use "
+                           "masking=token.")
 
 
 def one_genome_source(cfg: DictConfig) -> None:
@@ -470,6 +509,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("model.max_position_embeddings", "data.max_tokens"), windows_fit_positions),
     Agreement(("data.pack_rows", "data.max_tokens"), packed_rows_hold_a_window),
     Agreement(("model.hidden_size", "model.num_attention_heads", "model.attention"), model_builds),
+    Agreement(("tokenizer.kind", "masking.mode"), bpe_masks_tokens),
     Agreement(("data.fasta", "data.genomes"), one_genome_source, on_this_machine=True),
 )
 
