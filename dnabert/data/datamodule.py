@@ -390,7 +390,7 @@ class WindowDataModule(L.LightningDataModule):
     def train_stream(self) -> MicroBatchStream:
         source = self.window_source()
         rank, world, start = self._placement()
-        stream.seek((rank + world * start) * self.micro_batch_size)  # epochs counted once, before workers start
+        source.stream.seek((rank + world * start) * self.micro_batch_size)  # epochs counted once, before workers start
         return MicroBatchStream(
             source, self.k, self.micro_batch_size, rank, world, start,
             self.pad_to_multiple_of, self.batches_per_transfer if self.num_workers > 0 else 1, self.pack_row_tokens,
