@@ -240,7 +240,7 @@ def plot_curves(metrics: pd.DataFrame, baseline: Baseline | None, path: Path) ->
     if baseline is not None and baseline.end_state is not None:
         acc_axis.axhline(baseline.end_state[1], color="grey", linestyle=":", linewidth=1,
                          label=f"DNABERT-2 authors' end {baseline.end_state[1]:.0%}")
-    draw(probe_axis, PROBE_METRICS, "downstream probe (logistic regression on embeddings)")
+    draw(probe_axis, PROBE_METRICS, "downstream probe (frozen embeddings)")
     if not any(len(series(metrics, name)) for name in PROBE_METRICS):
         probe_axis.text(0.5, 0.5, "no probe logged (set probe.path)", ha="center", transform=probe_axis.transAxes)
     draw(lr_axis, ("lr",), "learning rate")
