@@ -145,6 +145,19 @@ def test_probe_on_a_dnabert2_run_is_deterministic_and_uses_its_bpe(pretraining_r
         DownstreamProbe(str(PROM_CORE))
 
 
+def test_a_multimolecule_export_is_the_same_backbone_as_its_run(pretraining_run, tmp_path):
+    """pretrained=<the run's hf_model> gives the run's weights, architecture and tokens."""
+    from dnabert.tools.export import export_checkpoint
+
+    from_run = resolve_backbone(str(pretraining_run), 6, {})
+    from_export = resolve_backbone(str(export_checkpoint(pretraining_run, tmp_path / "hf_model")), 6, {})
+    assert from_export.family == "dnabert2" and from_export.config == from_run.config
+    assert from_export.weights.keys() == from_run.weights.keys()
+    assert all(torch.equal(from_export.weights[key], from_run.weights[key]) for key in from_run.weights)
+    ids = [BpeWindowTokenizer(backbone.tokenizer).sequence_ids(SEQUENCES) for backbone in (from_run, from_export)]
+    assert all((a == b).all() for a, b in zip(*ids, strict=True))
+
+
 def test_dnabert2_none_without_a_tokenizer_is_one_clear_error():
     with pytest.raises(DnabertError, match="tokenizer=bpe tokenizer.file="):
         resolve_backbone("none", 6, {"family": "dnabert2", **TINY, "vocab_size": 64})
