@@ -4,8 +4,11 @@ The run directory holds one folder per seed (`seed_<n>/`: checkpoints, logs, pre
 hf_model/); the run's own results.json and report.md put the seeds side by side with mean and sd. A seed whose
 results.json exists is done; one with a checkpoint continues from it (same command, same run directory).
 
-The two seams a new backbone family (DNABERT-2) plugs into are `resolve_backbone` (what `pretrained=` names:
-architecture, k, weights) and `build_encoder` / `tokenizer_for` (its module without the MLM head, its tokenisation).
+A backbone family plugs in at three seams: `resolve_backbone` (what `pretrained=` names: family, architecture,
+weights, tokenizer), `build_encoder` (its module without the MLM head) and `tokenizer_for` (its tokenisation).
+DNABERT uses k-mers of its k; DNABERT-2 uses the BPE tokenizer it was pretrained with (the run directory's or export
+directory's tokenizer.json, or `tokenizer.file` for `pretrained=none`), whose special ids equal the k-mer ones, so
+windowing, padding and the classifier are shared.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from dnabert.data.labelled import (
     split_rows,
     windowed_set,
 )
+from dnabert.data.tokenizers.bpe import TOKENIZER_FILE, BpeWindowTokenizer
 from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.models import build_model, family_classes
+from dnabert.models.dnabert.model import ModelConfig
 from dnabert.run.callbacks import StepProgressBar
 from dnabert.run.checkpoints import checkpoint_step, find_resume_checkpoint, read_checkpoint
 from dnabert.run.cluster import check_launch, cluster_callbacks
@@ -56,41 +61,70 @@ SPLITS = ("train", "dev", "test")
 # ------------------------------------------------------------------------------------------ backbone seam
 @dataclass
 class Backbone:
-    """What `pretrained=` names: the model family, its k, its config fields and (unless `none`) its weights."""
+    """What `pretrained=` names: the model family, its k (DNABERT) or BPE tokenizer file (DNABERT-2), its config
+    fields and (unless `none`) its weights."""
 
-    family: str  # "dnabert" (BERT over k-mers); DNABERT-2 would add "dnabert2"
-    k: int
+    family: str  # "dnabert" (BERT over k-mers) or "dnabert2" (MosaicBERT over BPE tokens)
+    k: int | None
     config: dict[str, Any]
     weights: dict[str, torch.Tensor] | None
     source: str
+    tokenizer: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """What a fine-tuning checkpoint stores to rebuild the classifier (export, resume)."""
-        return {"family": self.family, "k": self.k, "config": self.config, "source": self.source}
+        return {"family": self.family, "k": self.k, "config": self.config, "source": self.source,
+                "tokenizer": self.tokenizer}
+
+    @property
+    def positions(self) -> tuple[int, int | None]:
+        """(default tokens per window, hard limit or None). ALiBi (DNABERT-2) has no position table: the default is
+        the length its biases were laid out for (`alibi_starting_size`), and longer windows are allowed."""
+        if self.family == "dnabert2":
+            return int(self.config["alibi_starting_size"]), None
+        return int(self.config["max_position_embeddings"]), int(self.config["max_position_embeddings"])
+
+    def label(self) -> str:
+        return f"{self.source} (k={self.k})" if self.family == "dnabert" else f"{self.source} (BPE {self.tokenizer})"
 
 
-def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any]) -> Backbone:
-    """`none` -> the configured architecture at random; a run directory or .ckpt -> its model; a directory with
-    config.json -> a transformers BertForMaskedLM in the original DNABERT layout (released DNABERT weights)."""
-    from dnabert.tools.export import init_from, load_checkpoint
+def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
+                     tokenizer_file: str | None = None) -> Backbone:
+    """`none` -> the configured architecture at random (DNABERT-2: with `tokenizer_file`, the BPE tokenizer.json);
+    a run directory or .ckpt -> its model (DNABERT-2: and the run's tokenizer.json); a directory with config.json ->
+    a MultiMolecule DnaBert2 export (model_type dnabert2, with its tokenizer.json) or a transformers
+    BertForMaskedLM in the original DNABERT layout (released DNABERT weights)."""
+    from dnabert.tools.export import _run_tokenizer, init_from, init_from_dnabert2, load_checkpoint
 
     if pretrained is None or str(pretrained).lower() == "none":
         family = model_cfg.get("family", "dnabert")
-        if family != "dnabert":  # DNABERT-2: build_encoder and tokenizer_for need its branch first
-            raise DnabertError(f"pretrained=none with model.family={family}: fine-tuning supports DNABERT (k-mer) "
-                               "backbones so far.")
         not_architecture = (*MODEL_LEVERS.values(), "init_from", "family")
         config = {key: value for key, value in model_cfg.items() if key not in not_architecture}
+        if family == "dnabert2":
+            if not tokenizer_file:
+                raise DnabertError("pretrained=none with model.family=dnabert2 needs its BPE tokenizer: add "
+                                   "tokenizer=bpe tokenizer.file=<tokenizer.json or its folder>.")
+            tokenizer = BpeWindowTokenizer(tokenizer_file)
+            config["vocab_size"] = tokenizer.vocab_size
+            family_classes(family)[0].from_dict(config)  # checks the fields now, with the setting's name
+            return Backbone(family, None, config, None, "none", str(tokenizer.file))
+        family_classes(family)  # an unknown family is refused by name
         config["vocab_size"] = vocab_size(k)
         ModelConfig.from_dict(config)  # checks the fields now, with the setting's name in the message
         return Backbone("dnabert", k, config, None, "none")
     path = Path(pretrained)
     if path.is_file() or (path / "checkpoints" / "last.ckpt").is_file():
-        model, checkpoint_k, _ = load_checkpoint(path)
-        if checkpoint_k is None:  # DNABERT-2 (BPE): add its family to build_encoder and tokenizer_for first
-            raise DnabertError(f"pretrained={path} is a DNABERT-2 run; fine-tuning supports DNABERT (k-mer) "
-                               "backbones so far.")
+        model, checkpoint_k, card_config = load_checkpoint(path)
+        if checkpoint_k is None:  # DNABERT-2: the tokenizer it was pretrained with
+            tokenizer = BpeWindowTokenizer(_run_tokenizer(path, card_config.get("train_config") or {}))
+            return Backbone("dnabert2", None, model.config.to_dict(), model.state_dict(), str(path),
+                            str(tokenizer.file))
         return Backbone("dnabert", checkpoint_k, model.config.to_dict(), model.state_dict(), str(path))
+    if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get("model_type") \
+            == "dnabert2":
+        tokenizer = BpeWindowTokenizer(path / TOKENIZER_FILE)  # refuses the published ids with a clear message
+        model = init_from_dnabert2(path)
+        return Backbone("dnabert2", None, model.config.to_dict(), model.state_dict(), str(path), str(tokenizer.file))
     if (path / "config.json").is_file():
         hf_vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
         matching = [candidate for candidate in SUPPORTED_K if vocab_size(candidate) == hf_vocab]
@@ -105,9 +139,7 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any]) 
 
 def build_encoder(backbone: Backbone) -> torch.nn.Module:
     """The family's encoder, randomly initialised (global RNG), without its MLM head (fine-tuning never uses it)."""
-    if backbone.family != "dnabert":
-        raise DnabertError(f"backbone family {backbone.family!r} is not supported for fine-tuning yet.")
-    encoder = DnaBertForMaskedLM(ModelConfig.from_dict(backbone.config))
+    encoder = build_model(backbone.family, backbone.config)
     del encoder.cls  # its decoder was tied to the word embeddings, which stay in encoder.bert
     return encoder
 
@@ -121,8 +153,9 @@ def load_weights(encoder: torch.nn.Module, backbone: Backbone) -> None:
 
 
 def tokenizer_for(backbone: Backbone) -> Tokenize:
-    if backbone.family != "dnabert":
-        raise DnabertError(f"backbone family {backbone.family!r} has no tokeniser for fine-tuning yet.")
+    """k-mers of the backbone's k, or the BPE tokenizer it was pretrained with."""
+    if backbone.family == "dnabert2":
+        return BpeWindowTokenizer(backbone.tokenizer).sequence_ids
     return kmer_tokenizer(backbone.k)
 
 
@@ -272,17 +305,19 @@ def run_finetune(cfg: DictConfig) -> Path | None:
     check_output_dir(run_dir)
     devices = resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)
     check_launch(cfg.trainer, cfg.logger, devices, int(cfg.trainer.num_nodes))
-    backbone = resolve_backbone(cfg.pretrained, int(cfg.k), OmegaConf.to_container(cfg.model, resolve=True))
-    max_positions = int(cfg.max_positions or backbone.config["max_position_embeddings"])
-    if max_positions > backbone.config["max_position_embeddings"]:
-        raise DnabertError(f"max_positions={max_positions} exceeds the backbone's "
-                           f"{backbone.config['max_position_embeddings']} positions; lower it or leave it null.")
+    backbone = resolve_backbone(cfg.pretrained, int(cfg.k), OmegaConf.to_container(cfg.model, resolve=True),
+                                OmegaConf.select(cfg, "tokenizer.file"))
+    default_positions, position_limit = backbone.positions
+    max_positions = int(cfg.max_positions or default_positions)
+    if position_limit is not None and max_positions > position_limit:
+        raise DnabertError(f"max_positions={max_positions} exceeds the backbone's {position_limit} positions; "
+                           "lower it or leave it null.")
     data = load_task(cfg.task, backbone, max_positions)
     seeds = seeds_of(cfg)
-    log.info("fine-tune %s on task %s (%s, %d outputs; train %d, dev %d, test %d sequences), backbone %s (k=%d), "
+    log.info("fine-tune %s on task %s (%s, %d outputs; train %d, dev %d, test %d sequences), backbone %s, "
              "seeds %s; run directory %s", "a linear probe" if cfg.freeze_backbone else "all weights", cfg.task.name,
              data.labels.task_type, data.labels.num_outputs, *(len(data.splits.get(s, ())) for s in SPLITS),
-             backbone.source, backbone.k, seeds, run_dir)
+             backbone.label(), seeds, run_dir)
     per_seed = []
     for seed in seeds:
         seed_dir = run_dir / f"seed_{seed}"
@@ -297,7 +332,7 @@ def run_finetune(cfg: DictConfig) -> Path | None:
     mean, sd = summarise_seeds(per_seed)
     results = {
         "task": cfg.task.name, "task_type": data.labels.task_type, "labels": list(data.labels.names),
-        "splits": data.sources, "pretrained": backbone.source, "k": backbone.k,
+        "splits": data.sources, "pretrained": backbone.source, "family": backbone.family, "k": backbone.k,
         "freeze_backbone": bool(cfg.freeze_backbone), "selection_metric": per_seed[0]["selection_metric"],
         "seeds": per_seed, "mean": mean, "sd": sd,
     }

@@ -29,6 +29,7 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from dnabert.data.labelled import (
+    Tokenize,
     collate_windows,
     kmer_tokenizer,
     label_space,
@@ -46,8 +47,13 @@ PROBE_METRICS = ("probe/mcc", "probe/auroc", "probe/acc")
 class DownstreamProbe(L.Callback):
     """Logistic regression on frozen embeddings of a labelled classification task, at every validation."""
 
-    def __init__(self, path: str, k: int, max_sequences: int = 1000, test_fraction: float = 0.5, seed: int = 0,
-                 batch_size: int = 256, sequence_column: str = "sequence", label_column: str = "label") -> None:
+    def __init__(self, path: str, k: int | None = None, max_sequences: int = 1000, test_fraction: float = 0.5,
+                 seed: int = 0, batch_size: int = 256, sequence_column: str = "sequence", label_column: str = "label",
+                 tokenize: Tokenize | None = None, max_positions: int | None = None) -> None:
+        """Tokenises with k-mers of `k`, or with `tokenize` (a DNABERT-2 run's BPE); windows are `max_positions`
+        tokens, by default the model's `max_position_embeddings`."""
+        if (k is None) == (tokenize is None):
+            raise ValueError("DownstreamProbe needs exactly one of k and tokenize")
         data = read_labelled(path, None, sequence_column, label_column)
         labels = label_space(data, "classification")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(data))[:max_sequences])
@@ -58,18 +64,20 @@ class DownstreamProbe(L.Callback):
             raise DnabertError(f"probe.path={path}: the probe's train or test part holds one class only; raise "
                                "probe.max_sequences or use a file with more examples of each class.")
         self.train_rows, self.test_rows = train_rows, test_rows
-        self.data, self.k, self.seed, self.batch_size = data, k, seed, batch_size
+        self.data, self.seed, self.batch_size = data, seed, batch_size
+        self.tokenize = tokenize or kmer_tokenizer(k)
+        self.max_positions = max_positions
         self.name = Path(path).name
         self.loader: torch.utils.data.DataLoader | None = None
         self.last_seconds = 0.0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Tokenise once, on global rank 0 (the only rank that probes), for the model's k and positions (long
+        """Tokenise once, on global rank 0 (the only rank that probes), for the model's tokens and positions (long
         sequences become windows, as in fine-tuning)."""
         if stage != "fit" or self.loader is not None or (trainer is not None and not trainer.is_global_zero):
             return
-        max_positions = pl_module.model.config.max_position_embeddings
-        windows = windowed_set(self.data, torch.from_numpy(self.targets), kmer_tokenizer(self.k), max_positions)
+        max_positions = self.max_positions or pl_module.model.config.max_position_embeddings
+        windows = windowed_set(self.data, torch.from_numpy(self.targets), self.tokenize, max_positions)
         # Its own generator: iterating a DataLoader otherwise draws a seed from torch's global RNG.
         self.loader = torch.utils.data.DataLoader(windows, batch_size=self.batch_size, collate_fn=collate_windows,
                                                   generator=torch.Generator().manual_seed(self.seed))

@@ -276,13 +276,13 @@ def probe_callbacks(cfg: DictConfig) -> list[L.Callback]:
     probe_cfg = cfg.get("probe")
     if not probe_cfg or not probe_cfg.get("path"):
         return []
-    family = cfg.model.get("family", "dnabert")
-    if family != "dnabert":  # the probe tokenises k-mers; another family plugs in through finetuning.tokenizer_for
-        raise DnabertError(f"probe.path is set but the probe supports k-mer (dnabert) models only, not "
-                           f"model.family={family}; set probe.path=null.")
     from dnabert.run.probe import DownstreamProbe
 
-    return [DownstreamProbe(**OmegaConf.to_container(probe_cfg, resolve=True), k=int(cfg.k))]
+    settings = OmegaConf.to_container(probe_cfg, resolve=True)
+    if uses_bpe(cfg):  # the run's BPE (prepare_tokenizer has set tokenizer.file), windows of its training length
+        tokenizer = BpeWindowTokenizer(cfg.tokenizer.file)
+        return [DownstreamProbe(**settings, tokenize=tokenizer.sequence_ids, max_positions=int(cfg.data.max_tokens))]
+    return [DownstreamProbe(**settings, k=int(cfg.k))]
 
 
 def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:

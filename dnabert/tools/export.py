@@ -42,6 +42,7 @@ from tokenizers import Tokenizer
 from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from dnabert.data.tokenizers.bpe import bpe_file
 from dnabert.data.tokenizers.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.errors import DnabertError, command_line
 from dnabert.models import DEFAULT_FAMILY, build_model
@@ -181,8 +182,7 @@ def export_checkpoint(
     run directory (the checkpoint's ``../..``), else the run config's ``tokenizer.file`` (a file or its folder)."""
     if _is_finetune_checkpoint(_checkpoint_file(checkpoint)):
         classifier, backbone, labels = load_classifier_checkpoint(_checkpoint_file(checkpoint))
-        return export_classifier(classifier, backbone, labels, out_dir, layout or "original",
-                                 {"checkpoint": str(checkpoint)})
+        return export_classifier(classifier, backbone, labels, out_dir, layout, {"checkpoint": str(checkpoint)})
     model, k, card_config = load_checkpoint(checkpoint)
     if isinstance(model, DnaBert2ForMaskedLM):
         tokenizer_file = tokenizer_file or _run_tokenizer(Path(checkpoint), card_config.get("train_config") or {})
@@ -213,16 +213,17 @@ MULTIMOLECULE_HEAD_RENAMES = (("classifier.", "sequence_head.decoder."),)
 
 
 def export_classifier(classifier: torch.nn.Module, backbone: dict, labels: Any, out_dir: str | Path,
-                      layout: str = "original", card_config: dict | None = None) -> Path:
-    """Write a fine-tuned SequenceClassifier as transformers' ``BertForSequenceClassification`` (original layout)
-    or MultiMolecule's ``DnaBertForSequencePrediction``; class names go to the config's id2label.
+                      layout: str | None = None, card_config: dict | None = None) -> Path:
+    """Write a fine-tuned SequenceClassifier as transformers' ``BertForSequenceClassification`` (original layout,
+    DNABERT's default) or MultiMolecule's ``DnaBertForSequencePrediction`` / ``DnaBert2ForSequencePrediction``
+    (DNABERT-2's only layout); class names go to the config's id2label.
 
-    ``backbone``: ``{"family", "k", "config"}`` as fine-tuning stores it; ``labels``: a ``LabelSpace``."""
+    ``backbone``: ``{"family", "k", "config", "tokenizer"}`` as fine-tuning stores it; ``labels``: a
+    ``LabelSpace``."""
+    dnabert2 = backbone["family"] == "dnabert2"
+    layout = layout or ("multimolecule" if dnabert2 else "original")
     if layout not in LAYOUTS:
         raise DnabertError(f"Unknown export layout {layout!r}; use one of {', '.join(LAYOUTS)}.")
-    if backbone["family"] != "dnabert":
-        raise DnabertError(f"Export of fine-tuned {backbone['family']} models is not supported yet.")
-    k, config = int(backbone["k"]), ModelConfig.from_dict(backbone["config"])
     state_dict = {_renamed(key, CLASSIFIER_RENAMES): value for key, value in _plain_state_dict(classifier).items()}
     # Classification leaves problem_type unset: transformers infers it from num_labels (MultiMolecule's config
     # rejects it together with id2label).
@@ -232,6 +233,9 @@ def export_classifier(classifier: torch.nn.Module, backbone: dict, labels: Any, 
         head["label2id"] = {name: index for index, name in enumerate(labels.names)}
     else:
         head["problem_type"] = "regression"
+    if dnabert2:
+        return _export_dnabert2_classifier(state_dict, backbone, labels, head, Path(out_dir), layout, card_config)
+    k, config = int(backbone["k"]), ModelConfig.from_dict(backbone["config"])
 
     def write(staging: Path) -> None:
         if layout == "original":
@@ -255,6 +259,28 @@ def export_classifier(classifier: torch.nn.Module, backbone: dict, labels: Any, 
         (staging / "README.md").write_text(_classifier_card(k, layout, labels, card_config))
 
     return _write_replacing(Path(out_dir), write)
+
+
+def _export_dnabert2_classifier(state_dict: dict, backbone: dict, labels: Any, head: dict, out_dir: Path, layout: str,
+                                card_config: dict | None) -> Path:
+    """A fine-tuned DNABERT-2 classifier (state under transformers' BERT names) as MultiMolecule's
+    ``DnaBert2ForSequencePrediction`` with the backbone's BPE tokenizer: the pooler and head are BERT's, as in
+    MultiMolecule, so the logits are equal."""
+    if layout != "multimolecule":
+        raise DnabertError(
+            f"Fine-tuned DNABERT-2 models export in the multimolecule layout only (--layout multimolecule), not "
+            f"{layout!r}: transformers has no DNABERT-2 class, and the original release needs its own remote code."
+        )
+    config = DnaBert2Config.from_dict(backbone["config"])
+    tokenizer = dnabert2_tokenizer(bpe_file(backbone["tokenizer"]), config)
+    renamed = {_renamed(key, MULTIMOLECULE_HEAD_RENAMES): value
+               for key, value in dnabert2_to_multimolecule(state_dict, config.hidden_size).items()}
+
+    def write(staging: Path) -> None:
+        _write_multimolecule_dnabert2(renamed, config, tokenizer, staging, head)
+        (staging / "README.md").write_text(_classifier_card(None, layout, labels, card_config))
+
+    return _write_replacing(out_dir, write)
 
 
 def _renamed(key: str, renames: Sequence[tuple[str, str]]) -> str:
@@ -283,25 +309,32 @@ def load_classifier_checkpoint(path: Path) -> tuple[torch.nn.Module, dict, Any]:
     hyper_parameters = _plain(content["hyper_parameters"])
     backbone = hyper_parameters["backbone"]
     labels = LabelSpace(hyper_parameters["task_type"], tuple(hyper_parameters.get("labels") or ()))
-    encoder = build_encoder(Backbone(backbone["family"], int(backbone["k"]), backbone["config"], None,
-                                     backbone.get("source", "")))
+    encoder = build_encoder(Backbone(backbone["family"], backbone["k"], backbone["config"], None,
+                                     backbone.get("source", ""), backbone.get("tokenizer")))
     classifier = SequenceClassifier(encoder, labels.num_outputs)
     state = {key.removeprefix("classifier."): value for key, value in content["state_dict"].items()}
     _load_strict(classifier, state, str(path))
     return classifier, backbone, labels
 
 
-def _classifier_card(k: int, layout: str, labels: Any, card_config: dict | None) -> str:
+def _classifier_card(k: int | None, layout: str, labels: Any, card_config: dict | None) -> str:
+    """k None: DNABERT-2 (BPE)."""
     model_class = ("BertForSequenceClassification" if layout == "original"
-                   else "multimolecule.DnaBertForSequencePrediction")
+                   else f"multimolecule.DnaBert{'' if k else '2'}ForSequencePrediction")
     classes = ", ".join(labels.names) if labels.names else "one regression output"
+    if k:
+        name, tag = f"DNABERT k={k}", "k-mer"
+        tokens = (f"upper-case, space-separated overlapping {k}-mers "
+                  f'(e.g. "{kmer_text("GATTACAGATTACA", k)}") with the bundled tokenizer')
+    else:
+        name, tag = "DNABERT-2", "bpe"
+        tokens = 'the upper-case sequence (e.g. "GATTACAGATTACA") with the bundled BPE tokenizer'
     sections = [
         f"---\nlibrary_name: {'transformers' if layout == 'original' else 'multimolecule'}\n"
-        "pipeline_tag: text-classification\ntags:\n- dna\n- dnabert\n- k-mer\n---\n",
-        f"# DNABERT k={k}, fine-tuned\n",
-        f"A DNABERT sequence {labels.task_type} model ({model_class}) fine-tuned with the `dnabert` framework; "
-        f"outputs: {classes}. Input: upper-case, space-separated overlapping {k}-mers "
-        f'(e.g. "{kmer_text("GATTACAGATTACA", k)}") with the bundled tokenizer.\n',
+        f"pipeline_tag: text-classification\ntags:\n- dna\n- dnabert\n- {tag}\n---\n",
+        f"# {name}, fine-tuned\n",
+        f"A {name.split(' ')[0]} sequence {labels.task_type} model ({model_class}) fine-tuned with the `dnabert` "
+        f"framework; outputs: {classes}. Input: {tokens}.\n",
     ]
     if card_config:
         sections.append(f"## Fine-tuning\n\n```json\n{json.dumps(_plain(card_config), indent=2, default=str)}\n```\n")
@@ -548,7 +581,8 @@ def dnabert2_to_multimolecule(state_dict: dict[str, torch.Tensor], hidden_size: 
                 renamed[_dnabert2_rename(key.replace(DNABERT2_FUSED_QKV, part))] = piece
         else:
             renamed[_dnabert2_rename(key)] = value
-    renamed["lm_head.bias"] = renamed["lm_head.decoder.bias"]
+    if "lm_head.decoder.bias" in renamed:  # a fine-tuned classifier has no MLM head
+        renamed["lm_head.bias"] = renamed["lm_head.decoder.bias"]
     return renamed
 
 
@@ -581,8 +615,11 @@ def _dnabert2_rename(key: str, reverse: bool = False) -> str:
 
 
 def _write_multimolecule_dnabert2(
-    state_dict: dict, config: DnaBert2Config, tokenizer: PreTrainedTokenizerFast, out_dir: Path
+    state_dict: dict, config: DnaBert2Config, tokenizer: PreTrainedTokenizerFast, out_dir: Path,
+    head: dict | None = None,
 ) -> None:
+    """MultiMolecule's DnaBert2ForMaskedLM, or with ``head`` (num_labels, id2label ...) its
+    DnaBert2ForSequencePrediction."""
     try:
         import multimolecule
     except ImportError as err:
@@ -606,8 +643,10 @@ def _write_multimolecule_dnabert2(
         unk_token_id=tokenizer.unk_token_id,
         mask_token_id=tokenizer.mask_token_id,
         null_token_id=None,
+        **(head or {}),
     )
-    model = multimolecule.DnaBert2ForMaskedLM(mm_config)
+    model_class = multimolecule.DnaBert2ForSequencePrediction if head else multimolecule.DnaBert2ForMaskedLM
+    model = model_class(mm_config)
     _load_strict(model, state_dict, "the model")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

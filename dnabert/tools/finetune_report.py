@@ -67,12 +67,13 @@ def plot_finetune(run_dir: Path, results: dict[str, Any], path: Path) -> None:
 
 def render_markdown(results: dict[str, Any], run_dir: Path) -> str:
     seeds = [seed_result["seed"] for seed_result in results["seeds"]]
+    tokens = "BPE tokens" if results["k"] is None else f"k={results['k']}"
     lines = [
         f"# Fine-tuning report: {run_dir.name}",
         "",
         f"Task **{results['task']}** ({results['task_type']}"
         + (f", classes {', '.join(results['labels'])}" if results["labels"] else "") + "), backbone "
-        f"`{results['pretrained']}` (k={results['k']}), "
+        f"`{results['pretrained']}` ({tokens}), "
         + ("linear probe (frozen backbone)" if results["freeze_backbone"] else "all weights trained")
         + f"; checkpoint chosen by {results['selection_metric']}; seeds {seeds}.",
         "",

@@ -229,6 +229,12 @@ class BpeWindowTokenizer:
                                                      add_special_tokens=False)
         return [encoding.ids[: max_tokens - 2] for encoding in encodings]
 
+    def sequence_ids(self, sequences: Sequence[str]) -> list[np.ndarray]:
+        """Whole raw sequences' BPE ids, no special tokens and no cut (dnabert.data.labelled.Tokenize): fine-tuning
+        and the probe window long ones themselves."""
+        encodings = self.tokenizer.encode_batch_fast(list(sequences), add_special_tokens=False)
+        return [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+
     def collate(self, batch: SequenceBatch, max_tokens: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
         """The batch contract of dnabert.data.datamodule.collate, with BPE tokens in place of k-mers."""
         rows = self.token_ids(batch, max_tokens)
