@@ -7,10 +7,14 @@ is here is the part of the training contract that does not depend on the archite
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from transformers.activations import ACT2FN
 
 from dnabert.data.tokenizers.kmer import CLS_ID
 from dnabert.errors import DnabertError
@@ -130,3 +134,29 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once, as in the model cards)."""
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+class Encoder(nn.Module):
+    """The stack of transformer layers; each family supplies its own layers and its own mask or bias type."""
+
+    def __init__(self, layers: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+    def forward(self, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+        for layer in self.layer:
+            hidden = layer(hidden, mask)
+        return hidden
+
+
+class HeadTransform(nn.Module):
+    """The MLM head's dense + activation + LayerNorm, the same in BERT and MosaicBERT (transformers' names)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.activation(self.dense(hidden)))

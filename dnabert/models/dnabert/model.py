@@ -31,6 +31,8 @@ from dnabert.errors import DnabertError
 from dnabert.models.components import (
     ATTENTION_BACKENDS,
     IGNORE_INDEX,
+    Encoder,
+    HeadTransform,
     attention_bias,
     check_attention_backend,
     count_parameters,
@@ -206,35 +208,13 @@ class Layer(nn.Module):
         return self.output(self.intermediate(attended), attended)
 
 
-class Encoder(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
-        for layer in self.layer:
-            hidden = layer(hidden, mask)
-        return hidden
-
-
 class Bert(nn.Module):
     """Embeddings + encoder, no pooler (the attribute layout of transformers' ``BertModel``)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.embeddings = Embeddings(config)
-        self.encoder = Encoder(config)
-
-
-class HeadTransform(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.activation(self.dense(hidden)))
+        self.encoder = Encoder(Layer(config) for _ in range(config.num_hidden_layers))
 
 
 class Predictions(nn.Module):

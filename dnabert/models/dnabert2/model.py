@@ -34,6 +34,8 @@ from transformers.activations import ACT2FN
 from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.components import (
+    Encoder,
+    HeadTransform,
     attention_bias,
     check_attention_backend,
     flex_attention_for,
@@ -217,35 +219,13 @@ class Layer(nn.Module):
         return self.mlp(self.attention(hidden, bias))
 
 
-class Encoder(nn.Module):
-    def __init__(self, config: DnaBert2Config) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
-
-    def forward(self, hidden: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
-        for layer in self.layer:
-            hidden = layer(hidden, bias)
-        return hidden
-
-
 class Bert(nn.Module):
     """Embeddings + encoder, no pooler (the MLM model of the original has none)."""
 
     def __init__(self, config: DnaBert2Config) -> None:
         super().__init__()
         self.embeddings = Embeddings(config)
-        self.encoder = Encoder(config)
-
-
-class HeadTransform(nn.Module):
-    def __init__(self, config: DnaBert2Config) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.activation(self.dense(hidden)))
+        self.encoder = Encoder(Layer(config) for _ in range(config.num_hidden_layers))
 
 
 class Predictions(nn.Module):
