@@ -9,26 +9,17 @@ from __future__ import annotations
 import sys
 
 import hydra
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from train import check_folder_names, check_output_override, user_error  # also sets DNABERT_ROOT, the resolvers
+# importing train also sets DNABERT_ROOT and registers the config resolvers
+from train import check_folder_names, check_output_override, run_reporting_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="finetune")
 def main(cfg: DictConfig) -> None:
-    from dnabert.errors import DnabertError, user_message
     from dnabert.run.finetuning import run_finetune
 
-    try:
-        run_finetune(cfg)
-    except (DnabertError, OmegaConfBaseException, InstantiationException) as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"dnabert: error: {user_message(problem)}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_user_errors(run_finetune, cfg)
 
 
 if __name__ == "__main__":

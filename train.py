@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -31,10 +32,8 @@ def user_error(err: BaseException) -> DnabertError | None:
     return None
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    from dnabert.run.training import run
-
+def run_reporting_user_errors(run: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+    """``run(cfg)``, with a user mistake (a DnabertError, a bad config value) as one line on stderr and exit 2."""
     try:
         run(cfg)
     except (DnabertError, OmegaConfBaseException, InstantiationException) as err:
@@ -43,6 +42,13 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"dnabert: error: {user_message(problem)}", file=sys.stderr)
         sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from dnabert.run.training import run
+
+    run_reporting_user_errors(run, cfg)
 
 
 def check_output_override(argv: list[str]) -> None:
