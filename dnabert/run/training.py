@@ -45,6 +45,7 @@ from dnabert.run.history import MetricsHistory, set_resume_step
 from dnabert.run.validate import validate_config
 from dnabert.run.wandb_mode import settle_wandb_mode
 from dnabert.tasks.pretrain import DnaBertLitModule
+from dnabert.tools.export import load_dnabert2_into, load_pretrained_into
 
 if TYPE_CHECKING:
     from dnabert.run.trial import TrialResult
@@ -159,20 +160,25 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
     levers = {name: model_cfg.pop(key) for name, key in MODEL_LEVERS.items() if key in model_cfg}
     masking = OmegaConf.to_container(cfg.masking, resolve=True)
     masking["switch_step"] = plan.switch_step
-    return DnaBertLitModule(
+    module = DnaBertLitModule(
         k=cfg.k,
         model_config=model_cfg,
         masking=masking,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         seed=cfg.seed,
         max_consecutive_nonfinite=cfg.max_consecutive_nonfinite,
-        init_from=init_from,
         train_config=OmegaConf.to_container(cfg, resolve=True),
         packed=bool(cfg.data.get("pack_rows", False)),
         family=family,
         tokenizer_vocab_size=tokenizer_vocab_size,
         **levers,
     )
+    if init_from:  # weights of a saved model directory; a resumed checkpoint overwrites them afterwards
+        if family == "dnabert2":  # a MultiMolecule export or the original release's layout
+            load_dnabert2_into(module.model, init_from)
+        else:
+            load_pretrained_into(module.model, init_from, cfg.k)
+    return module
 
 
 def describe_model(module: DnaBertLitModule) -> str:

@@ -68,7 +68,6 @@ class DnaBertLitModule(L.LightningModule):
         optim: dict[str, Any],
         seed: int = 0,
         max_consecutive_nonfinite: int = 20,
-        init_from: str | None = None,
         train_config: dict[str, Any] | None = None,
         packed: bool = False,
         compile_model: bool = False,
@@ -102,13 +101,6 @@ class DnaBertLitModule(L.LightningModule):
         self.family = family
         self.packed = packed
         self.head_on_masked_only = head_on_masked_only
-        if init_from:
-            from dnabert.tools.export import load_dnabert2_into, load_pretrained_into
-
-            if family == "dnabert2":  # a MultiMolecule export or the original release's layout
-                load_dnabert2_into(self.model, init_from)
-            else:
-                load_pretrained_into(self.model, init_from, k)
         if compile_model:  # dynamic: micro-batch widths (and packed row counts) vary from batch to batch
             self.model.compile(dynamic=True)
         self.schedule = MaskSchedule(
