@@ -7,8 +7,9 @@ is here is the part of the training contract that does not depend on the archite
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,24 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once, as in the model cards)."""
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+class ConfigFromDict:
+    """``from_dict``/``to_dict`` for the families' config dataclasses: checkpoint hyper-parameters and Hydra give
+    plain dicts, and a misspelt field must be a clear error, not a TypeError from the dataclass."""
+
+    label: ClassVar[str] = "model"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Any:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DnabertError(f"Unknown {cls.label} config field(s) {unknown}; allowed: {sorted(known)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class Encoder(nn.Module):

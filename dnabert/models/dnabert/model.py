@@ -31,6 +31,7 @@ from dnabert.errors import DnabertError
 from dnabert.models.components import (
     ATTENTION_BACKENDS,
     IGNORE_INDEX,
+    ConfigFromDict,
     Encoder,
     HeadTransform,
     attention_bias,
@@ -59,7 +60,7 @@ __all__ = [
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigFromDict):
     """BERT hyper-parameters, field names as in ``transformers.BertConfig`` so the mapping is one-to-one."""
 
     vocab_size: int
@@ -87,17 +88,6 @@ class ModelConfig:
                 "such as 'gelu', 'gelu_new' or 'relu'."
             )
 
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
-        """Build from a plain dict (checkpoint hyper-parameters, Hydra), rejecting unknown fields clearly."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DnabertError(f"Unknown model config field(s) {unknown}; allowed: {sorted(known)}.")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     def to_hf_config(self) -> BertConfig:
         return BertConfig(**self.to_dict(), pad_token_id=PAD_ID, tie_word_embeddings=True)

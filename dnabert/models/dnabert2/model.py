@@ -19,11 +19,11 @@ dtype; bf16 autocast and torch.compile (dynamic shapes) are tested on CPU.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from transformers.activations import ACT2FN
 from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.components import (
+    ConfigFromDict,
     Encoder,
     HeadTransform,
     attention_bias,
@@ -51,7 +52,7 @@ AttentionBias = torch.Tensor | tuple[BlockMask, Callable]
 
 
 @dataclass
-class DnaBert2Config:
+class DnaBert2Config(ConfigFromDict):
     """DNABERT-2 hyper-parameters, field names as in the released config.json (BERT's names).
 
     ``alibi_starting_size`` is the length the original precomputes its ALiBi table for (it grows it for longer
@@ -62,6 +63,8 @@ class DnaBert2Config:
     dnabert.data.tokenizers); the published DNABERT-2 tokenizer has [UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4
     (an import takes them from the directory's tokenizer.json).
     """
+
+    label: ClassVar[str] = "DNABERT-2 model"
 
     vocab_size: int = 4096
     hidden_size: int = 768
@@ -96,17 +99,6 @@ class DnaBert2Config:
                     "take the special-token ids from the tokenizer."
                 )
 
-    @classmethod
-    def from_dict(cls, values: dict) -> DnaBert2Config:
-        """Build from a plain dict (checkpoint hyper-parameters, Hydra), rejecting unknown fields clearly."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DnabertError(f"Unknown DNABERT-2 model config field(s) {unknown}; allowed: {sorted(known)}.")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 _PRESETS = {
