@@ -7,6 +7,7 @@ line and exit 2 for a user mistake. See README, "Did pretraining help?", and con
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -22,7 +23,21 @@ def main(cfg: DictConfig) -> None:
     run_reporting_user_errors(run_finetune, cfg)
 
 
+def check_pretrained_exists(argv: list[str]) -> None:
+    """Hydra creates the run directory, named after `pretrained=`, before any of our code runs: a mistyped path
+    would leave an empty folder behind its error, so a missing one is refused from the command line."""
+    for arg in reversed(argv):
+        key, _, value = arg.partition("=")
+        if key == "pretrained":
+            if value and value.lower() != "none" and "${" not in value and not Path(value).exists():
+                print(f"dnabert: error: pretrained={value} does not exist; give a pretraining run directory, a .ckpt, "
+                      "a transformers or MultiMolecule model directory, or none.", file=sys.stderr)
+                sys.exit(2)
+            return
+
+
 if __name__ == "__main__":
+    check_pretrained_exists(sys.argv[1:])
     check_output_override(sys.argv[1:])
     check_folder_names(sys.argv[1:])
     main()

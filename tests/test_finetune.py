@@ -274,30 +274,36 @@ def _overrides_of(run_dir: Path) -> list[str]:
     return yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
 
 
-@pytest.mark.slow
-def test_exported_classifier_loads_in_transformers_and_multimolecule_with_equal_logits(finetune_run,
-                                                                                       tmp_path: Path) -> None:
-    result, run_dir = finetune_run
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = next((run_dir / "seed_2" / "checkpoints").glob("best-*.ckpt"))
-    classifier, backbone, labels = load_classifier_checkpoint(checkpoint)
-    classifier.eval()
-    sequences = ["ACGTACGTTAGCAT", "TTTTGGGGCCAAGATTACA", "GATTACA"]
+def assert_transformers_outputs_equal_ours(seed_dir: Path, sequences: list[str]) -> torch.Tensor:
+    """The seed's exported hf_model/, loaded by transformers with its own tokenizer, gives our best checkpoint's
+    outputs (logits, or the regression value); returns ours."""
+    checkpoint = next((seed_dir / "checkpoints").glob("best-*.ckpt"))
+    classifier, _, _ = load_classifier_checkpoint(checkpoint)
     rows = [torch.from_numpy(token_windows(ids, 64)[0]) for ids in kmer_tokenizer(K)(sequences)]
     input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=PAD_ID)
     with torch.no_grad():
-        ours = classifier(input_ids, torch.arange(3), 3)
-
-    loaded, info = transformers.BertForSequenceClassification.from_pretrained(
-        run_dir / "seed_2" / "hf_model", output_loading_info=True)
+        ours = classifier.eval()(input_ids, torch.arange(len(sequences)), len(sequences))
+    loaded, info = transformers.BertForSequenceClassification.from_pretrained(seed_dir / "hf_model",
+                                                                              output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert loaded.config.id2label == {0: "0", 1: "1"}
-    tokenizer = transformers.BertTokenizer.from_pretrained(run_dir / "seed_2" / "hf_model")
+    tokenizer = transformers.BertTokenizer.from_pretrained(seed_dir / "hf_model")
     encoded = tokenizer([kmer_text(s, K) for s in sequences], padding=True, return_tensors="pt")
     assert torch.equal(encoded["input_ids"], input_ids)
     with torch.no_grad():
         theirs = loaded.eval()(**encoded).logits
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+    return ours
+
+
+@pytest.mark.slow
+def test_exported_classifier_loads_in_transformers_and_multimolecule_with_equal_logits(finetune_run,
+                                                                                       tmp_path: Path) -> None:
+    result, run_dir = finetune_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    sequences = ["ACGTACGTTAGCAT", "TTTTGGGGCCAAGATTACA", "GATTACA"]
+    ours = assert_transformers_outputs_equal_ours(run_dir / "seed_2", sequences)
+    assert transformers.AutoConfig.from_pretrained(run_dir / "seed_2" / "hf_model").id2label == {0: "0", 1: "1"}
+    checkpoint = next((run_dir / "seed_2" / "checkpoints").glob("best-*.ckpt"))
 
     multimolecule = pytest.importorskip("multimolecule")
     out_dir = export_checkpoint(checkpoint, tmp_path / "mm", layout="multimolecule")
@@ -309,6 +315,40 @@ def test_exported_classifier_loads_in_transformers_and_multimolecule_with_equal_
         mm_logits = mm_model.eval()(input_ids=mm_inputs["input_ids"],
                                     attention_mask=mm_inputs["attention_mask"]).logits
     torch.testing.assert_close(mm_logits, ours, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task_type", ["regression", "multi-class"])
+def test_finetune_cli_trains_regression_and_multiclass_tasks_end_to_end(tmp_path: Path, task_type: str) -> None:
+    """Through the command line, as a user runs it: the label kind is detected, its metrics are reported, the
+    checkpoint is chosen by its selection metric, and the export carries the head transformers needs."""
+    table = pd.read_csv(PROM_CORE, sep="\t").sample(n=120, random_state=1)
+    gc = table["sequence"].map(lambda s: (s.count("G") + s.count("C")) / len(s))
+    table["label"] = gc.round(4) if task_type == "regression" else pd.cut(gc, 3, labels=["at", "mid", "gc"])
+    table.to_csv(task := tmp_path / "task.csv", index=False)
+    command = [sys.executable, str(ROOT / "finetune.py"), "pretrained=none", "task=file", f"task.train={task}",
+               "task.dev_fraction=0.25", "task.test_fraction=0.25", "max_epochs=3", "batch_size=16", "optim.lr=1e-3",
+               "seed=3", "k=3", "logger=none", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "finetune_custom" / "none" / "results.json").read_text())
+    (seed,) = results["seeds"]
+    expected = {"regression": ({"mse", "pearson", "spearman"}, "spearman", []),
+                "multi-class": ({"accuracy", "f1", "mcc", "precision", "recall", "auroc", "aupr"}, "mcc",
+                                ["at", "gc", "mid"])}
+    metric_names, selection, labels = expected[task_type]
+    assert results["task_type"] == task_type.replace("multi-class", "classification")
+    assert results["selection_metric"] == f"dev/{selection}" and results["labels"] == labels
+    assert set(seed["metrics"]["test"]) == metric_names
+    assert seed["best_epoch"] == max(seed["dev_history"], key=lambda entry: entry[selection])["epoch"]
+    seed_dir = tmp_path / "finetune_custom" / "none" / "seed_3"
+    config = transformers.AutoConfig.from_pretrained(seed_dir / "hf_model")
+    if task_type == "regression":
+        assert config.problem_type == "regression" and config.num_labels == 1
+    else:
+        assert config.id2label == {0: "at", 1: "gc", 2: "mid"}
+    ours = assert_transformers_outputs_equal_ours(seed_dir, ["ACGTACGTTAGCAT", "GGGCGCCCGCGGCA"])
+    assert ours.shape == (2, 1 if task_type == "regression" else 3)
 
 
 def test_module_picks_the_first_of_equal_best_epochs() -> None:
@@ -329,6 +369,18 @@ def test_finetune_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         f"dnabert: error: labelled file {missing} does not exist; check task.train/task.dev/task.test or probe.path.")
     assert "Traceback" not in result.stderr
+
+
+def test_a_missing_pretrained_path_is_one_line_and_leaves_no_run_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "outputs" / "demo" / "defualt"
+    output_root = tmp_path / "runs"
+    result = subprocess.run([sys.executable, str(ROOT / "finetune.py"), f"pretrained={missing}",
+                             f"paths.output_root={output_root}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dnabert: error: pretrained={missing} does not exist; give a pretraining run directory, a .ckpt, a "
+        "transformers or MultiMolecule model directory, or none."]
+    assert not output_root.exists()
 
 
 def test_freeze_backbone_is_a_linear_probe_on_fixed_features() -> None:
