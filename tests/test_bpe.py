@@ -260,8 +260,8 @@ def test_bpe_runs_refuse_kmer_masking_and_a_wrong_vocabulary(compose_config, tok
 def test_dnabert2_run_continues_from_a_multimolecule_export(compose_config, tokenizer_file: Path,
                                                              tmp_path: Path) -> None:
     """`model.init_from` of a dnabert2 run loads a MultiMolecule export (written with the run's BPE tokenizer)."""
+    from dnabert.models.dnabert2.interop import export_dnabert2_model
     from dnabert.run.training import build_module, make_plan
-    from dnabert.tools.export import export_dnabert2_model
 
     settings = ("experiment=dnabert2_demo", f"tokenizer.file='{tokenizer_file}'", f"tokenizer.vocab_size={VOCAB}")
     cfg = compose_config(*settings)

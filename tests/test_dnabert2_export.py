@@ -10,16 +10,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
-from dnabert.tools.export import (
+from dnabert.models.dnabert2.interop import (
     dnabert2_from_multimolecule,
     dnabert2_to_multimolecule,
-    export_checkpoint,
     export_dnabert2_model,
     init_from_dnabert2,
     load_dnabert2_into,
-    main,
 )
+from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
+from dnabert.tools.export import export_checkpoint, main
 
 multimolecule = pytest.importorskip("multimolecule")
 

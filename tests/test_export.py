@@ -1,4 +1,5 @@
-"""dnabert.tools.export: directories that transformers / MultiMolecule load with our logits, checkpoints, import."""
+"""DNABERT export/import (dnabert.models.dnabert.interop; checkpoints and the CLI: dnabert.tools.export): directories
+that transformers / MultiMolecule load with our logits, checkpoints, import."""
 
 import json
 from pathlib import Path
@@ -10,15 +11,9 @@ from omegaconf import OmegaConf
 
 from dnabert.data.tokenizers.kmer import PAD_ID, kmer_text, tokenize, vocab_tokens
 from dnabert.errors import DnabertError
+from dnabert.models.dnabert.interop import export_model, init_from, load_pretrained_into, multimolecule_rows
 from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
-from dnabert.tools.export import (
-    export_checkpoint,
-    export_model,
-    init_from,
-    load_pretrained_into,
-    main,
-    multimolecule_rows,
-)
+from dnabert.tools.export import export_checkpoint, main
 
 K = 3
 TINY = dict(vocab_size=69, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
@@ -246,3 +241,21 @@ def test_init_from_rejects_wrong_k_and_missing_files(tmp_path):
     other_size = DnaBertForMaskedLM(ModelConfig(**{**TINY, "hidden_size": 32}))
     with pytest.raises(DnabertError, match="do not fit"):
         load_pretrained_into(other_size, with_vocab, K)
+
+
+def test_run_continues_from_an_original_layout_export(compose_config, tmp_path):
+    """`model.init_from` of a DNABERT run loads the family's original layout (run.training imports the loader
+    only then)."""
+    from dnabert.run.training import build_module, make_plan
+
+    settings = ("model=tiny", f"k={K}")
+    cfg = compose_config(*settings)
+    exported = build_module(cfg, make_plan(cfg)).model
+    with torch.no_grad():  # not the weights a fresh run of the same seed starts from
+        for parameter in exported.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    export_model(exported, K, tmp_path / "hf_model")
+    cfg = compose_config(*settings, f"model.init_from='{tmp_path / 'hf_model'}'")
+    continued = build_module(cfg, make_plan(cfg)).model
+    assert exported.state_dict().keys() == continued.state_dict().keys()
+    assert all(torch.equal(value, continued.state_dict()[key]) for key, value in exported.state_dict().items())

@@ -181,7 +181,7 @@ class RunArtifacts(L.Callback):
         export_dir = self.run_dir / "hf_model"
         card_config = pl_module.hparams.get("train_config")
         if self.export and finished and pl_module.family == "dnabert2":  # BPE: the run's copy of its tokenizer
-            from dnabert.tools.export import export_dnabert2_model
+            from dnabert.models.dnabert2.interop import export_dnabert2_model
 
             export_dnabert2_model(pl_module.model, self.run_dir / "tokenizer.json", export_dir, card_config=card_config)
             lines.append(f"  Hugging Face model (MultiMolecule layout): {export_dir}")
@@ -189,7 +189,7 @@ class RunArtifacts(L.Callback):
             lines.append("  Hugging Face model: not written (BERT on BPE tokens has no export layout; the run keeps "
                          "its tokenizer.json and checkpoints)")
         elif self.export and finished:  # a preempted run exports when it really ends, not at every requeue
-            from dnabert.tools.export import export_model
+            from dnabert.models.dnabert.interop import export_model
 
             export_model(pl_module.model, pl_module.k, export_dir, layout="original", card_config=card_config)
             lines.append(f"  Hugging Face model: {export_dir}")

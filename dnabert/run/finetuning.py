@@ -94,7 +94,9 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
     a run directory or .ckpt -> its model (DNABERT-2: and the run's tokenizer.json); a directory with config.json ->
     a MultiMolecule DnaBert2 export (model_type dnabert2, with its tokenizer.json) or a transformers
     BertForMaskedLM in the original DNABERT layout (released DNABERT weights)."""
-    from dnabert.tools.export import _run_tokenizer, init_from, init_from_dnabert2, load_checkpoint
+    from dnabert.models.dnabert.interop import init_from
+    from dnabert.models.dnabert2.interop import init_from_dnabert2
+    from dnabert.tools.export import load_checkpoint, run_tokenizer
 
     if pretrained is None or str(pretrained).lower() == "none":
         family = model_cfg.get("family", "dnabert")
@@ -116,7 +118,7 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
     if path.is_file() or (path / "checkpoints" / "last.ckpt").is_file():
         model, checkpoint_k, card_config = load_checkpoint(path)
         if checkpoint_k is None:  # DNABERT-2: the tokenizer it was pretrained with
-            tokenizer = BpeWindowTokenizer(_run_tokenizer(path, card_config.get("train_config") or {}))
+            tokenizer = BpeWindowTokenizer(run_tokenizer(path, card_config.get("train_config") or {}))
             return Backbone("dnabert2", None, model.config.to_dict(), model.state_dict(), str(path),
                             str(tokenizer.file))
         return Backbone("dnabert", checkpoint_k, model.config.to_dict(), model.state_dict(), str(path))

@@ -45,7 +45,6 @@ from dnabert.run.history import MetricsHistory, set_resume_step
 from dnabert.run.validate import validate_config
 from dnabert.run.wandb_mode import settle_wandb_mode
 from dnabert.tasks.pretrain import DnaBertLitModule
-from dnabert.tools.export import load_dnabert2_into, load_pretrained_into
 
 if TYPE_CHECKING:
     from dnabert.run.trial import TrialResult
@@ -174,9 +173,14 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
         **levers,
     )
     if init_from:  # weights of a saved model directory; a resumed checkpoint overwrites them afterwards
+        # The family's loader is imported here: only a run that starts from saved weights needs its interop.
         if family == "dnabert2":  # a MultiMolecule export or the original release's layout
+            from dnabert.models.dnabert2.interop import load_dnabert2_into
+
             load_dnabert2_into(module.model, init_from)
         else:
+            from dnabert.models.dnabert.interop import load_pretrained_into
+
             load_pretrained_into(module.model, init_from, cfg.k)
     return module
 

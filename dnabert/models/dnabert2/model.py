@@ -7,8 +7,9 @@ residual blocks, attention dropout 0, BERT's MLM head with the decoder tied to t
 
 Parameter names and shapes are those of the original checkpoint (``bert.encoder.layer.N.attention.self.Wqkv``,
 ``mlp.gated_layers``, ``mlp.wo``, ``mlp.layernorm``, ``cls.predictions.*``), so the released weights load with
-a plain ``load_state_dict`` and the MultiMolecule export is a renaming (dnabert.tools.export); the tests prove
-logits equality with MultiMolecule's ``DnaBert2ForMaskedLM``. The fused Wqkv is also one matmul instead of three.
+a plain ``load_state_dict`` and the MultiMolecule export is a renaming (``interop.py`` beside this module); the
+tests prove logits equality with MultiMolecule's ``DnaBert2ForMaskedLM``. The fused Wqkv is also one matmul instead
+of three.
 
 The levers are the BERT family's (dnabert.models.components): packed rows, where ALiBi distances restart in each
 window because attention never crosses a window and distances are taken between per-window positions; the MLM
