@@ -351,6 +351,35 @@ def test_finetune_cli_trains_regression_and_multiclass_tasks_end_to_end(tmp_path
     assert ours.shape == (2, 1 if task_type == "regression" else 3)
 
 
+@pytest.mark.slow
+def test_ddp_fine_tuning_equals_one_process_at_the_same_global_batch(tmp_path: Path) -> None:
+    """Two DDP processes of 16 sequences a step train like one process of 32: each rank gets its own half of every
+    batch (not the whole split), and the dev metrics are the whole dev split's, without the repeats the sampler pads
+    an odd split with, so the chosen checkpoint reproduces them. No dropout, so only summation order differs."""
+    table = pd.read_csv(PROM_CORE, sep="\t").sample(n=243, random_state=2)
+    files = {}
+    for name, rows in (("train", table[:128]), ("dev", table[128:203]), ("test", table[203:])):  # dev: 75, odd
+        rows.to_csv(files.setdefault(name, tmp_path / f"{name}.tsv"), sep="\t", index=False)
+    common = ["pretrained=none", "task=file", *(f"task.{name}={path}" for name, path in files.items()), "k=3",
+              "max_epochs=3", "optim.lr=1e-3", "seed=5", "dropout=0", "model.hidden_dropout_prob=0", "export=false",
+              "logger=none", *TINY_OVERRIDES]
+    results = {}
+    for name, launch in (("one", ["batch_size=32", "trainer=cpu"]), ("ddp", ["batch_size=16", "trainer=cpu_ddp"])):
+        out = tmp_path / name
+        result = subprocess.run([sys.executable, str(ROOT / "finetune.py"), *common, *launch,
+                                 f"paths.output_dir={out}"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (results[name],) = json.loads((out / "results.json").read_text())["seeds"]
+    one, ddp = results["one"], results["ddp"]
+    assert [entry["epoch"] for entry in ddp["dev_history"]] == [0, 1, 2]  # 4 steps an epoch, on either launch
+    for ours, theirs in zip(ddp["dev_history"], one["dev_history"], strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+        assert ours["auroc"] == pytest.approx(theirs["auroc"], abs=2e-3)
+    best = next(entry for entry in ddp["dev_history"] if entry["epoch"] == ddp["best_epoch"])
+    for name, value in ddp["metrics"]["dev"].items():  # evaluated by rank 0 alone, on the 75 dev rows
+        assert value == pytest.approx(best[name], abs=1e-5), name
+
+
 def test_module_picks_the_first_of_equal_best_epochs() -> None:
     module = FineTuneModule(build_classifier(tiny_backbone(), 2, 0, 0.1), "classification", {}, 0, "mcc")
     module.dev_history = [{"epoch": 0, "mcc": 0.2}, {"epoch": 1, "mcc": 0.5}, {"epoch": 2, "mcc": 0.5}]

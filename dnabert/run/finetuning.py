@@ -206,15 +206,27 @@ def load_task(task_cfg: DictConfig, backbone: Backbone, max_positions: int) -> T
     return TaskData(labels, splits, sources)
 
 
-def loaders(data: TaskData, batch_size: int, seed: int, num_workers: int) -> dict[str, torch.utils.data.DataLoader]:
-    """Train is shuffled per (seed, epoch) by a sampler Lightning sets the epoch of (and replaces under DDP)."""
-    common = {"batch_size": batch_size, "collate_fn": collate_windows, "num_workers": num_workers}
-    result = {}
-    for name, split in data.splits.items():
-        sampler = (torch.utils.data.DistributedSampler(split, num_replicas=1, rank=0, shuffle=True, seed=seed)
-                   if name == "train" else None)
-        result[name] = torch.utils.data.DataLoader(split, sampler=sampler, **common)
-    return result
+class TaskLoaders(L.LightningDataModule):
+    """Train shuffled per (seed, epoch) and split over the ranks; dev in order, which Lightning shards under DDP
+    (FineTuneModule puts the shards back together). The train sampler is built when the trainer asks for it, once
+    the process group exists: Lightning leaves a DistributedSampler it is given as it is, so one built earlier for a
+    single process would give every rank the whole split."""
+
+    def __init__(self, data: TaskData, batch_size: int, seed: int, num_workers: int) -> None:
+        super().__init__()
+        self.data, self.batch_size, self.seed, self.num_workers = data, batch_size, seed, num_workers
+
+    def loader(self, split: str, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.data.splits[split], batch_size=self.batch_size, sampler=sampler,
+                                           collate_fn=collate_windows, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        train = self.data.splits["train"]
+        return self.loader("train", torch.utils.data.DistributedSampler(
+            train, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=True, seed=self.seed))
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self.loader("dev")
 
 
 # -------------------------------------------------------------------------------------------------- runs
@@ -236,7 +248,7 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
         classifier, data.labels.task_type, OmegaConf.to_container(cfg.optim, resolve=True), seed, selection,
         freeze_backbone=bool(cfg.freeze_backbone), backbone=backbone.describe(), labels=list(data.labels.names),
     )
-    split_loaders = loaders(data, int(cfg.batch_size), seed, int(cfg.num_workers))
+    task_loaders = TaskLoaders(data, int(cfg.batch_size), seed, int(cfg.num_workers))
     steps_per_epoch = math.ceil(len(data.splits["train"]) / (int(cfg.batch_size) * devices * cfg.trainer.num_nodes))
     best = ModelCheckpoint(
         dirpath=seed_dir / "checkpoints", filename="best-epoch-{epoch:02d}", auto_insert_metric_name=False,
@@ -256,7 +268,7 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
         logger=loggers or False, plugins=run_plugins(cfg.trainer.num_nodes, devices),
     )
     trainer = instantiate(trainer_cfg, _convert_="all")
-    trainer.fit(module, split_loaders["train"], split_loaders["dev"], ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=task_loaders, ckpt_path=str(resume) if resume else None)
     if trainer.global_step < trainer.max_steps:
         log.info("Seed %d stopped at step %d of %d; run the same command again to continue.", seed,
                  trainer.global_step, trainer.max_steps)
@@ -268,10 +280,8 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
     module.load_state_dict(state)
     chosen = module.best_epoch()
     evaluated, predictions = {}, {}
-    for name, loader in split_loaders.items():
-        eval_loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size,
-                                                  collate_fn=collate_windows)
-        outputs, targets = predict(classifier, eval_loader, module.device)
+    for name in data.splits:
+        outputs, targets = predict(classifier, task_loaders.loader(name), module.device)
         evaluated[name] = split_metrics(outputs, targets, data.labels.task_type)
         predictions[f"{name}_outputs"], predictions[f"{name}_targets"] = outputs.numpy(), targets.numpy()
     np.savez_compressed(seed_dir / "predictions.npz", **predictions)

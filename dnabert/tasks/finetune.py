@@ -147,12 +147,23 @@ class FineTuneModule(L.LightningModule):
         targets = torch.cat([target for _, target in self._dev_outputs])
         self._dev_outputs.clear()
         if self.trainer.world_size > 1:
-            outputs, targets = (self.all_gather(t).flatten(0, 1) for t in (outputs, targets))
+            outputs, targets = (self.unshard(t) for t in (outputs, targets))
         metrics = split_metrics(outputs, targets, self.task_type)
         metrics["loss"] = float(self.loss(outputs, targets))
-        self.log_dict({f"dev/{name}": value for name, value in metrics.items()}, prog_bar=False)
+        # every rank computed the same values from the same gathered outputs: syncing them changes nothing, and
+        # says so to Lightning, which otherwise warns once per metric
+        self.log_dict({f"dev/{name}": value for name, value in metrics.items()}, prog_bar=False,
+                      sync_dist=self.trainer.world_size > 1)
         if not self.trainer.sanity_checking:
             self.dev_history.append({"epoch": self.current_epoch, **metrics})
+
+    def unshard(self, shard: torch.Tensor) -> torch.Tensor:
+        """This rank's dev outputs -> the whole split's, in order and without the repeats DistributedSampler pads
+        with: rank r holds items r, r + W, r + 2W ... of the split followed by its first items, so the ranks'
+        tensors interleaved and cut to the split's length are the split. The metrics and the checkpoint choice are
+        then those of one process."""
+        gathered = self.all_gather(shard)  # (W, n, ...): each rank has the same n
+        return gathered.transpose(0, 1).flatten(0, 1)[: len(self.trainer.val_dataloaders.dataset)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dev_history"] = list(self.dev_history)

@@ -2,6 +2,8 @@
 
 Classification: accuracy, F1 (binary, or macro for several classes), MCC, precision, recall, AUROC, AUPR (average
 precision), as the DNABERT and DNABERT-2 fine-tuning scripts report them. Regression: MSE, Pearson, Spearman.
+A model that predicts one class for every row has an undefined MCC: torchmetrics gives a small value (Chicco et
+al. 2020's convention, e.g. +-0.009 on 75 rows) where scikit-learn, which DNABERT used, gives 0.
 """
 
 from __future__ import annotations
