@@ -11,6 +11,7 @@ import pytest
 from dnabert.errors import DnabertError
 from dnabert.run.cluster import check_slurm_tasks
 from dnabert.run.training import run
+from tests.conftest import ROOT
 from tests.training_runs import (
     TINY,
     assert_same_weights,
@@ -24,7 +25,9 @@ from tests.training_runs import (
     train,
 )
 
-VALIDATE_OFTEN = ("trainer.val_every_n_steps=2",)
+# With the downstream probe (rank 0 alone) at every validation, to show it neither stalls nor skews the other ranks.
+VALIDATE_OFTEN = ("trainer.val_every_n_steps=2", f"probe.path={ROOT / 'data' / 'tasks' / 'prom_core.tsv'}",
+                  "probe.max_sequences=200")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,17 @@ def test_two_processes_train_like_one_with_accumulation(one_process: Path, two_p
     assert "micro 4 x accumulation 1 x devices 2 x nodes 1" in output
     assert "Starting with 2 processes" in output
     assert_same_loss_trajectory(run_dir(output_root, "ddp"), one_process)
+
+
+def test_the_probe_scores_rank_zeros_model_like_one_process(one_process: Path, two_processes: tuple) -> None:
+    """Logged at every validation, from the same weights up to the last bits; no Lightning advice to sync it (or
+    the validation totals, already summed over ranks) in the log."""
+    output_root, _, output = two_processes
+    for metric in ("probe/auroc", "probe/acc"):
+        got, expected = metric_by_step(run_dir(output_root, "ddp"), metric), metric_by_step(one_process, metric)
+        assert got.keys() == expected.keys() and len(got) >= 6, metric
+        assert got == pytest.approx(expected, abs=1e-3), metric
+    assert "sync_dist" not in output
 
 
 def test_hydra_and_ddp_write_one_run_dir(two_processes: tuple) -> None:

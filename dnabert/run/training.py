@@ -59,6 +59,10 @@ warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|afte
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 # SLURM tools on a login node are not a reason to nag about srun; jobs under SLURM are detected on their own.
 warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+# Under DDP, Lightning advises sync_dist=True for every epoch-level metric. Ours are whole-split values already: the
+# validation totals are summed over ranks (DnaBertLitModule), fine-tuning gathers the dev outputs (FineTuneModule),
+# the probe runs on rank 0 alone. The advice would only mislead a reader of the log.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True")
 
 
 def quiet_lightning_logs() -> None:

@@ -150,10 +150,7 @@ class FineTuneModule(L.LightningModule):
             outputs, targets = (self.unshard(t) for t in (outputs, targets))
         metrics = split_metrics(outputs, targets, self.task_type)
         metrics["loss"] = float(self.loss(outputs, targets))
-        # every rank computed the same values from the same gathered outputs: syncing them changes nothing, and
-        # says so to Lightning, which otherwise warns once per metric
-        self.log_dict({f"dev/{name}": value for name, value in metrics.items()}, prog_bar=False,
-                      sync_dist=self.trainer.world_size > 1)
+        self.log_dict({f"dev/{name}": value for name, value in metrics.items()}, prog_bar=False)
         if not self.trainer.sanity_checking:
             self.dev_history.append({"epoch": self.current_epoch, **metrics})
 
