@@ -1,4 +1,5 @@
-"""DNABERT-2 export/import: a MultiMolecule directory with our logits, and back; the original release's layout."""
+"""DNABERT-2 export/import: a MultiMolecule directory with our logits, and back; the original release's layout, whose
+published special ids are imported as the project's (rows 0..4 permuted, as the converted tokenizer's ids)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
+from dnabert.data.tokenizers.bpe import convert_bpe
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert2.interop import (
     dnabert2_from_multimolecule,
@@ -27,23 +30,32 @@ PAD = 3
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
             pad_token_id=PAD, cls_token_id=1)
+PROJECT_TINY = {**TINY, "pad_token_id": PAD_ID, "cls_token_id": CLS_ID}  # TINY imported with a converted tokenizer
 SEQUENCES = ["ACGTACGGTTACAGATTACA", "TTGACCA", "GATTACAGATTACACCGTA"]
+
+
+ORDER = (3, 0, 1, 2, 4)  # the project's special id i is the published id ORDER[i]
+PROJECT_ROWS = torch.tensor([*ORDER, *range(len(ORDER), VOCAB)])  # the vocabulary in the project's order
+
+
+def train_published_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
+    """A small BPE tokenizer trained like DNABERT-2's (Whitespace pre-tokenizer, its special tokens and ids)."""
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                                             show_progress=False))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
+    tokenizer.save(str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory) -> str:
-    """A small BPE tokenizer trained like DNABERT-2's (Whitespace pre-tokenizer, its special tokens)."""
     generator = torch.Generator().manual_seed(0)
     corpus = ["".join("ACGT"[i] for i in torch.randint(0, 4, (200,), generator=generator)) for _ in range(20)]
-    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS))
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
-    )
-    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
-    tokenizer.save(str(path))
-    return str(path)
+    return str(train_published_tokenizer(corpus, VOCAB, tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +69,17 @@ def model() -> DnaBert2ForMaskedLM:
     return trained_like
 
 
-def encoded(tokenizer_file: str) -> tuple[torch.Tensor, torch.Tensor]:
-    tokenizer = Tokenizer.from_file(tokenizer_file)
+def encoded(tokenizer: str | Tokenizer, pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
+    tokenizer = Tokenizer.from_file(tokenizer) if isinstance(tokenizer, str) else tokenizer
     rows = [torch.tensor(encoding.ids) for encoding in tokenizer.encode_batch(SEQUENCES)]
-    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=PAD)
-    return input_ids, input_ids != PAD
+    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
+    return input_ids, input_ids != pad
+
+
+def in_project_order(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What importing a model saved with the published tokenizer gives: its vocabulary rows in the project's order."""
+    rows = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+    return {key: value[PROJECT_ROWS] if key in rows else value for key, value in state_dict.items()}
 
 
 def assert_multimolecule_logits_equal(model: DnaBert2ForMaskedLM, directory, tokenizer_file: str) -> None:
@@ -91,15 +109,20 @@ def test_multimolecule_export_loads_with_our_logits_and_tokenizer(model, tokeniz
 
 
 def test_multimolecule_directory_imports_back_exactly(model, tokenizer_file, tmp_path):
+    """Exactly, up to the published special ids of this tokenizer, which the import puts in the project's order."""
     out_dir = export_dnabert2_model(torch.compile(model), tokenizer_file, tmp_path / "mm")  # compiled: plain keys
     imported = init_from_dnabert2(out_dir)
-    assert imported.config == model.config
-    assert imported.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(imported.state_dict()[key], value) for key, value in model.state_dict().items())
+    project_config = DnaBert2Config(**PROJECT_TINY)
+    assert imported.config == project_config
+    expected = in_project_order(model.state_dict())
+    assert imported.state_dict().keys() == expected.keys()
+    assert all(torch.equal(imported.state_dict()[key], value) for key, value in expected.items())
     assert imported.cls.predictions.decoder.weight is imported.bert.embeddings.word_embeddings.weight
-    fresh = DnaBert2ForMaskedLM(DnaBert2Config(**TINY))
+    fresh = DnaBert2ForMaskedLM(project_config)
     load_dnabert2_into(fresh, out_dir)
-    assert all(torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items())
+    assert all(torch.equal(fresh.state_dict()[key], value) for key, value in expected.items())
+    with pytest.raises(DnabertError, match="imports with .*'pad_token_id': 0.* the model has pad_token_id=3"):
+        load_dnabert2_into(DnaBert2ForMaskedLM(DnaBert2Config(**TINY)), out_dir)  # published ids: wrong rows
     renamed = dnabert2_to_multimolecule(model.state_dict(), model.config.hidden_size)
     assert dnabert2_from_multimolecule(renamed).keys() == model.state_dict().keys()
 
@@ -123,12 +146,19 @@ def write_original_release(model: DnaBert2ForMaskedLM, directory, tokenizer_file
 
 @pytest.mark.parametrize("with_pooler", [False, True])
 def test_original_release_layout_imports_with_equal_logits(model, tokenizer_file, tmp_path, with_pooler):
+    """The release fed the published tokenizer's ids (pad 3) and the import fed the converted tokenizer's (pad 0)
+    give the same logits at real positions, the vocabulary columns in the project's order."""
     from multimolecule.models.dnabert2.convert_checkpoint import _convert_checkpoint
 
     write_original_release(model, tmp_path / "release", tokenizer_file, with_pooler)
     imported = init_from_dnabert2(tmp_path / "release").eval()
-    assert imported.config.pad_token_id == PAD  # from the tokenizer, not the config's BERT default
-    input_ids, real = encoded(tokenizer_file)
+    assert (imported.config.pad_token_id, imported.config.cls_token_id) == (PAD_ID, CLS_ID)
+    converted, order = convert_bpe(tokenizer_file)
+    assert order == ORDER
+    published_ids, real = encoded(tokenizer_file)
+    project_ids, project_real = encoded(converted, pad=PAD_ID)
+    assert torch.equal(project_real, real) and torch.equal(PROJECT_ROWS.argsort()[published_ids][real],
+                                                            project_ids[real])
     # MultiMolecule's own converter reads the same file: the key names are the original's as it knows them
     reference_config = multimolecule.DnaBert2Config(**{"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
                                                        "num_attention_heads": 4, "intermediate_size": 48})
@@ -137,9 +167,10 @@ def test_original_release_layout_imports_with_equal_logits(model, tokenizer_file
     original = {key: value for key, value in original.items() if not key.startswith("bert.pooler.")}
     reference.load_state_dict(_convert_checkpoint(reference_config, original), strict=True)
     with torch.no_grad():
-        ours = imported(input_ids)
-        assert (ours - model(input_ids))[real].abs().max() == 0
-        assert (ours - reference(input_ids, attention_mask=real.long()).logits)[real].abs().max() <= 1e-4
+        ours = imported(project_ids)
+        assert (ours - model(published_ids)[..., PROJECT_ROWS])[real].abs().max() <= 1e-6
+        theirs = reference(published_ids, attention_mask=real.long()).logits[..., PROJECT_ROWS]
+        assert (ours - theirs)[real].abs().max() <= 1e-4
 
 
 def lightning_checkpoint(model: DnaBert2ForMaskedLM, path, tokenizer: str | None = None) -> None:
@@ -189,4 +220,4 @@ def test_wrong_tokenizer_layout_and_directories_are_clear_errors(model, tokenize
         init_from_dnabert2(tmp_path / "empty")
     out_dir = export_dnabert2_model(model, tokenizer_file, tmp_path / "mm")
     with pytest.raises(DnabertError, match="do not fit"):
-        load_dnabert2_into(DnaBert2ForMaskedLM(DnaBert2Config(**{**TINY, "intermediate_size": 64})), out_dir)
+        load_dnabert2_into(DnaBert2ForMaskedLM(DnaBert2Config(**{**PROJECT_TINY, "intermediate_size": 64})), out_dir)

@@ -8,7 +8,9 @@ A backbone family plugs in at three seams: `resolve_backbone` (what `pretrained=
 weights, tokenizer), `build_encoder` (its module without the MLM head) and `tokenizer_for` (its tokenisation).
 DNABERT uses k-mers of its k; DNABERT-2 uses the BPE tokenizer it was pretrained with (the run directory's or export
 directory's tokenizer.json, or `tokenizer.file` for `pretrained=none`), whose special ids equal the k-mer ones, so
-windowing, padding and the classifier are shared.
+windowing, padding and the classifier are shared. The released DNABERT-2 tokenizer numbers them otherwise: it is
+converted into the fine-tuning run directory (`<run dir>/tokenizer.json`, which exports then carry) and the
+released weights are imported to fit it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dnabert.data.labelled import (
     split_rows,
     windowed_set,
 )
-from dnabert.data.tokenizers.bpe import TOKENIZER_FILE, BpeWindowTokenizer
+from dnabert.data.tokenizers.bpe import TOKENIZER_FILE, BpeWindowTokenizer, usable_bpe
 from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.errors import DnabertError
 from dnabert.models import build_model, family_classes
@@ -89,13 +91,15 @@ class Backbone:
 
 
 def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
-                     tokenizer_file: str | None = None) -> Backbone:
+                     tokenizer_file: str | None = None, work_dir: Path | None = None) -> Backbone:
     """`none` -> the configured architecture at random (DNABERT-2: with `tokenizer_file`, the BPE tokenizer.json);
     a run directory or .ckpt -> its model (DNABERT-2: and the run's tokenizer.json); a directory with config.json ->
-    a MultiMolecule DnaBert2 export (model_type dnabert2, with its tokenizer.json) or a transformers
-    BertForMaskedLM in the original DNABERT layout (released DNABERT weights)."""
+    a DNABERT-2 one (a MultiMolecule export or the original release, with its tokenizer.json) or a transformers
+    BertForMaskedLM in the original DNABERT layout (released DNABERT weights). A BPE tokenizer with the published
+    special ids is converted into `work_dir` (the fine-tuning run directory) and used from there; the imported
+    weights fit it (dnabert.models.dnabert2.interop)."""
     from dnabert.models.dnabert.interop import init_from
-    from dnabert.models.dnabert2.interop import init_from_dnabert2
+    from dnabert.models.dnabert2.interop import init_from_dnabert2, is_dnabert2_directory
     from dnabert.tools.export import load_checkpoint, run_tokenizer
 
     if pretrained is None or str(pretrained).lower() == "none":
@@ -106,7 +110,7 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
             if not tokenizer_file:
                 raise DnabertError("pretrained=none with model.family=dnabert2 needs its BPE tokenizer: add "
                                    "tokenizer=bpe tokenizer.file=<tokenizer.json or its folder>.")
-            tokenizer = BpeWindowTokenizer(tokenizer_file)
+            tokenizer = BpeWindowTokenizer(usable_bpe(tokenizer_file, work_dir))
             config["vocab_size"] = tokenizer.vocab_size
             family_classes(family)[0].from_dict(config)  # checks the fields now, with the setting's name
             return Backbone(family, None, config, None, "none", str(tokenizer.file))
@@ -122,9 +126,11 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
             return Backbone("dnabert2", None, model.config.to_dict(), model.state_dict(), str(path),
                             str(tokenizer.file))
         return Backbone("dnabert", checkpoint_k, model.config.to_dict(), model.state_dict(), str(path))
-    if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get("model_type") \
-            == "dnabert2":
-        tokenizer = BpeWindowTokenizer(path / TOKENIZER_FILE)  # refuses the published ids with a clear message
+    if (path / "config.json").is_file() and is_dnabert2_directory(json.loads((path / "config.json").read_text())):
+        if not (path / TOKENIZER_FILE).is_file():
+            raise DnabertError(f"pretrained={path} is a DNABERT-2 model without its {TOKENIZER_FILE}; copy the BPE "
+                               "tokenizer it was pretrained with into that folder (the release's tokenizer.json).")
+        tokenizer = BpeWindowTokenizer(usable_bpe(path, work_dir))
         model = init_from_dnabert2(path)
         return Backbone("dnabert2", None, model.config.to_dict(), model.state_dict(), str(path), str(tokenizer.file))
     if (path / "config.json").is_file():
@@ -318,7 +324,7 @@ def run_finetune(cfg: DictConfig) -> Path | None:
     devices = resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)
     check_launch(cfg.trainer, cfg.logger, devices, int(cfg.trainer.num_nodes))
     backbone = resolve_backbone(cfg.pretrained, int(cfg.k), OmegaConf.to_container(cfg.model, resolve=True),
-                                OmegaConf.select(cfg, "tokenizer.file"))
+                                OmegaConf.select(cfg, "tokenizer.file"), run_dir)
     default_positions, position_limit = backbone.positions
     max_positions = int(cfg.max_positions or default_positions)
     if position_limit is not None and max_positions > position_limit:

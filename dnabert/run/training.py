@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import warnings
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, bpe_file, ensure_bpe_tokenizer
+from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, ensure_bpe_tokenizer, install_bpe, read_bpe
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY
 from dnabert.models.dnabert.model import count_parameters
@@ -134,7 +133,9 @@ def uses_bpe(cfg: DictConfig) -> bool:
 def prepare_tokenizer(cfg: DictConfig, run_dir: Path) -> None:
     """For BPE with no `tokenizer.file`: train it from data.genomes on first use (cached by settings and genome
     identity, dnabert.data.tokenizers.bpe) and point `tokenizer.file` at it. The run directory keeps a copy
-    (run_dir/tokenizer.json), which the export and any later use of the checkpoints need."""
+    (run_dir/tokenizer.json), which the export and any later use of the checkpoints need; a tokenizer.file with
+    the published DNABERT-2 special ids is converted there and `tokenizer.file` points at the copy (model.init_from
+    of the release imports its weights to fit it, dnabert.models.dnabert2.interop)."""
     if not uses_bpe(cfg):
         return
     if not cfg.tokenizer.file:
@@ -146,10 +147,12 @@ def prepare_tokenizer(cfg: DictConfig, run_dir: Path) -> None:
                                     cfg.paths.cache_dir, report=log.info)
         with open_dict(cfg):
             cfg.tokenizer.file = str(path)
-    copy = run_dir / "tokenizer.json"
-    staging = copy.with_name(f".tokenizer.json.{socket.gethostname()}-{os.getpid()}")  # ranks copy at once
-    shutil.copyfile(bpe_file(cfg.tokenizer.file), staging)
-    os.replace(staging, copy)
+    copy, converted = install_bpe(cfg.tokenizer.file, run_dir)  # every rank writes the same bytes
+    if converted:  # the published DNABERT-2 special ids: the run tokenises with the converted copy
+        log.info("tokenizer.file=%s has the published DNABERT-2 special ids; the run uses %s, converted to the "
+                 "project's (other tokens keep their ids)", cfg.tokenizer.file, copy)
+        with open_dict(cfg):
+            cfg.tokenizer.file = str(copy)
 
 
 def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
@@ -159,7 +162,7 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
     tokenizer_vocab_size = None
     if uses_bpe(cfg):  # the file's real size; an estimate without the file uses the configured size
         file = cfg.tokenizer.file
-        tokenizer_vocab_size = BpeWindowTokenizer(file).vocab_size if file else int(cfg.tokenizer.vocab_size)
+        tokenizer_vocab_size = read_bpe(file)[1].get_vocab_size() if file else int(cfg.tokenizer.vocab_size)
     levers = {name: model_cfg.pop(key) for name, key in MODEL_LEVERS.items() if key in model_cfg}
     masking = OmegaConf.to_container(cfg.masking, resolve=True)
     masking["switch_step"] = plan.switch_step

@@ -10,8 +10,11 @@ Why it looks like this:
   (DNABERT_2 #74); each window is one word, so merges never cross windows.
 - Special ids are the k-mer vocabulary's, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 (dnabert.data.tokenizers.kmer),
   not the published DNABERT-2 order ([UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4): collation, packing, masking and
-  both model families then share one set of ids. A tokenizer trained here is not interchangeable with the
-  published one anyway (other merges); a tokenizer.json with other special ids is refused when loaded.
+  both model families then share one set of ids. A tokenizer whose five special tokens hold ids 0..4 in another
+  order (the published one) is converted rather than used: `convert_bpe` swaps those ids and nothing else, so every
+  DNA string keeps its token ids, and `install_bpe` writes the converted file into the run directory that uses
+  it; the imported weights swap the same rows (dnabert.models.dnabert2.interop). `load_bpe` refuses any other
+  layout, and a published-order file too, naming the conversion: the data path never sees two sets of ids.
 - Training on first use (`ensure_bpe_tokenizer`) caches the result under a key of the settings and the genomes'
   identity (files, sizes, mtimes, contig choice, weights, held-out split), like the interval cache: a second run,
   a requeued job or another DDP rank reuses it (one process trains while the others wait on a file lock).
@@ -20,6 +23,7 @@ Why it looks like this:
 
 Command line:
     python -m dnabert.data.tokenizers.bpe train --fasta human.fa --fasta mouse.fa:0.5 --train-bp 100000000 --out tok/
+    python -m dnabert.data.tokenizers.bpe convert DNABERT-2-117M/ --out tok/
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -183,22 +189,118 @@ def bpe_file(file: str | Path) -> Path:
     return path
 
 
-def load_bpe(file: str | Path) -> Tokenizer:
-    """A tokenizer.json (or a folder holding one) with this project's special ids; anything else is refused."""
+def read_bpe(file: str | Path) -> tuple[Path, Tokenizer]:
+    """(path, tokenizer) of a tokenizer.json or a folder holding one, whatever its special ids."""
     path = bpe_file(file)
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        return path, Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
         raise DnabertError(f"{path} is not a tokenizers JSON file ({err}); point tokenizer.file at one.") from err
+
+
+def special_id_order(tokenizer: Tokenizer) -> tuple[int, ...] | None:
+    """Where the project's special tokens sit: new id i = old id order[i] (the identity for this project's layout,
+    (3, 0, 1, 2, 4) for the published DNABERT-2 one); None unless the five occupy ids 0..4 in some order."""
+    order = tuple(tokenizer.token_to_id(token) for token in SPECIAL_TOKENS)
+    return None if None in order or sorted(order) != list(range(len(order))) else order
+
+
+def _special_ids_message(path: Path, tokenizer: Tokenizer) -> str:
     ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    if list(ids.values()) != list(range(len(SPECIAL_TOKENS))):
-        wanted = " ".join(f"{token}={index}" for index, token in enumerate(SPECIAL_TOKENS))
+    wanted = " ".join(f"{token}={index}" for index, token in enumerate(SPECIAL_TOKENS))
+    return f"{path} has special ids {ids}; this project needs {wanted}"
+
+
+def load_bpe(file: str | Path) -> Tokenizer:
+    """A tokenizer.json (or a folder holding one) with this project's special ids; anything else is refused."""
+    path, tokenizer = read_bpe(file)
+    order = special_id_order(tokenizer)
+    if order is None:
         raise DnabertError(
-            f"{path} has special ids {ids}; this project needs {wanted} "
-            "(the published DNABERT-2 tokenizer numbers them differently). Train one with "
+            f"{_special_ids_message(path, tokenizer)}. Train one with "
             "`python -m dnabert.data.tokenizers.bpe train` or set tokenizer.file=null."
         )
+    if order != tuple(range(len(order))):
+        raise DnabertError(
+            f"{_special_ids_message(path, tokenizer)} (the published DNABERT-2 tokenizer numbers them differently). "
+            "Runs convert it themselves when it is tokenizer.file or in a pretrained= / model.init_from directory; "
+            f"to use it elsewhere, convert it: `python -m dnabert.data.tokenizers.bpe convert {path} --out DIR`."
+        )
     return tokenizer
+
+
+def convert_bpe(file: str | Path) -> tuple[Tokenizer, tuple[int, ...]]:
+    """`file`'s tokenizer with the project's special ids, and the permutation (new id i = old id order[i]).
+
+    Only the five special ids move, in the model's vocabulary, the added tokens and the post-processor; tokens and
+    merges stay, so every DNA string encodes to the same ids as before. A layout whose special tokens are not ids
+    0..4 is refused."""
+    path, tokenizer = read_bpe(file)
+    order = special_id_order(tokenizer)
+    if order is None:
+        raise DnabertError(
+            f"{_special_ids_message(path, tokenizer)}, and only a tokenizer whose five special tokens hold ids 0..4 "
+            "(in any order, as the published DNABERT-2 one) can be converted. Train one with "
+            "`python -m dnabert.data.tokenizers.bpe train`."
+        )
+    new_id = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    content = json.loads(tokenizer.to_str())
+    content["model"]["vocab"].update(new_id)
+    for entry in content["added_tokens"]:
+        entry["id"] = new_id.get(entry["content"], entry["id"])
+    _renumber_post_processor(content.get("post_processor"), new_id)
+    return Tokenizer.from_str(json.dumps(content)), order
+
+
+def _renumber_post_processor(processor: dict | None, new_id: dict[str, int]) -> None:
+    """Give the post-processor's special tokens their new ids: TemplateProcessing's table, Bert/RobertaProcessing's
+    (token, id) pairs, and those inside a Sequence."""
+    if processor is None:
+        return
+    for special in (processor.get("special_tokens") or {}).values():
+        special["ids"] = [new_id.get(token, old) for token, old in zip(special["tokens"], special["ids"], strict=True)]
+    for field in ("cls", "sep"):
+        if field in processor:
+            token, old = processor[field]
+            processor[field] = [token, new_id.get(token, old)]
+    for inner in processor.get("processors") or []:
+        _renumber_post_processor(inner, new_id)
+
+
+def convertible(tokenizer: Tokenizer) -> bool:
+    """Whether the special tokens hold ids 0..4 in another order than the project's (the published DNABERT-2 one)."""
+    order = special_id_order(tokenizer)
+    return order is not None and order != tuple(range(len(order)))
+
+
+def install_bpe(file: str | Path, directory: Path) -> tuple[Path, bool]:
+    """`directory`/tokenizer.json: `file` as it is, or converted (`convert_bpe`) when `convertible`; and whether it
+    was converted. Every DDP rank may call it: each writes the same bytes through its own staging file and renames
+    it into place, so the file is whole whenever it exists."""
+    path, tokenizer = read_bpe(file)
+    converted = convertible(tokenizer)
+    target = directory / TOKENIZER_FILE
+    staging = target.with_name(f".{TOKENIZER_FILE}.{socket.gethostname()}-{os.getpid()}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if converted:
+            convert_bpe(path)[0].save(str(staging))
+        else:
+            shutil.copyfile(path, staging)
+        os.replace(staging, target)
+    except OSError as err:
+        raise DnabertError(f"cannot write {target} ({err.strerror}); the run directory must be writable.") from err
+    return target, converted
+
+
+def usable_bpe(file: str | Path, directory: Path | None) -> Path:
+    """The tokenizer.json the data path can use for `file`: the file itself when it has the project's special
+    ids, converted into `directory` when `convertible` (refused, as by `load_bpe`, without a directory)."""
+    path, tokenizer = read_bpe(file)
+    if directory is not None and convertible(tokenizer):
+        return install_bpe(path, directory)[0]
+    load_bpe(path)
+    return path
 
 
 class BpeWindowTokenizer:
@@ -264,7 +366,8 @@ def _parse_genome(text: str) -> dict:
 
 @command_line
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dnabert.data.tokenizers.bpe train`: a tokenizer.json from FASTA files, weighted like a run."""
+    """`python -m dnabert.data.tokenizers.bpe train`: a tokenizer.json from FASTA files, weighted like a run;
+    `convert`: a published-order tokenizer.json with this project's special ids."""
     parser = argparse.ArgumentParser(prog="python -m dnabert.data.tokenizers.bpe", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a BPE tokenizer on windows sampled from the genomes")
@@ -275,7 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--train-bp", type=float, default=1e8, help="bp of sampled windows to train on")
     train.add_argument("--seed", type=int, default=0, help="the stream's seed (data.seed of the run)")
     train.add_argument("--val-fraction", type=float, default=0.01, help="held out as in the run (data.val_fraction)")
+    convert = commands.add_parser("convert", help="renumber a tokenizer's special ids (the published DNABERT-2 order) "
+                                  "to this project's, keeping every other token's id")
+    convert.add_argument("file", type=Path, help="tokenizer.json or its folder")
+    convert.add_argument("--out", type=Path, required=True, help="folder for tokenizer.json (+ transformers config)")
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        tokenizer, order = convert_bpe(args.file)
+        print(f"wrote {save_bpe(tokenizer, args.out)} (new special id i = old id {list(order)}[i])")
+        return 0
     data = GenomeDataModule([_parse_genome(text) for text in args.fasta], seed=args.seed,
                             val_fraction=args.val_fraction, num_workers=0)
     tokenizer = train_bpe(data, int(args.train_bp), args.vocab_size)

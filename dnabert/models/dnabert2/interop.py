@@ -5,6 +5,9 @@ original checkpoint's names renamed (``Wqkv`` split into query/key/value), the B
 a ``PreTrainedTokenizerFast`` with its own special tokens and ids. Import (``init_from_dnabert2``,
 ``load_dnabert2_into``: ``model.init_from`` of the family) reads that layout and the original release's
 (``bert.*``/``cls.predictions.*`` keys, ``config.json`` with BERT's field names, as zhihan1996/DNABERT-2-117M).
+A directory whose tokenizer.json has the published special ids ([UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4) imports
+with rows 0..4 of the embeddings and MLM decoder in the project's order, to fit that tokenizer converted by
+``dnabert.data.tokenizers.bpe.convert_bpe``: every other token keeps its id and row.
 Fine-tuned classifiers: ``dnabert2_classifier_writer`` (``dnabert.tools.export.export_classifier`` dispatches).
 """
 
@@ -20,7 +23,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from dnabert.data.tokenizers.bpe import bpe_file
+from dnabert.data.tokenizers.bpe import TOKENIZER_FILE, bpe_file, convertible, read_bpe, special_id_order
+from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
 from dnabert.models.interop import (
@@ -54,6 +58,10 @@ DNABERT2_SPECIAL_TOKENS = {
 # Token names for [PAD]/[CLS] in an imported directory: the original's, and MultiMolecule's after its conversion.
 DNABERT2_PAD_NAMES, DNABERT2_CLS_NAMES = ("[PAD]", "<pad>"), ("[CLS]", "<cls>")
 DNABERT2_POOLER_PREFIX = "bert.pooler."  # in some releases; the MLM model has no pooler
+# The tensors with one row per token, whose rows 0..4 move when the special ids are renumbered.
+DNABERT2_VOCABULARY_ROWS = (
+    "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"
+)
 
 
 def export_dnabert2_model(
@@ -179,10 +187,20 @@ def _write_multimolecule_dnabert2(
     tokenizer.save_pretrained(out_dir)
 
 
+def is_dnabert2_directory(config: dict) -> bool:
+    """Whether a model directory's config.json is DNABERT-2's: MultiMolecule's (``model_type: dnabert2``) or the
+    original release's, which says ``model_type: bert`` but has ALiBi (``alibi_starting_size``) or the remote code
+    (``auto_map`` to ``bert_layers``); transformers' BERT has neither."""
+    remote_code = any(str(target).startswith("bert_layers.") for target in (config.get("auto_map") or {}).values())
+    return config.get("model_type") == "dnabert2" or "alibi_starting_size" in config or remote_code
+
+
 def init_from_dnabert2(directory: str | Path) -> DnaBert2ForMaskedLM:
     """A DNABERT-2 model initialised from a MultiMolecule export or an original-layout directory (released
-    weights), to continue pretraining; its architecture comes from the directory's config.json, its [PAD]/[CLS]
-    ids from the directory's tokenizer.json (else the config, else the published ids)."""
+    weights), to continue pretraining; its architecture comes from the directory's config.json. A tokenizer.json
+    with the published special ids has the embedding and decoder rows of those ids moved to the project's
+    ([PAD]=0 [CLS]=2), so the model fits the converted tokenizer; otherwise the [PAD]/[CLS] ids come from the
+    directory's tokenizer.json (else the config, else the published ids)."""
     config, state_dict = _read_dnabert2_directory(directory)
     model = DnaBert2ForMaskedLM(config)
     load_strict(model, state_dict, str(directory))
@@ -191,8 +209,16 @@ def init_from_dnabert2(directory: str | Path) -> DnaBert2ForMaskedLM:
 
 def load_dnabert2_into(model: DnaBert2ForMaskedLM, directory: str | Path) -> None:
     """Copy the weights of a DNABERT-2 directory (either layout) into an existing model of the same shape
-    (``model.init_from`` for the dnabert2 family)."""
-    load_strict(model, _read_dnabert2_directory(directory)[1], str(directory))
+    (``model.init_from`` for the dnabert2 family). Its [PAD]/[CLS] ids must be those the directory imports with
+    (the project's, for a release whose tokenizer is converted): other ids would train on the wrong rows silently."""
+    config, state_dict = _read_dnabert2_directory(directory)
+    ids = {name: getattr(config, name) for name in ("pad_token_id", "cls_token_id")}
+    if any(getattr(model.config, name) != value for name, value in ids.items()):
+        raise DnabertError(
+            f"model.init_from={directory} imports with {ids}, but the model has pad_token_id="
+            f"{model.config.pad_token_id}, cls_token_id={model.config.cls_token_id}; remove those model.* overrides."
+        )
+    load_strict(model, state_dict, str(directory))
 
 
 def _read_dnabert2_directory(directory: str | Path) -> tuple[DnaBert2Config, dict[str, torch.Tensor]]:
@@ -219,8 +245,25 @@ def _read_dnabert2_directory(directory: str | Path) -> tuple[DnaBert2Config, dic
             state_dict.setdefault("cls.predictions.decoder.bias", state_dict.pop("cls.predictions.bias"))
     state_dict.setdefault("cls.predictions.decoder.weight", state_dict.get("bert.embeddings.word_embeddings.weight"))
     config_values = {name: value for name, value in config_values.items() if name in fields}
-    config_values.update(_dnabert2_special_ids(directory))
+    tokenizer_file = directory / TOKENIZER_FILE
+    tokenizer = read_bpe(tokenizer_file)[1] if tokenizer_file.is_file() else None
+    if tokenizer is None or not convertible(tokenizer):
+        config_values.update(_dnabert2_special_ids(directory))
+    else:  # the data path's ids: the tokenizer is converted the same way (dnabert.data.tokenizers.bpe.convert_bpe)
+        state_dict = _permute_special_rows(state_dict, special_id_order(tokenizer))
+        config_values.update(pad_token_id=PAD_ID, cls_token_id=CLS_ID)
     return DnaBert2Config.from_dict(config_values), state_dict
+
+
+def _permute_special_rows(state_dict: dict[str, torch.Tensor], order: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Rows 0..4 of the vocabulary-sized tensors (word embeddings, the tied MLM decoder and its bias) put in the
+    project's order: new row i = old row order[i], as the converted tokenizer's ids."""
+    def permuted(rows: torch.Tensor) -> torch.Tensor:
+        index = torch.arange(rows.shape[0])
+        index[: len(order)] = torch.tensor(order)
+        return rows[index]
+
+    return {key: permuted(value) if key in DNABERT2_VOCABULARY_ROWS else value for key, value in state_dict.items()}
 
 
 def _dnabert2_special_ids(directory: Path) -> dict[str, int]:
