@@ -18,15 +18,20 @@ from dnabert.data.datamodule import GenomeDataModule
 from dnabert.data.masking import IGNORE_INDEX, mask_batch
 from dnabert.data.tokenizers.bpe import (
     BpeWindowTokenizer,
+    convert_bpe,
     ensure_bpe_tokenizer,
+    install_bpe,
     load_bpe,
+    main,
     save_bpe,
     train_bpe,
+    usable_bpe,
     windows_as_text,
 )
-from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID
+from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from dnabert.errors import DnabertError
 from tests.conftest import windows_in_rows
+from tests.dnabert2_release import PUBLISHED_ORDER, in_project_order, train_published_tokenizer, write_original_release
 from tests.training_runs import assert_same_weights, final_weights, metric_by_step, train
 
 VOCAB = 300  # small: trains in well under a second, still hundreds of merges
@@ -96,10 +101,65 @@ def test_a_tokenizer_with_the_published_special_ids_is_refused(tokenizer_file: P
         entry["id"] = published[entry["content"]]
     content["model"]["vocab"].update(published)
     (tmp_path / "tokenizer.json").write_text(json.dumps(content))
-    with pytest.raises(DnabertError, match=r"tokenizer\.json has special ids .*\[PAD\]=0 \[UNK\]=1"):
+    with pytest.raises(DnabertError, match=r"tokenizer\.json has special ids .*\[PAD\]=0 \[UNK\]=1.*bpe convert"):
         load_bpe(tmp_path)
     with pytest.raises(DnabertError, match="does not exist"):
         load_bpe(tmp_path / "missing.json")
+
+
+@pytest.fixture(scope="module")
+def published_file(genome: Path) -> Path:
+    """A tokenizer with the released DNABERT-2's special ids ([UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4)."""
+    text = "".join(genome.read_text().splitlines()[1:]).replace("N", "")
+    texts = [text[start : start + 1000] for start in range(0, 60_000, 1000)]
+    return train_published_tokenizer(texts, VOCAB, genome.parent / "published.json")
+
+
+def test_a_published_order_tokenizer_converts_keeping_every_dna_token_id(published_file: Path,
+                                                                          tmp_path: Path) -> None:
+    original = Tokenizer.from_file(str(published_file))
+    converted, order = convert_bpe(published_file)
+    assert order == PUBLISHED_ORDER
+    assert [converted.token_to_id(token) for token in SPECIAL_TOKENS] == list(range(NUM_SPECIAL_TOKENS))
+    rng = np.random.default_rng(1)
+    sequences = ["".join(rng.choice(list("ACGT"), size=rng.integers(1, 400))) for _ in range(300)]
+    ours = [encoding.ids for encoding in converted.encode_batch(sequences, add_special_tokens=False)]
+    theirs = [encoding.ids for encoding in original.encode_batch(sequences, add_special_tokens=False)]
+    assert ours == theirs and min(min(ids) for ids in ours) >= NUM_SPECIAL_TOKENS  # the same ids, none special
+    assert converted.encode(sequences[0]).ids == [CLS_ID, *ours[0], SEP_ID]  # the post-processor's ids
+    assert original.encode(sequences[0]).ids == [1, *ours[0], 2]
+    written = "ACGT[MASK]GGA[PAD]"  # special tokens in the text: the added tokens' ids
+    assert converted.encode(written, add_special_tokens=False).ids == [
+        PUBLISHED_ORDER.index(old) if old < NUM_SPECIAL_TOKENS else old
+        for old in original.encode(written, add_special_tokens=False).ids]
+    with pytest.raises(DnabertError, match=r"published.json has special ids .*Runs convert it .*bpe convert"):
+        load_bpe(published_file)
+    # installed into a run directory: converted, the same bytes every time (ranks write at once); others copied
+    installed, was_converted = install_bpe(published_file, tmp_path / "run")
+    assert was_converted and installed == tmp_path / "run" / "tokenizer.json"
+    first = installed.read_bytes()
+    assert install_bpe(published_file, tmp_path / "run")[0].read_bytes() == first
+    assert load_bpe(installed).to_str() == converted.to_str()
+    assert install_bpe(installed, tmp_path / "again") == (tmp_path / "again" / "tokenizer.json", False)
+    # the command line writes a folder transformers loads with the project's ids
+    assert main(["convert", str(published_file), "--out", str(tmp_path / "tok")]) == 0
+    folder = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert (folder.pad_token_id, folder.unk_token_id, folder.mask_token_id) == (PAD_ID, 1, MASK_ID)
+    assert folder(sequences[1])["input_ids"] == [CLS_ID, *ours[1], SEP_ID]
+
+
+def test_other_special_layouts_stay_refused(published_file: Path, tmp_path: Path) -> None:
+    content = json.loads(published_file.read_text())
+    dna_token = next(token for token, index in content["model"]["vocab"].items() if index == 7)
+    content["model"]["vocab"].update({"[PAD]": 7, dna_token: 3})  # [PAD] outside ids 0..4
+    for entry in content["added_tokens"]:
+        entry["id"] = 7 if entry["content"] == "[PAD]" else entry["id"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(content))
+    with pytest.raises(DnabertError, match=r"tokenizer\.json has special ids .*only a tokenizer whose five special"):
+        convert_bpe(tmp_path)
+    with pytest.raises(DnabertError, match=r"tokenizer\.json has special ids .*Train one"):
+        usable_bpe(tmp_path, tmp_path / "run")  # what pretrained= / tokenizer.file of fine-tuning go through
+    assert main(["convert", str(tmp_path), "--out", str(tmp_path / "tok")]) == 2  # one line, exit 2
 
 
 def test_windows_are_tokenised_and_cut_to_the_token_budget(genome: Path, tokenizer_file: Path) -> None:
@@ -272,10 +332,29 @@ def test_dnabert2_run_continues_from_a_multimolecule_export(compose_config, toke
     assert_same_weights(continued.state_dict(), exported.state_dict(), atol=0)
 
 
+def test_dnabert2_run_continues_from_the_release(compose_config, published_file: Path, tmp_path: Path) -> None:
+    """`tokenizer.file=<release> model.init_from=<release>`: the run tokenises with the converted copy in its
+    directory (which export and probe pick up) and starts from the release's weights with rows 0..4 to match."""
+    from dnabert.run.training import build_datamodule, build_module, make_plan, prepare_tokenizer
+    from dnabert.tools.export import run_tokenizer
+
+    settings = ("experiment=dnabert2_demo", f"tokenizer.vocab_size={VOCAB}", f"paths.output_dir='{tmp_path / 'run'}'")
+    cfg = compose_config(*settings, f"tokenizer.file='{published_file}'")
+    released = build_module(cfg, make_plan(cfg)).model
+    release = write_original_release(released, tmp_path / "release", published_file)
+    cfg = compose_config(*settings, f"tokenizer.file='{release}'", f"model.init_from='{release}'")
+    prepare_tokenizer(cfg, tmp_path / "run")
+    assert cfg.tokenizer.file == str(tmp_path / "run" / "tokenizer.json")
+    assert run_tokenizer(tmp_path / "run", {"tokenizer": {"file": str(release)}}) == tmp_path / "run" / "tokenizer.json"
+    assert load_bpe(cfg.tokenizer.file).to_str() == convert_bpe(release)[0].to_str()
+    continued = build_module(cfg, make_plan(cfg)).model
+    assert (continued.config.pad_token_id, continued.config.cls_token_id) == (PAD_ID, CLS_ID)
+    assert_same_weights(continued.state_dict(), in_project_order(released.state_dict()), atol=0)
+    assert build_datamodule(cfg).tokenizer.file == tmp_path / "run" / "tokenizer.json"
+
+
 def test_command_line_trains_prints_progress_and_writes_a_loadable_folder(genome: Path, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
-    from dnabert.data.tokenizers.bpe import main
-
     second = write_genome(tmp_path / "second.fa", seed=3)
     out = tmp_path / "tok"
     assert main(["train", "--fasta", str(genome), "--fasta", f"{second}:0.25", "--out", str(out),

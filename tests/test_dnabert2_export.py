@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models
 
 from dnabert.data.tokenizers.bpe import convert_bpe
 from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
@@ -22,33 +22,22 @@ from dnabert.models.dnabert2.interop import (
 )
 from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
 from dnabert.tools.export import export_checkpoint, main
+from tests.dnabert2_release import (
+    PUBLISHED_ORDER,
+    in_project_order,
+    project_rows,
+    train_published_tokenizer,
+    write_original_release,
+)
 
 multimolecule = pytest.importorskip("multimolecule")
 
-SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # the published order: [PAD]=3, [CLS]=1
-PAD = 3
+PAD = 3  # the published tokenizer's
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
             pad_token_id=PAD, cls_token_id=1)
 PROJECT_TINY = {**TINY, "pad_token_id": PAD_ID, "cls_token_id": CLS_ID}  # TINY imported with a converted tokenizer
 SEQUENCES = ["ACGTACGGTTACAGATTACA", "TTGACCA", "GATTACAGATTACACCGTA"]
-
-
-ORDER = (3, 0, 1, 2, 4)  # the project's special id i is the published id ORDER[i]
-PROJECT_ROWS = torch.tensor([*ORDER, *range(len(ORDER), VOCAB)])  # the vocabulary in the project's order
-
-
-def train_published_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
-    """A small BPE tokenizer trained like DNABERT-2's (Whitespace pre-tokenizer, its special tokens and ids)."""
-    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                                             show_progress=False))
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
-    )
-    tokenizer.save(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +63,6 @@ def encoded(tokenizer: str | Tokenizer, pad: int = PAD) -> tuple[torch.Tensor, t
     rows = [torch.tensor(encoding.ids) for encoding in tokenizer.encode_batch(SEQUENCES)]
     input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
     return input_ids, input_ids != pad
-
-
-def in_project_order(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What importing a model saved with the published tokenizer gives: its vocabulary rows in the project's order."""
-    rows = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
-    return {key: value[PROJECT_ROWS] if key in rows else value for key, value in state_dict.items()}
 
 
 def assert_multimolecule_logits_equal(model: DnaBert2ForMaskedLM, directory, tokenizer_file: str) -> None:
@@ -127,23 +110,6 @@ def test_multimolecule_directory_imports_back_exactly(model, tokenizer_file, tmp
     assert dnabert2_from_multimolecule(renamed).keys() == model.state_dict().keys()
 
 
-def write_original_release(model: DnaBert2ForMaskedLM, directory, tokenizer_file: str, with_pooler: bool) -> None:
-    """What zhihan1996/DNABERT-2-117M holds: BERT field names (pad_token_id BertConfig's 0, unlike the tokenizer's
-    3), remote-code auto_map, a pytorch_model.bin under the original key names (those MultiMolecule converts)."""
-    directory.mkdir()
-    config = {**model.config.to_dict(), "architectures": ["BertForMaskedLM"], "model_type": "bert",
-              "auto_map": {"AutoModel": "bert_layers.BertModel"}, "max_position_embeddings": 512,
-              "position_embedding_type": "absolute", "pad_token_id": 0, "torch_dtype": "float32"}
-    del config["cls_token_id"]
-    (directory / "config.json").write_text(json.dumps(config))
-    weights = dict(model.state_dict())
-    if with_pooler:
-        weights["bert.pooler.dense.weight"] = torch.zeros(32, 32)
-        weights["bert.pooler.dense.bias"] = torch.zeros(32)
-    torch.save(weights, directory / "pytorch_model.bin")
-    (directory / "tokenizer.json").write_text(Path(tokenizer_file).read_text())
-
-
 @pytest.mark.parametrize("with_pooler", [False, True])
 def test_original_release_layout_imports_with_equal_logits(model, tokenizer_file, tmp_path, with_pooler):
     """The release fed the published tokenizer's ids (pad 3) and the import fed the converted tokenizer's (pad 0)
@@ -154,10 +120,10 @@ def test_original_release_layout_imports_with_equal_logits(model, tokenizer_file
     imported = init_from_dnabert2(tmp_path / "release").eval()
     assert (imported.config.pad_token_id, imported.config.cls_token_id) == (PAD_ID, CLS_ID)
     converted, order = convert_bpe(tokenizer_file)
-    assert order == ORDER
+    assert order == PUBLISHED_ORDER
     published_ids, real = encoded(tokenizer_file)
     project_ids, project_real = encoded(converted, pad=PAD_ID)
-    assert torch.equal(project_real, real) and torch.equal(PROJECT_ROWS.argsort()[published_ids][real],
+    assert torch.equal(project_real, real) and torch.equal(project_rows(VOCAB).argsort()[published_ids][real],
                                                             project_ids[real])
     # MultiMolecule's own converter reads the same file: the key names are the original's as it knows them
     reference_config = multimolecule.DnaBert2Config(**{"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
@@ -168,8 +134,8 @@ def test_original_release_layout_imports_with_equal_logits(model, tokenizer_file
     reference.load_state_dict(_convert_checkpoint(reference_config, original), strict=True)
     with torch.no_grad():
         ours = imported(project_ids)
-        assert (ours - model(published_ids)[..., PROJECT_ROWS])[real].abs().max() <= 1e-6
-        theirs = reference(published_ids, attention_mask=real.long()).logits[..., PROJECT_ROWS]
+        assert (ours - model(published_ids)[..., project_rows(VOCAB)])[real].abs().max() <= 1e-6
+        theirs = reference(published_ids, attention_mask=real.long()).logits[..., project_rows(VOCAB)]
         assert (ours - theirs)[real].abs().max() <= 1e-4
 
 
