@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dnabert.data.labelled import token_windows
-from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, new_bpe_tokenizer, save_bpe
+from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, convert_bpe, load_bpe, new_bpe_tokenizer, save_bpe
 from dnabert.data.tokenizers.kmer import NUCLEOTIDES, PAD_ID, SPECIAL_TOKENS
 from dnabert.errors import DnabertError
 from dnabert.models import build_model
@@ -22,6 +22,7 @@ from dnabert.run.probe import PROBE_METRICS, DownstreamProbe
 from dnabert.run.training import probe_callbacks
 from dnabert.tools.export import export_classifier, load_classifier_checkpoint
 from tests.conftest import ROOT
+from tests.dnabert2_release import in_project_order, train_published_tokenizer, write_original_release
 
 multimolecule = pytest.importorskip("multimolecule")
 
@@ -60,23 +61,56 @@ def _trainer():
 
 
 @pytest.fixture(scope="module")
-def finetunes(pretraining_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`python finetune.py` on the run, and with pretrained=none on the same architecture and tokenizer."""
-    tmp_path = tmp_path_factory.mktemp("dnabert2_finetune")
-    task = tmp_path / "task.tsv"
+def task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    task = tmp_path_factory.mktemp("dnabert2_task") / "task.tsv"
     pd.read_csv(PROM_CORE, sep="\t").sample(n=64, random_state=0).to_csv(task, sep="\t", index=False)
+    return task
+
+
+def fine_tune(overrides: list[str], task: Path, output_root: Path) -> Path:
+    """`python finetune.py` with these overrides on the tiny task, one short epoch; its run directory."""
     common = ["task=file", f"task.train={task}", "task.dev_fraction=0.25", "task.test_fraction=0.25",
               "max_epochs=1", "batch_size=16", f"seed={SEED}", "logger=csv"]
+    command = [sys.executable, str(ROOT / "finetune.py"), *overrides, *common, f"paths.output_root={output_root}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next(output_root.glob("*/*/results.json")).parent
+
+
+@pytest.fixture(scope="module")
+def finetunes(pretraining_run: Path, task_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`python finetune.py` on the run, and with pretrained=none on the same architecture and tokenizer."""
+    tmp_path = tmp_path_factory.mktemp("dnabert2_finetune")
     none = ["pretrained=none", "model=dnabert2_tiny", "tokenizer=bpe", f"tokenizer.file={pretraining_run}",
             *(f"model.{key}={value}" for key, value in TINY.items())]
-    runs = {}
-    for name, overrides in (("run", [f"pretrained={pretraining_run}"]), ("none", none)):
-        output_root = tmp_path / name
-        command = [sys.executable, str(ROOT / "finetune.py"), *overrides, *common, f"paths.output_root={output_root}"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[name] = next(output_root.glob("*/*/results.json")).parent
-    return runs
+    return {name: fine_tune(overrides, task_file, tmp_path / name)
+            for name, overrides in (("run", [f"pretrained={pretraining_run}"]), ("none", none))}
+
+
+def assert_export_gives_our_logits(seed_dir: Path, tokenizer_file: Path) -> None:
+    """The exported MultiMolecule classifier, fed by its bundled tokenizer, gives the fine-tuned model's logits on
+    rows tokenised by `tokenizer_file` (the backbone's)."""
+    classifier, backbone, labels = load_classifier_checkpoint(next((seed_dir / "checkpoints").glob("best-*.ckpt")))
+    classifier.eval()
+    ids = BpeWindowTokenizer(tokenizer_file).sequence_ids(SEQUENCES)
+    rows = [torch.from_numpy(token_windows(row, 64)[0]) for row in ids]
+    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=PAD_ID)
+    with torch.no_grad():
+        ours = classifier(input_ids, torch.arange(len(SEQUENCES)), len(SEQUENCES))
+
+    loaded, info = multimolecule.DnaBert2ForSequencePrediction.from_pretrained(seed_dir / "hf_model",
+                                                                              output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert loaded.config.id2label == {0: "0", 1: "1"}
+    from transformers import AutoTokenizer
+
+    encoded = AutoTokenizer.from_pretrained(seed_dir / "hf_model")(SEQUENCES, padding=True, return_tensors="pt")
+    assert torch.equal(encoded["input_ids"], input_ids)  # the bundled tokenizer gives our rows
+    with torch.no_grad():
+        theirs = loaded.eval()(**encoded).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+    with pytest.raises(DnabertError, match="multimolecule layout only"):
+        export_classifier(classifier, backbone, labels, seed_dir / "original", layout="original")
 
 
 @pytest.mark.slow
@@ -96,28 +130,27 @@ def test_dnabert2_backbones_fine_tune_and_differ_from_none_only_in_initial_weigh
 
 @pytest.mark.slow
 def test_exported_dnabert2_classifier_loads_in_multimolecule_with_equal_logits(finetunes, pretraining_run):
-    seed_dir = finetunes["run"] / f"seed_{SEED}"
-    classifier, backbone, labels = load_classifier_checkpoint(next((seed_dir / "checkpoints").glob("best-*.ckpt")))
-    classifier.eval()
-    ids = BpeWindowTokenizer(pretraining_run).sequence_ids(SEQUENCES)
-    rows = [torch.from_numpy(token_windows(row, 64)[0]) for row in ids]
-    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=PAD_ID)
-    with torch.no_grad():
-        ours = classifier(input_ids, torch.arange(len(SEQUENCES)), len(SEQUENCES))
+    assert_export_gives_our_logits(finetunes["run"] / f"seed_{SEED}", pretraining_run / "tokenizer.json")
 
-    loaded, info = multimolecule.DnaBert2ForSequencePrediction.from_pretrained(seed_dir / "hf_model",
-                                                                              output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert loaded.config.id2label == {0: "0", 1: "1"}
-    from transformers import AutoTokenizer
 
-    encoded = AutoTokenizer.from_pretrained(seed_dir / "hf_model")(SEQUENCES, padding=True, return_tensors="pt")
-    assert torch.equal(encoded["input_ids"], input_ids)  # the bundled tokenizer gives our rows
-    with torch.no_grad():
-        theirs = loaded.eval()(**encoded).logits
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
-    with pytest.raises(DnabertError, match="multimolecule layout only"):
-        export_classifier(classifier, backbone, labels, seed_dir / "original", layout="original")
+def test_the_released_dnabert2_fine_tunes_with_its_tokenizer_converted(task_file: Path, tmp_path: Path):
+    """`python finetune.py pretrained=<release>` (the published special ids, original layout): the tokenizer is
+    converted into the run directory, the weights are the release's with rows 0..4 to match, and the export
+    carries the converted tokenizer and gives our logits."""
+    tokenizer = train_published_tokenizer(list(pd.read_csv(PROM_CORE, sep="\t")["sequence"][:400]), 64,
+                                          tmp_path / "published.json")
+    torch.manual_seed(SEED)
+    released = build_model("dnabert2", {**TINY, "vocab_size": 64, "pad_token_id": 3, "cls_token_id": 1})
+    release = write_original_release(released, tmp_path / "release", tokenizer)
+    run_dir = fine_tune([f"pretrained={release}"], task_file, tmp_path / "finetune")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["family"] == "dnabert2" and results["pretrained"] == str(release)
+    assert load_bpe(run_dir / "tokenizer.json").to_str() == convert_bpe(tokenizer)[0].to_str()
+    backbone = resolve_backbone(str(release), 6, {}, work_dir=tmp_path / "again")
+    assert backbone.tokenizer == str(tmp_path / "again" / "tokenizer.json") and backbone.config["pad_token_id"] == 0
+    expected = in_project_order(released.state_dict())
+    assert all(torch.equal(backbone.weights[key], value) for key, value in expected.items())
+    assert_export_gives_our_logits(run_dir / f"seed_{SEED}", run_dir / "tokenizer.json")
 
 
 def test_probe_on_a_dnabert2_run_is_deterministic_and_uses_its_bpe(pretraining_run):
