@@ -132,8 +132,11 @@ def test_a_published_order_tokenizer_converts_keeping_every_dna_token_id(publish
     assert converted.encode(written, add_special_tokens=False).ids == [
         PUBLISHED_ORDER.index(old) if old < NUM_SPECIAL_TOKENS else old
         for old in original.encode(written, add_special_tokens=False).ids]
-    with pytest.raises(DnabertError, match=r"published.json has special ids .*Runs convert it .*bpe convert"):
+    with pytest.raises(DnabertError, match=r"published.json has special ids .*convert it themselves.*bpe convert"):
         load_bpe(published_file)
+    original.enable_padding(pad_id=3, pad_token="[PAD]")  # a file that pads: with [PAD]'s new id
+    original.save(str(tmp_path / "pads.json"))
+    assert convert_bpe(tmp_path / "pads.json")[0].encode_batch(["ACGTTT", "A"])[1].ids[-1] == PAD_ID
     # installed into a run directory: converted, the same bytes every time (ranks write at once); others copied
     installed, was_converted = install_bpe(published_file, tmp_path / "run")
     assert was_converted and installed == tmp_path / "run" / "tokenizer.json"

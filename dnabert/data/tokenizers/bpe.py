@@ -223,7 +223,7 @@ def load_bpe(file: str | Path) -> Tokenizer:
     if order != tuple(range(len(order))):
         raise DnabertError(
             f"{_special_ids_message(path, tokenizer)} (the published DNABERT-2 tokenizer numbers them differently). "
-            "Runs convert it themselves when it is tokenizer.file or in a pretrained= / model.init_from directory; "
+            "train.py and finetune.py convert it themselves when it is tokenizer.file or in a pretrained= directory; "
             f"to use it elsewhere, convert it: `python -m dnabert.data.tokenizers.bpe convert {path} --out DIR`."
         )
     return tokenizer
@@ -232,9 +232,9 @@ def load_bpe(file: str | Path) -> Tokenizer:
 def convert_bpe(file: str | Path) -> tuple[Tokenizer, tuple[int, ...]]:
     """`file`'s tokenizer with the project's special ids, and the permutation (new id i = old id order[i]).
 
-    Only the five special ids move, in the model's vocabulary, the added tokens and the post-processor; tokens and
-    merges stay, so every DNA string encodes to the same ids as before. A layout whose special tokens are not ids
-    0..4 is refused."""
+    Only the five special ids move, in the model's vocabulary, the added tokens, the post-processor and the padding
+    settings; tokens and merges stay, so every DNA string encodes to the same ids as before. A layout whose special
+    tokens are not ids 0..4 is refused."""
     path, tokenizer = read_bpe(file)
     order = special_id_order(tokenizer)
     if order is None:
@@ -249,6 +249,9 @@ def convert_bpe(file: str | Path) -> tuple[Tokenizer, tuple[int, ...]]:
     for entry in content["added_tokens"]:
         entry["id"] = new_id.get(entry["content"], entry["id"])
     _renumber_post_processor(content.get("post_processor"), new_id)
+    if content.get("padding"):  # padding enabled in the file: it pads with [PAD]'s id
+        padding = content["padding"]
+        padding["pad_id"] = new_id.get(padding["pad_token"], padding["pad_id"])
     return Tokenizer.from_str(json.dumps(content)), order
 
 
