@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from dnabert.errors import DnabertError, command_line  # noqa: E402
@@ -39,7 +40,8 @@ def plot_finetune(run_dir: Path, results: dict[str, Any], path: Path) -> None:
         best = seed_result["best_epoch"]
         chosen = next(entry for entry in history if entry["epoch"] == best)
         history_axis.plot([best + 1], [chosen[metric]], marker="*", markersize=12, color=line.get_color())
-    history_axis.set(title=f"dev {metric} per epoch (star: chosen checkpoint)", xlabel="epoch", ylabel=metric)
+    history_axis.set(title=f"dev {metric} per epoch (star: chosen checkpoint)", xlabel="epochs trained", ylabel=metric)
+    history_axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     history_axis.grid(alpha=0.3)
     history_axis.legend(fontsize=8)
     if binary:
