@@ -179,3 +179,37 @@ class HeadTransform(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.activation(self.dense(hidden)))
+
+
+class Bert(nn.Module):
+    """Embeddings + encoder, no pooler: the attribute layout of transformers' ``BertModel`` (and of DNABERT-2's MLM
+    model, which has no pooler either), so both families' checkpoints keep their key names."""
+
+    def __init__(self, embeddings: nn.Module, layers: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.encoder = Encoder(layers)
+
+
+class Predictions(nn.Module):
+    """The MLM head's transform and decoder (the model ties the decoder's weight to the word embeddings).
+    ``bias_parameter``: transformers' BERT also lists the decoder's bias as ``predictions.bias``; DNABERT-2 does not."""
+
+    def __init__(self, config: Any, bias_parameter: bool) -> None:
+        super().__init__()
+        self.transform = HeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        if bias_parameter:
+            self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+            self.decoder.bias = self.bias  # one bias, listed under both names as in transformers
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden))
+
+
+class MaskedLMHead(nn.Module):
+    """``cls.predictions``: the MLM head under transformers' attribute names."""
+
+    def __init__(self, config: Any, bias_parameter: bool) -> None:
+        super().__init__()
+        self.predictions = Predictions(config, bias_parameter)

@@ -31,9 +31,9 @@ from dnabert.errors import DnabertError
 from dnabert.models.components import (
     ATTENTION_BACKENDS,
     IGNORE_INDEX,
+    Bert,
     ConfigFromDict,
-    Encoder,
-    HeadTransform,
+    MaskedLMHead,
     attention_bias,
     check_attention_backend,
     count_parameters,
@@ -198,33 +198,6 @@ class Layer(nn.Module):
         return self.output(self.intermediate(attended), attended)
 
 
-class Bert(nn.Module):
-    """Embeddings + encoder, no pooler (the attribute layout of transformers' ``BertModel``)."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.embeddings = Embeddings(config)
-        self.encoder = Encoder(Layer(config) for _ in range(config.num_hidden_layers))
-
-
-class Predictions(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.transform = HeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.decoder.bias = self.bias  # one bias, listed under both names as in transformers
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden))
-
-
-class MaskedLMHead(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.predictions = Predictions(config)
-
-
 class DnaBertForMaskedLM(nn.Module):
     """BERT + MLM head; its ``state_dict()`` has the keys and shapes of ``transformers.BertForMaskedLM``."""
 
@@ -236,8 +209,8 @@ class DnaBertForMaskedLM(nn.Module):
         check_attention_backend(attention, config.attention_probs_dropout_prob)
         self.config = config
         self.attention = attention
-        self.bert = Bert(config)
-        self.cls = MaskedLMHead(config)
+        self.bert = Bert(Embeddings(config), (Layer(config) for _ in range(config.num_hidden_layers)))
+        self.cls = MaskedLMHead(config, bias_parameter=True)
         self.apply(partial(init_bert_weights, std=config.initializer_range))
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 

@@ -35,9 +35,9 @@ from transformers.activations import ACT2FN
 from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.components import (
+    Bert,
     ConfigFromDict,
-    Encoder,
-    HeadTransform,
+    MaskedLMHead,
     attention_bias,
     check_attention_backend,
     flex_attention_for,
@@ -212,31 +212,6 @@ class Layer(nn.Module):
         return self.mlp(self.attention(hidden, bias))
 
 
-class Bert(nn.Module):
-    """Embeddings + encoder, no pooler (the MLM model of the original has none)."""
-
-    def __init__(self, config: DnaBert2Config) -> None:
-        super().__init__()
-        self.embeddings = Embeddings(config)
-        self.encoder = Encoder(Layer(config) for _ in range(config.num_hidden_layers))
-
-
-class Predictions(nn.Module):
-    def __init__(self, config: DnaBert2Config) -> None:
-        super().__init__()
-        self.transform = HeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden))
-
-
-class MaskedLMHead(nn.Module):
-    def __init__(self, config: DnaBert2Config) -> None:
-        super().__init__()
-        self.predictions = Predictions(config)
-
-
 class DnaBert2ForMaskedLM(nn.Module):
     """DNABERT-2 + MLM head; ``state_dict()`` has the original checkpoint's keys (decoder tied to embeddings)."""
 
@@ -248,8 +223,8 @@ class DnaBert2ForMaskedLM(nn.Module):
         check_attention_backend(attention, config.attention_probs_dropout_prob)
         self.config = config
         self.attention = attention
-        self.bert = Bert(config)
-        self.cls = MaskedLMHead(config)
+        self.bert = Bert(Embeddings(config), (Layer(config) for _ in range(config.num_hidden_layers)))
+        self.cls = MaskedLMHead(config, bias_parameter=False)
         self.register_buffer("alibi_slopes", torch.tensor(alibi_slopes(config.num_attention_heads)), persistent=False)
         self.apply(partial(init_bert_weights, std=config.initializer_range))
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
