@@ -238,6 +238,7 @@ def test_finetune_cli_writes_results_report_and_selects_the_best_dev_epoch(finet
                      "seed_2/hf_model/config.json", "seed_2/csv/metrics.csv"):
         assert (run_dir / relative).is_file(), relative
     assert str(run_dir / "results.json") in result.stdout and "test mcc:" in result.stdout
+    assert "Generating train split" not in result.stderr  # datasets' progress bar for the task file stays out
     results = json.loads((run_dir / "results.json").read_text())
     assert results["labels"] == ["0", "1"] and [s["seed"] for s in results["seeds"]] == [1, 2]
     for seed_result in results["seeds"]:

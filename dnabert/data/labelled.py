@@ -102,6 +102,8 @@ def _read_kmer_text(path: Path, k: int | None) -> tuple[list[str], list]:
 def _read_table(path: Path, file_format: str, sequence_column: str, label_column: str) -> tuple[list[str], list]:
     import datasets
 
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a "Generating train split" bar for one small file only clutters the run's log
     try:
         if file_format == "saved":
             table = datasets.load_from_disk(str(path))
@@ -112,6 +114,9 @@ def _read_table(path: Path, file_format: str, sequence_column: str, label_column
     except Exception as err:  # datasets/pyarrow raise many types for an unreadable file
         cause = err.__cause__ or err
         raise DnabertError(f"cannot read {path} as {file_format} ({type(cause).__name__}: {cause}).") from err
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     if isinstance(table, datasets.DatasetDict):
         raise DnabertError(f"{path} holds several splits {list(table)}; save each split on its own.")
     missing = [name for name in (sequence_column, label_column) if name not in table.column_names]
