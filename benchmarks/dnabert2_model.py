@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attention", default="sdpa", choices=("sdpa", "flex"))
     parser.add_argument("--runs", nargs="+", default=["baseline", "ours"], choices=("baseline", "ours"))
     args = parser.parse_args(argv)
-    import multimolecule  # the baseline; an extra of this project (AGPL), only needed here
 
     device = torch.device(args.device)
     config = preset(args.preset, vocab_size=args.vocab_size, hidden_dropout_prob=0.0)
@@ -111,24 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         ours_optimizer.step()
         ours_optimizer.zero_grad(set_to_none=True)
 
-    reference_config = multimolecule.DnaBert2Config(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        hidden_dropout=0.0, pad_token_id=PAD, attn_implementation="sdpa",
-    )
-    baseline = multimolecule.DnaBert2ForMaskedLM(reference_config).to(device)
-    baseline_optimizer = torch.optim.AdamW(baseline.parameters(), lr=5e-4)
-    plain = [(input_ids.to(device), labels.to(device)) for input_ids, labels in batches]
-
-    def baseline_step(index: int) -> None:
-        input_ids, labels = plain[index]
-        with autocast:
-            loss = baseline(input_ids, attention_mask=(input_ids != PAD).long(), labels=labels).loss
-        loss.backward()
-        baseline_optimizer.step()
-        baseline_optimizer.zero_grad(set_to_none=True)
-
-    steps = {"baseline": baseline_step, "ours": ours_step}
+    steps = {"ours": ours_step}
+    if "baseline" in args.runs:
+        steps["baseline"] = baseline_stepper(config, batches, device, autocast)
     levers = (f"masked-only head, {'packed' if args.pack else 'unpacked'}, {args.attention}"
               f"{', compiled' if args.compile else ''}")
     print(f"DNABERT-2 {args.preset} (vocab {args.vocab_size}), {args.micro_batch} windows of <= {args.max_tokens} "
@@ -142,6 +127,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {args.micro_batch * args.steps / seconds:,.1f} | {rates[name]:,.0f} | {mfu} |")
     if len(rates) == 2:
         print(f"ours/baseline: {rates['ours'] / rates['baseline']:.2f}x real tokens/s")
+
+
+def baseline_stepper(config: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                     autocast: contextlib.AbstractContextManager) -> Callable[[int], None]:
+    """MultiMolecule's DnaBert2ForMaskedLM (head over every position, one window per row) and its training step.
+    Built only when asked for: multimolecule is an optional extra of this project (AGPL)."""
+    import multimolecule
+
+    reference_config = multimolecule.DnaBert2Config(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        hidden_dropout=0.0, pad_token_id=PAD, attn_implementation="sdpa",
+    )
+    baseline = multimolecule.DnaBert2ForMaskedLM(reference_config).to(device)
+    optimizer = torch.optim.AdamW(baseline.parameters(), lr=5e-4)
+    plain = [(input_ids.to(device), labels.to(device)) for input_ids, labels in batches]
+
+    def baseline_step(index: int) -> None:
+        input_ids, labels = plain[index]
+        with autocast:
+            loss = baseline(input_ids, attention_mask=(input_ids != PAD).long(), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return baseline_step
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ Sections, in order of value (each writes one file under --out, headed by the GPU
                   tokens/s, padding share and MFU on real tokens; then the raw loop once per lever, that lever off
   cuda_tests.txt  the tests that run only on a GPU (masking on CUDA, the trial's memory, inductor compile)
   estimate.txt    train.py estimate=true for the paper recipe: the trial's peak memory at micro-batch 10 and 125
+  dnabert2.txt    benchmarks.dnabert2_model: MultiMolecule's DNABERT-2 against ours (real tokens/s, MFU), then ours
+                  compiled; runs on what the budget leaves after the sections above. Without the multimolecule
+                  package (an optional extra, not among the carried wheels) it times ours alone
 summary.md holds the preflight, each section's status and time, and the lines with figures from each file.
 Exit status: 0 when the preflight passed (sections cut by the budget are reported, not errors), 3 when it failed.
 """
@@ -21,7 +24,7 @@ Exit status: 0 when the preflight passed (sections cut by the budget are reporte
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import os
 import pkgutil
 import platform
@@ -55,6 +58,7 @@ CUDA_TESTS = (
 # the dnabert modules does not reach them; train.py's own (hydra, omegaconf) and pytest for the tests section.
 DEFERRED_IMPORTS = ("hydra", "omegaconf", "pytest", "datasets", "pyfaidx", "Bio.bgzf", "wandb", "submitit",
                     "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+DNABERT2_PRESETS = {"bert_base": "base"}  # --preset names the k-mer model; DNABERT-2's presets are tiny, small, base
 VERSIONS_OF = ("torch", "triton", "lightning", "transformers", "tokenizers", "torchmetrics", "numpy", "hydra-core",
                "omegaconf", "datasets", "pyfaidx", "wandb", "biopython", "submitit", "hydra-submitit-launcher")
 
@@ -82,15 +86,23 @@ def sections(args: argparse.Namespace, scratch: Path) -> list[Section]:
     """The session's work in order of value, sized for one H100/H200 (bf16, BERT-base; not yet timed on one).
 
     Default budget 460 s: about 30 s preflight, throughput <= 270 s (each compile of BERT-base is a minute or
-    so; lever rows that do not fit are cut, the finished ones kept), tests <= 80 s, estimate <= 80 s."""
+    so; lever rows that do not fit are cut, the finished ones kept), tests <= 80 s, estimate <= 80 s; DNABERT-2
+    (<= 90 s, at least 30 s) gets what the others leave."""
     python = sys.executable
     on_gpu = args.device == "cuda"
     throughput = [python, "-m", "benchmarks.train_throughput", "--device", args.device, "--preset", args.preset,
                   "--max-tokens", str(args.max_tokens), "--micro-batch", str(args.micro_batch), "--steps",
                   str(args.steps), "--warmup", str(args.warmup), "--workers", str(args.workers),
                   "--cache-dir", str(scratch / "windows"), "--each-lever-off", "raw"]
-    # (d) DNABERT-2: benchmarks/dnabert2_model.py measures it (its own model and BPE windows); to take its row
-    # from the same lease, add a Section running it (and tests/test_dnabert2_model.py -k cuda) after the estimate.
+    # DNABERT-2's step (its own model and BPE windows): MultiMolecule's model against ours, then ours compiled
+    dnabert2 = [python, "-m", "benchmarks.dnabert2_model", "--device", args.device,
+                "--preset", DNABERT2_PRESETS.get(args.preset, args.preset)]
+    if not on_gpu:  # the rehearsal's sizes; on the GPU the script's own (128 tokens, micro-batch 256, 20 steps)
+        dnabert2 += ["--max-tokens", str(args.max_tokens), "--micro-batch", str(args.micro_batch), "--steps",
+                     str(args.steps), "--warmup", str(args.warmup)]
+    if importlib.util.find_spec("multimolecule") is None:  # the baseline is an optional extra the wheels lack
+        dnabert2 += ["--runs", "ours"]
+    dnabert2_commands = [dnabert2, [*dnabert2, "--runs", "ours", "--compile"]] if on_gpu else [dnabert2]
     estimate = [python, "train.py", "-m", "experiment=dnabert6_paper", f"data.fasta={BUNDLED_FASTA}", "estimate=true",
                 "estimate_trial=true", f"model={args.preset}", f"data.max_tokens={args.max_tokens}",
                 "data.micro_batch_size=" + ",".join(str(size) for size in args.trial_micro_batches),
@@ -106,6 +118,8 @@ def sections(args: argparse.Namespace, scratch: Path) -> list[Section]:
                 env={"DNABERT_TEST_INDUCTOR": "1"} if on_gpu else {}),
         Section("estimate trial (peak memory)", "estimate.txt", [estimate], min_s=30, max_s=80,
                 figures=("trial ", "memory (trial)", "wall time (trial)", "memory per GPU")),
+        Section("DNABERT-2 step", "dnabert2.txt", dnabert2_commands, min_s=30, max_s=90,
+                figures=("DNABERT-2 ", "| run ", "| baseline", "| ours", "ours/baseline")),
     ]
 
 

@@ -3,6 +3,7 @@ preflight; and the wheel preparation's offline parts (the dependency walk, the i
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from benchmarks import gpu_session, prepare_gpu_wheels
 from benchmarks.gpu_session import Section, run_section
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = {"summary.md", "throughput.txt", "cuda_tests.txt", "estimate.txt"}  # the device returns at most 8
+FILES = {"summary.md", "throughput.txt", "cuda_tests.txt", "estimate.txt", "dnabert2.txt"}  # at most 8 return
 REHEARSAL = ["--device", "cpu", "--preset", "tiny", "--max-tokens", "64", "--micro-batch", "8", "--steps", "1",
              "--warmup", "1", "--workers", "0", "--trial-micro-batches", "2", "5"]
 
@@ -46,7 +47,7 @@ def test_cpu_rehearsal_runs_every_section(tmp_path: Path):
     texts = check_every_file_is_headed(tmp_path)
     summary = texts["summary.md"]
     assert "## Preflight\npassed" in summary
-    assert summary.count("| done |") == 3
+    assert summary.count("| done |") == 4
     throughput = texts["throughput.txt"]
     for row in ("(a) baseline", "(b) ours, Lightning", "(c) ours, raw", "(c) pack off (", "(c) masked-head off ("):
         assert row in throughput
@@ -58,13 +59,25 @@ def test_cpu_rehearsal_runs_every_section(tmp_path: Path):
         assert f"4 optimiser steps of {size} x 64-token rows on CPU" in texts["estimate.txt"]
         assert f"4 optimiser steps of {size} x 64-token rows on CPU" in figures
     assert "(c) ours, raw torch loop" in figures and "(c) pack off (" in figures and "3 skipped" in figures
+    assert "DNABERT-2 tiny (vocab 4096), 8 windows of <= 64 tokens" in texts["dnabert2.txt"]
+    assert "ours/baseline:" in texts["dnabert2.txt"] and "ours/baseline:" in figures.split("DNABERT-2 tiny")[1]
+
+
+def test_without_multimolecule_the_dnabert2_section_times_ours_alone(tmp_path: Path, monkeypatch):
+    """The baseline is an optional extra the carried wheels lack: its absence must not fail the section."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "multimolecule" else find_spec(name, *rest))
+    args = gpu_session.parse_args([*REHEARSAL, "--out", str(tmp_path)])
+    (section,) = [section for section in gpu_session.sections(args, tmp_path) if section.file == "dnabert2.txt"]
+    assert [command[command.index("--runs") + 1:] for command in section.commands] == [["ours"]]
 
 
 def test_a_budget_too_small_skips_every_section_and_still_writes_every_file(tmp_path: Path):
     assert gpu_session.main([*REHEARSAL, "--out", str(tmp_path), "--budget-s", "0"]) == 0
     texts = check_every_file_is_headed(tmp_path)
     assert "## Preflight\npassed" in texts["summary.md"]
-    assert texts["summary.md"].count("| skipped: 0 s left of the budget, needs") == 3
+    assert texts["summary.md"].count("| skipped: 0 s left of the budget, needs") == 4
     for name in FILES - {"summary.md"}:
         assert "# not run: skipped: 0 s left of the budget" in texts[name]
 
