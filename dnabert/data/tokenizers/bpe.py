@@ -214,6 +214,11 @@ def _special_ids_message(path: Path, tokenizer: Tokenizer) -> str:
 def load_bpe(file: str | Path) -> Tokenizer:
     """A tokenizer.json (or a folder holding one) with this project's special ids; anything else is refused."""
     path, tokenizer = read_bpe(file)
+    _require_project_ids(path, tokenizer)
+    return tokenizer
+
+
+def _require_project_ids(path: Path, tokenizer: Tokenizer) -> None:
     order = special_id_order(tokenizer)
     if order is None:
         raise DnabertError(
@@ -226,7 +231,6 @@ def load_bpe(file: str | Path) -> Tokenizer:
             "train.py and finetune.py convert it themselves when it is tokenizer.file or in a pretrained= directory; "
             f"to use it elsewhere, convert it: `python -m dnabert.data.tokenizers.bpe convert {path} --out DIR`."
         )
-    return tokenizer
 
 
 def convert_bpe(file: str | Path) -> tuple[Tokenizer, tuple[int, ...]]:
@@ -235,7 +239,10 @@ def convert_bpe(file: str | Path) -> tuple[Tokenizer, tuple[int, ...]]:
     Only the five special ids move, in the model's vocabulary, the added tokens, the post-processor and the padding
     settings; tokens and merges stay, so every DNA string encodes to the same ids as before. A layout whose special
     tokens are not ids 0..4 is refused."""
-    path, tokenizer = read_bpe(file)
+    return _renumbered(*read_bpe(file))
+
+
+def _renumbered(path: Path, tokenizer: Tokenizer) -> tuple[Tokenizer, tuple[int, ...]]:
     order = special_id_order(tokenizer)
     if order is None:
         raise DnabertError(
@@ -280,14 +287,17 @@ def install_bpe(file: str | Path, directory: Path) -> tuple[Path, bool]:
     """`directory`/tokenizer.json: `file` as it is, or converted (`convert_bpe`) when `convertible`; and whether it
     was converted. Every DDP rank may call it: each writes the same bytes through its own staging file and renames
     it into place, so the file is whole whenever it exists."""
-    path, tokenizer = read_bpe(file)
+    return _install(*read_bpe(file), directory)
+
+
+def _install(path: Path, tokenizer: Tokenizer, directory: Path) -> tuple[Path, bool]:
     converted = convertible(tokenizer)
     target = directory / TOKENIZER_FILE
     staging = target.with_name(f".{TOKENIZER_FILE}.{socket.gethostname()}-{os.getpid()}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if converted:
-            convert_bpe(path)[0].save(str(staging))
+            _renumbered(path, tokenizer)[0].save(str(staging))
         else:
             shutil.copyfile(path, staging)
         os.replace(staging, target)
@@ -301,8 +311,8 @@ def usable_bpe(file: str | Path, directory: Path | None) -> Path:
     ids, converted into `directory` when `convertible` (refused, as by `load_bpe`, without a directory)."""
     path, tokenizer = read_bpe(file)
     if directory is not None and convertible(tokenizer):
-        return install_bpe(path, directory)[0]
-    load_bpe(path)
+        return _install(path, tokenizer, directory)[0]
+    _require_project_ids(path, tokenizer)
     return path
 
 

@@ -248,7 +248,7 @@ def _read_dnabert2_directory(directory: str | Path) -> tuple[DnaBert2Config, dic
     tokenizer_file = directory / TOKENIZER_FILE
     tokenizer = read_bpe(tokenizer_file)[1] if tokenizer_file.is_file() else None
     if tokenizer is None or not convertible(tokenizer):
-        config_values.update(_dnabert2_special_ids(directory))
+        config_values.update(_dnabert2_special_ids(tokenizer))
     else:  # the data path's ids: the tokenizer is converted the same way (dnabert.data.tokenizers.bpe.convert_bpe)
         state_dict = _permute_special_rows(state_dict, special_id_order(tokenizer))
         config_values.update(pad_token_id=PAD_ID, cls_token_id=CLS_ID)
@@ -266,12 +266,10 @@ def _permute_special_rows(state_dict: dict[str, torch.Tensor], order: tuple[int,
     return {key: permuted(value) if key in DNABERT2_VOCABULARY_ROWS else value for key, value in state_dict.items()}
 
 
-def _dnabert2_special_ids(directory: Path) -> dict[str, int]:
-    """[PAD]/[CLS] ids from the directory's tokenizer.json, under either naming; none without one."""
-    tokenizer_file = directory / "tokenizer.json"
-    if not tokenizer_file.is_file():
+def _dnabert2_special_ids(tokenizer: Tokenizer | None) -> dict[str, int]:
+    """[PAD]/[CLS] ids from the directory's tokenizer, under either naming; none without one."""
+    if tokenizer is None:
         return {}
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
     ids = {}
     for field, names in (("pad_token_id", DNABERT2_PAD_NAMES), ("cls_token_id", DNABERT2_CLS_NAMES)):
         found = [tokenizer.token_to_id(name) for name in names if tokenizer.token_to_id(name) is not None]
