@@ -51,18 +51,28 @@ def main(cfg: DictConfig) -> None:
     run_reporting_user_errors(run, cfg)
 
 
-def check_output_override(argv: list[str]) -> None:
-    """Hydra creates the run directory before any of our code runs; an unwritable one would end in its traceback."""
+def last_override(argv: list[str], keys: tuple[str, ...]) -> tuple[str, str] | None:
+    """(key, value) of the last `key=value` on the command line for any of `keys` (Hydra's rule: the last wins)."""
     for arg in reversed(argv):
         key, _, value = arg.partition("=")
-        if key in ("paths.output_root", "paths.output_dir") and value and "${" not in value:
-            try:
-                Path(value).mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                print(f"dnabert: error: cannot create {key}={value} ({err.strerror}); point it at a writable folder.",
-                      file=sys.stderr)
-                sys.exit(2)
-            return
+        if key in keys:
+            return key, value
+    return None
+
+
+def check_output_override(argv: list[str]) -> None:
+    """Hydra creates the run directory before any of our code runs; an unwritable one would end in its traceback."""
+    override = last_override(argv, ("paths.output_root", "paths.output_dir"))
+    if override is None:
+        return
+    key, value = override
+    if value and "${" not in value:
+        try:
+            Path(value).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"dnabert: error: cannot create {key}={value} ({err.strerror}); point it at a writable folder.",
+                  file=sys.stderr)
+            sys.exit(2)
 
 
 def check_folder_names(argv: list[str]) -> None:
