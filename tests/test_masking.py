@@ -286,6 +286,7 @@ def test_labels_and_80_10_10_replacement(k: int) -> None:
 
 
 def test_random_replacement_is_uniform_over_the_other_kmers() -> None:
+    """The default mode (the model card): never a special token, never the original one."""
     k = 3
     input_ids = torch.full((4000, 64), NUM_SPECIAL_TOKENS + 20, dtype=torch.long)
     masked_ids, labels = mask_batch(
@@ -344,6 +345,64 @@ def test_original_mode_isolated_spans_have_length_k() -> None:
     run_lengths = (ends[:, 1] - starts[:, 1])[interior]
     assert run_lengths.numel() > 300
     assert run_lengths.min() >= k and torch.mode(run_lengths).values == k
+
+
+ORIGINAL_OFFSETS = {3: [-1, 1], 4: [-1, 1, 2], 5: [-2, -1, 1, 2], 6: [-2, -1, 1, 2, 3]}
+
+
+def original_code_masking(input_ids: torch.Tensor, k: int, mlm_probability: float, seed: int) -> tuple:
+    """The original DNABERT pretraining script's masking, re-stated: the global generator seeded with `seed`;
+    centres Bernoulli(mlm_probability) on every token but [CLS]/[SEP]/[PAD]; each centre also masks the tokens at
+    its k's offsets that lie in [1, last real token]; then [MASK] where Bernoulli(0.8), else a random id where
+    Bernoulli(0.5), uniform over all ids of the vocabulary (4^k + 5: special tokens and the original included)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        inputs = input_ids.clone()
+        not_maskable = (inputs == CLS_ID) | (inputs == SEP_ID) | (inputs == PAD_ID)
+        probability = torch.full(inputs.shape, mlm_probability).masked_fill(not_maskable, 0.0)
+        centres = torch.bernoulli(probability).bool()
+        masked = centres.clone()
+        for row in range(len(inputs)):
+            last_real = int(probability[row].nonzero().max())
+            for centre in centres[row].nonzero().flatten().tolist():
+                for offset in ORIGINAL_OFFSETS[k]:
+                    if 1 <= centre + offset <= last_real:
+                        masked[row, centre + offset] = True
+        labels = torch.where(masked, inputs, IGNORE_INDEX)
+        to_mask_token = torch.bernoulli(torch.full(inputs.shape, 0.8)).bool() & masked
+        inputs[to_mask_token] = MASK_ID
+        to_random = torch.bernoulli(torch.full(inputs.shape, 0.5)).bool() & masked & ~to_mask_token
+        random_ids = torch.randint(vocab_size(k), inputs.shape)
+        inputs[to_random] = random_ids[to_random]
+    return inputs, labels
+
+
+@pytest.mark.parametrize("k", SUPPORTED_K)
+def test_original_mode_equals_the_original_code_draw_for_draw(k: int) -> None:
+    """Same seed, same draws in the same order: identical masks, labels and random ids (rows of 1..100 k-mers)."""
+    input_ids = single_window_batch(np.random.default_rng(140 + k), 64, 1, 100, k)
+    centre_rate = 0.05
+    for seed in (0, 1, 2024):
+        expected_ids, expected_labels = original_code_masking(input_ids, k, centre_rate, seed)
+        masked_ids, labels = mask_batch(input_ids, k, centre_rate, torch.Generator().manual_seed(seed),
+                                        mode="original")
+        assert (labels != IGNORE_INDEX).sum() > 200
+        assert torch.equal(labels, expected_labels)
+        assert torch.equal(masked_ids, expected_ids)
+
+
+def test_original_mode_random_ids_are_uniform_over_the_whole_vocabulary() -> None:
+    """Every id comes up as the "random" token equally often: the five special tokens and the original one too."""
+    k, original_id = 3, NUM_SPECIAL_TOKENS + 20
+    input_ids = torch.full((4000, 64), original_id, dtype=torch.long)
+    masked_ids, labels = mask_batch(input_ids, k, 0.5, torch.Generator().manual_seed(0), mode="original",
+                                    mask_token_fraction=0.0, random_token_fraction=1.0)
+    replaced = masked_ids[labels != IGNORE_INDEX]
+    counts = torch.bincount(replaced, minlength=vocab_size(k)).double()
+    expected = replaced.numel() / vocab_size(k)
+    assert replaced.numel() > 200_000
+    assert (counts - expected).abs().max() < 6 * expected**0.5
+    assert counts[:NUM_SPECIAL_TOKENS].min() > 0 and counts[original_id] > 0
 
 
 # ------------------------------------------------------------------------------------------- errors

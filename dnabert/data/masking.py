@@ -13,10 +13,12 @@ and no extra input (window lengths) is needed.
 "original" mode reproduces the original DNABERT code instead: span centres drawn Bernoulli(`rate`) over
 the real tokens, each expanded to k consecutive tokens and clipped to its window. There `rate` is a CENTRE
 rate (the original `mlm_probability`), so about 1-(1-rate)^k of the tokens are masked;
-`centre_rate_for(0.15, k)` gives the centre rate that masks 15%. The mode only changes WHICH tokens are
-masked: both modes replace them the same way (80% [MASK], 10% a random k-mer different from the original,
-10% unchanged, as the model card says; the original code could draw special tokens or the original token
-itself as the "random" one).
+`centre_rate_for(0.15, k)` gives the centre rate that masks 15%. It also replaces as the original code did:
+[MASK] with probability 0.8, else a random id with probability 0.5, drawn from the WHOLE vocabulary (special
+tokens and the original id included), with the same draws in the same order (Bernoulli centres, Bernoulli
+[MASK], Bernoulli random, uniform ids), so on one generator it gives the original's masks exactly.
+"whole_kmer" mode replaces as the model card says: 80% [MASK], 10% a random k-mer different from the
+original (never a special token), 10% unchanged.
 
 "token" mode is for tokens that do not overlap (BPE, DNABERT-2): every real token is masked independently with
 probability `rate`, and the random replacement is drawn among all non-special ids of the vocabulary
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, check_k
+from dnabert.data.tokenizers.kmer import vocab_size as kmer_vocab_size  # mask_batch's `vocab_size` is an argument
 from dnabert.errors import DnabertError
 
 IGNORE_INDEX = -100  # the label of unmasked positions: ignored by torch.nn.functional.cross_entropy
@@ -147,8 +150,7 @@ def original_mask_positions(
     _check_inputs(input_ids, generator)
     real = input_ids >= NUM_SPECIAL_TOKENS
     window = _window_index(input_ids)
-    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    centres = (draw < centre_rate) & real
+    centres = torch.bernoulli(real * centre_rate, generator=generator).bool()  # the original's draw, p=0 off real
     length = input_ids.shape[1]
     masked = torch.zeros_like(centres)
     first_offset = -((k - 1) // 2)
@@ -189,7 +191,8 @@ def mask_batch(
 
     `rate` is the masked fraction in "whole_kmer" and "token" modes and the span-centre rate in "original" mode
     (see the module docstring). Of the masked tokens, `mask_token_fraction` become [MASK],
-    `random_token_fraction` a uniformly drawn non-special token different from the original, the rest stay.
+    `random_token_fraction` a uniformly drawn non-special token different from the original ("original" mode:
+    any id of the vocabulary, as the original code drew), the rest stay.
     `vocab_size` bounds that draw (default: the k-mer vocabulary of k; "token" mode needs it, and ignores k).
     labels hold the original id at masked positions and IGNORE_INDEX elsewhere. `input_ids` is not modified.
     """
@@ -211,18 +214,49 @@ def mask_batch(
             f"(got {mask_token_fraction} + {random_token_fraction})."
         )
 
-    device = input_ids.device
     labels = torch.where(masked, input_ids, IGNORE_INDEX)
-    choice = torch.rand(input_ids.shape, generator=generator, device=device)
-    to_mask_token = masked & (choice < mask_token_fraction)
-    to_random = masked & (choice >= mask_token_fraction) & (choice < mask_token_fraction + random_token_fraction)
-    # Draw among the other non-special tokens (4^k - 1 k-mers): a uniform draw over one fewer id, shifted past
-    # the original id.
-    num_tokens = (vocab_size if vocab_size is not None else 4 ** check_k(k) + NUM_SPECIAL_TOKENS) - NUM_SPECIAL_TOKENS
-    random_ids = NUM_SPECIAL_TOKENS + torch.randint(
-        0, num_tokens - 1, input_ids.shape, generator=generator, device=device
+    num_ids = vocab_size if vocab_size is not None else kmer_vocab_size(k)
+    replace = _replace_as_original if mode == "original" else _replace_as_model_card
+    to_mask_token, to_random, random_ids = replace(
+        input_ids, masked, generator, mask_token_fraction, random_token_fraction, num_ids
     )
-    random_ids += (random_ids >= input_ids).long()
     masked_ids = torch.where(to_mask_token, MASK_ID, input_ids)
     masked_ids = torch.where(to_random, random_ids, masked_ids)
     return masked_ids, labels
+
+
+Replacement = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (to [MASK], to a random id, the random ids)
+
+
+def _replace_as_model_card(
+    input_ids: torch.Tensor, masked: torch.Tensor, generator: torch.Generator | None,
+    mask_token_fraction: float, random_token_fraction: float, num_ids: int,
+) -> Replacement:
+    """One uniform draw splits the masked tokens; the random id is another non-special token, never the original:
+    a uniform draw over one id fewer than the non-special ones, shifted past the original id."""
+    choice = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    to_mask_token = masked & (choice < mask_token_fraction)
+    to_random = masked & (choice >= mask_token_fraction) & (choice < mask_token_fraction + random_token_fraction)
+    random_ids = NUM_SPECIAL_TOKENS + torch.randint(
+        0, num_ids - NUM_SPECIAL_TOKENS - 1, input_ids.shape, generator=generator, device=input_ids.device
+    )
+    random_ids += (random_ids >= input_ids).long()
+    return to_mask_token, to_random, random_ids
+
+
+def _replace_as_original(
+    input_ids: torch.Tensor, masked: torch.Tensor, generator: torch.Generator | None,
+    mask_token_fraction: float, random_token_fraction: float, num_ids: int,
+) -> Replacement:
+    """The original code's three draws, in its order: Bernoulli(mask_token_fraction) for [MASK], then among the
+    rest Bernoulli(random_token_fraction / (1 - mask_token_fraction)) (0.1/0.2 = 0.5) for a random id, drawn
+    uniformly from all `num_ids` ids: special tokens and the original id included."""
+    def bernoulli(probability: float) -> torch.Tensor:
+        full = torch.full(input_ids.shape, probability, device=input_ids.device)
+        return torch.bernoulli(full, generator=generator).bool()
+
+    to_mask_token = bernoulli(mask_token_fraction) & masked
+    rest = 1.0 - mask_token_fraction
+    to_random = bernoulli(min(random_token_fraction / rest, 1.0) if rest > 0 else 0.0) & masked & ~to_mask_token
+    random_ids = torch.randint(0, num_ids, input_ids.shape, generator=generator, device=input_ids.device)
+    return to_mask_token, to_random, random_ids
