@@ -42,19 +42,25 @@ def test_other_k_paper_experiments(compose_config, k: int) -> None:
     assert cfg.k == k and cfg.derived.vocab_size == 4**k + 5 and cfg.global_batch_size == 2000
 
 
-def test_paper_learning_rate_and_mask_schedule(compose_config) -> None:
-    # The paper's optimiser and masking on a tiny model: the schedules do not depend on the model size.
-    cfg = compose_config("experiment=dnabert6_paper", "data.fasta=/x.fa", "model=tiny", "trainer=cpu",
+@pytest.mark.parametrize("k", [3, 4, 5, 6])
+def test_paper_learning_rate_and_mask_schedule(compose_config, k: int) -> None:
+    """The original command's schedule (10k warm-up to 4e-4, linear decay reaching 0 at its max_steps 200000),
+    stopped at 120k like the released checkpoints; the 20% masking still covers the last 20k steps of the run.
+    On a tiny model: the schedules do not depend on the model size."""
+    cfg = compose_config(f"experiment=dnabert{k}_paper", "data.fasta=/x.fa", "model=tiny", "trainer=cpu",
                          "trainer.devices=1", "data.micro_batch_size=2000")
     module = build_module(cfg, make_plan(cfg))
     attach_trainer(module, cfg.max_steps)
+    assert cfg.max_steps == 120_000 and cfg.optim.total_steps == 200_000
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
-    expected = {0: 0.0, 5_000: 2e-4, 10_000: 4e-4, 60_000: 4e-4 * 60_000 / 110_000, 120_000: 0.0}
+    expected = {0: 0.0, 5_000: 2e-4, 10_000: 4e-4, 100_000: 4e-4 * 100_000 / 190_000,
+                120_000: 4e-4 * 80_000 / 190_000, 200_000: 0.0}
     lambdas = scheduler.lr_lambdas[0]
     for step, lr in expected.items():
         assert 4e-4 * lambdas(step) == pytest.approx(lr, abs=1e-12), step
+    assert 4e-4 * lambdas(120_000) == pytest.approx(1.684e-4, abs=1e-7)  # where the released checkpoints stopped
     assert module.schedule.rate_at(99_999) == 0.15
-    assert module.schedule.rate_at(100_000) == 0.20
+    assert module.schedule.rate_at(100_000) == module.schedule.rate_at(119_999) == 0.20
 
 
 def test_decay_horizon_is_separate_from_stopping_step(compose_config) -> None:

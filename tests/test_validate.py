@@ -170,6 +170,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     # settings that must agree
     (("global_batch_size=33",), "global_batch_size=33 is not a multiple of data.micro_batch_size (16)"),
     (("masking.final_rate_steps=1000",), "masking.final_rate_steps=1000 must lie between 0 and max_steps=800"),
+    (("optim.total_steps=500",), "optim.total_steps=500 is below max_steps=800: the learning rate would be 0"),
     (("data.max_tokens=1024",), "data.max_tokens=1024 exceeds model.max_position_embeddings=512"),
     (("data.pack_rows=true", "data.pack_row_tokens=32"), "data.pack_row_tokens=32 is below data.max_tokens=64"),
     (("model.num_attention_heads=3",), "model.hidden_size=128 is not divisible by model.num_attention_heads=3"),

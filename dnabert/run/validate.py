@@ -466,6 +466,16 @@ def mask_switch_within_run(cfg: DictConfig) -> None:
     mask_switch_step(cfg.max_steps, cfg.masking.final_rate_steps)
 
 
+def decay_reaches_zero_after_the_run(cfg: DictConfig) -> None:
+    """A decay horizon before max_steps would train the steps after it at learning rate 0."""
+    horizon = cfg.optim.total_steps
+    if horizon is not None and horizon < cfg.max_steps:
+        raise DnabertError(
+            f"optim.total_steps={horizon} is below max_steps={cfg.max_steps}: the learning rate would be 0 from step "
+            f"{horizon} on; set it to max_steps or more, or null (= max_steps)."
+        )
+
+
 def windows_fit_positions(cfg: DictConfig) -> None:
     """Longer windows than position embeddings would end mid-run in an index error on the first long window."""
     positions, max_tokens = cfg.model.max_position_embeddings, cfg.data.max_tokens
@@ -506,6 +516,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("trainer.accelerator", "trainer.devices"), devices_available, on_this_machine=True),
     Agreement(("global_batch_size", "data.micro_batch_size", "trainer.devices", "trainer.num_nodes"), batch_divides),
     Agreement(("max_steps", "masking.final_rate_steps"), mask_switch_within_run),
+    Agreement(("max_steps", "optim.total_steps"), decay_reaches_zero_after_the_run),
     Agreement(("model.max_position_embeddings", "data.max_tokens"), windows_fit_positions),
     Agreement(("data.pack_rows", "data.max_tokens"), packed_rows_hold_a_window),
     Agreement(("model.hidden_size", "model.num_attention_heads", "model.attention"), model_builds),
