@@ -75,6 +75,29 @@ def check_output_override(argv: list[str]) -> None:
             sys.exit(2)
 
 
+def validate_before_hydra(config_name: str, argv: list[str]) -> None:
+    """Hydra makes the run directory before any of our code runs: the whole config is composed and checked first
+    (dnabert.run.validate), so a bad setting is one line and exit 2 with no run folder left behind. Hydra's own
+    options (--cfg, -m, -cp, ...) and overrides that do not compose are left to Hydra; run() checks again."""
+    if any(arg.startswith("-") for arg in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from dnabert.run.validate import validate_config
+
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "configs"), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=argv)
+    except (HydraException, OmegaConfBaseException):
+        return  # Hydra reports it in its own words
+    try:
+        validate_config(cfg)
+    except DnabertError as err:
+        print(f"dnabert: error: {user_message(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def check_folder_names(argv: list[str]) -> None:
     """Hydra creates outputs/<experiment_name>/<run_name> before any of our code runs: a name with '/' or '..' would
     put a folder elsewhere first, so these two are checked from the command line (everything else in run())."""
@@ -103,6 +126,7 @@ def check_folder_names(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    validate_before_hydra("train", sys.argv[1:])
     check_output_override(sys.argv[1:])
     check_folder_names(sys.argv[1:])
     main()

@@ -391,27 +391,27 @@ def test_module_picks_the_first_of_equal_best_epochs() -> None:
     assert module.best_epoch()["epoch"] == 1
 
 
-def test_finetune_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.tsv"
-    result = subprocess.run([sys.executable, str(ROOT / "finetune.py"), "pretrained=none", "task=file",
-                             f"task.train={missing}", f"paths.output_root={tmp_path}"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"dnabert: error: labelled file {missing} does not exist; check task.train/task.dev/task.test or probe.path.")
-    assert "Traceback" not in result.stderr
-
-
-def test_a_missing_pretrained_path_is_one_line_and_leaves_no_run_folder(tmp_path: Path) -> None:
-    missing = tmp_path / "outputs" / "demo" / "defualt"
+def test_finetune_cli_bad_settings_are_one_line_and_leave_no_run_folder(tmp_path: Path) -> None:
+    """Checked before Hydra makes the run directory (every setting's bad case: tests/test_validate.py). Before,
+    max_epochs=0 ended in an IsADirectoryError traceback after training and optim.lr=-1 in torch's "Invalid learning
+    rate"."""
+    missing_backbone = tmp_path / "outputs" / "demo" / "defualt"
+    cases = [
+        (["pretrained=none", "max_epochs=0"], "max_epochs=0 must be >= 1; e.g. max_epochs=3."),
+        (["pretrained=none", "optim.lr=-1"], "optim.lr=-1 must be > 0; set the peak learning rate, e.g. "
+                                             "optim.lr=4e-4."),
+        ([f"pretrained={missing_backbone}"],
+         f"pretrained='{missing_backbone}' does not exist; give a pretraining run directory, a .ckpt, a transformers "
+         "or MultiMolecule model directory, or none."),
+    ]
     output_root = tmp_path / "runs"
-    result = subprocess.run([sys.executable, str(ROOT / "finetune.py"), f"pretrained={missing}",
-                             f"paths.output_root={output_root}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"dnabert: error: pretrained={missing} does not exist; give a pretraining run directory, a .ckpt, a "
-        "transformers or MultiMolecule model directory, or none."]
-    assert not output_root.exists()
+    for overrides, message in cases:
+        result = subprocess.run([sys.executable, str(ROOT / "finetune.py"), *overrides,
+                                 f"paths.output_root={output_root}"], capture_output=True, text=True, timeout=300,
+                                cwd=ROOT)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines() == [f"dnabert: error: {message}"]
+        assert not output_root.exists()
 
 
 def test_freeze_backbone_is_a_linear_probe_on_fixed_features() -> None:

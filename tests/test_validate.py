@@ -24,7 +24,9 @@ from dnabert.errors import DnabertError, user_message
 from dnabert.run.validate import SETTINGS, validate_config
 from tests.conftest import DEMO_FASTA, ROOT
 
-GROUPS = ("data", "model", "tokenizer", "masking", "optim", "trainer", "logger", "callbacks", "paths", "experiment")
+PRETRAINING_GROUPS = ("data", "model", "tokenizer", "masking", "optim", "trainer", "logger", "callbacks", "paths",
+                      "experiment")
+GROUPS = (*PRETRAINING_GROUPS, "task")  # task: fine-tuning's own
 SEQUENCES = ("data=sequences", "data.path={CSV}")
 
 # (overrides, fragment of the error). Group choices (data=sequences) are composed, the rest applied to the
@@ -181,6 +183,40 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("+trainer.gradient_clip=1",), "trainer.gradient_clip is not a Lightning Trainer argument"),
 ]
 
+# The same for finetune.py (configs/finetune.yaml, with pretrained=none unless the case sets it).
+FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
+    (("pretrained={DIR}/outputs/demo/defualt",), "defualt' does not exist; give a pretraining run directory, a .ckpt"),
+    (("seeds=[1,1]",), "seeds=[1, 1] repeats a seed; give distinct seeds, e.g. seeds=[1,2,3]"),
+    (("seeds=[1,-2]",), "seeds=[1, -2] must list whole-number seeds in [0, 4294967295]"),
+    (("max_epochs=0",), "max_epochs=0 must be >= 1; e.g. max_epochs=3"),
+    (("batch_size=0",), "batch_size=0 must be >= 1"),
+    (("freeze_backbone=maybe",), "freeze_backbone='maybe' is not true or false"),
+    (("dropout=1",), "dropout=1 must be in [0, 1)"),
+    (("max_positions=2",), "max_positions=2 must be >= 3"),
+    (("selection_metric=auc",), "selection_metric='auc' is not one of accuracy, f1, mcc"),
+    (("num_workers=-1",), "num_workers=-1 must be >= 0"),
+    (("optim.lr=-1",), "optim.lr=-1 must be > 0; set the peak learning rate"),
+    (("optim.warmup_fraction=1",), "optim.warmup_fraction=1 must be in [0, 1)"),
+    (("k=2",), "k=2 is not one of 3, 4, 5, 6"),
+    # tasks
+    (("task.name=a/b",), "task.name='a/b' becomes a folder name"),
+    (("task=file",), "task.train is not set (??? in the config); give it on the command line, task.train=..."),
+    (("task.train={DIR}/none.tsv",), "none.tsv' does not exist; point it at a labelled file"),
+    (("task.dev={DIR}",), "is a directory; point it at a labelled file"),
+    (("task.test={DIR}/test.csv",), "test.csv' does not exist; point it at a labelled file"),
+    (("task.dev_fraction=1",), "task.dev_fraction=1 must be in [0, 1)"),
+    (("task.test_fraction=-0.1",), "task.test_fraction=-0.1 must be in [0, 1)"),
+    (("task.split_seed=-1",), "task.split_seed=-1 must be in [0, 4294967295]"),
+    (("task.type=binary",), "task.type='binary' is not one of auto, classification, regression"),
+    (("task.sequence_column=",), "task.sequence_column='' is empty"),
+    (("task.label_column=' '",), "task.label_column=' ' is empty"),
+    # settings that must agree
+    (("task.dev_fraction=0",), "No dev split: give task.dev=<file> or a task.dev_fraction above 0."),
+    (("task.dev_fraction=0.5", "task.test_fraction=0.5"),
+     "task.dev_fraction=0.5 + task.test_fraction=0.5 leave no training rows"),
+    (("task.type=regression", "selection_metric=mcc"), "selection_metric='mcc' is not a regression metric"),
+]
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
@@ -195,16 +231,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @functools.cache
-def composed(*group_choices: str) -> DictConfig:
+def composed(config_name: str, *group_choices: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="train", overrides=list(group_choices))
+        return compose(config_name=config_name, overrides=list(group_choices))
 
 
-def config_with(*overrides: str) -> DictConfig:
-    """What `python train.py <overrides>` composes: group choices through Hydra, values typed by Hydra's parser."""
+def config_with(*overrides: str, entry: str = "train") -> DictConfig:
+    """What `python train.py <overrides>` (entry="finetune": finetune.py) composes: group choices through Hydra,
+    values typed by Hydra's parser."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = [o.input_line for o in parsed if o.key_or_group in GROUPS]
-    cfg = composed(*groups).copy()
+    cfg = composed(entry, *groups).copy()
     for override in parsed:
         if override.key_or_group not in GROUPS:
             OmegaConf.update(cfg, override.key_or_group, override.value(), force_add=True)
@@ -221,8 +258,20 @@ def test_each_bad_setting_is_one_clear_error(files, overrides: tuple[str, ...], 
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("overrides", "fragment"), FINETUNE_ROWS,
+                         ids=[" ".join(overrides) for overrides, _ in FINETUNE_ROWS])
+def test_each_bad_finetune_setting_is_one_clear_error(files, overrides: tuple[str, ...], fragment: str) -> None:
+    cfg = config_with("pretrained=none", *(override.format(**files) for override in overrides), entry="finetune")
+    with pytest.raises(DnabertError) as caught:
+        validate_config(cfg)
+    message = str(caught.value)
+    assert fragment.format(**files) in message
+    assert "\n" not in message
+
+
 def test_every_row_of_the_schema_has_a_bad_case() -> None:
-    tried = {re.sub(r"\.\d+(?=\.)", ".*", o.split("=")[0].lstrip("+")) for overrides, _ in ROWS for o in overrides}
+    tried = {re.sub(r"\.\d+(?=\.)", ".*", o.split("=")[0].lstrip("+"))
+             for overrides, _ in ROWS + FINETUNE_ROWS for o in overrides}
     assert [setting.key for setting in SETTINGS if setting.key not in tried] == []
 
 
@@ -233,7 +282,7 @@ NOT_SETTINGS = re.compile(r"(.*\._target_|.*\._convert_|derived\..*|logger\.\w+\
                           r"|auto_insert_metric_name))")
 GROUP_OPTIONS = sorted(
     f"{folder.name}={option.stem}" for folder in (ROOT / "configs").iterdir()
-    if folder.is_dir() and folder.name in GROUPS for option in folder.glob("*.yaml")
+    if folder.is_dir() and folder.name in PRETRAINING_GROUPS for option in folder.glob("*.yaml")
 )
 # Settings each option needs besides its own to form a runnable config (a file to read, a batch that divides).
 NEEDS = {"data=grch38": ("data.fasta=DEMO",), "data=genomes": ("data.fasta=DEMO",),
@@ -259,6 +308,18 @@ def test_shipped_configs_are_valid_and_every_value_has_a_row(files, monkeypatch,
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 16)  # as on the GPU node that the gpu configs are for
     needs = [need.replace("DEMO", str(DEMO_FASTA)).replace("CSV", files["CSV"]) for need in NEEDS.get(option, ())]
     cfg = config_with(option, *needs)
+    validate_config(cfg)
+    rows = {setting.key for setting in SETTINGS}
+    uncovered = [key for key in leaf_keys(cfg) if key not in rows and not NOT_SETTINGS.fullmatch(key)]
+    assert uncovered == [], f"add rows to dnabert.run.validate.SETTINGS for {uncovered}"
+
+
+FINETUNE_OPTIONS = sorted(f"task={option.stem}" for option in (ROOT / "configs" / "task").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", FINETUNE_OPTIONS)
+def test_shipped_finetune_configs_are_valid_and_every_value_has_a_row(files, option: str) -> None:
+    cfg = config_with(option, "pretrained=none", f"task.train={files['CSV']}", entry="finetune")
     validate_config(cfg)
     rows = {setting.key for setting in SETTINGS}
     uncovered = [key for key in leaf_keys(cfg) if key not in rows and not NOT_SETTINGS.fullmatch(key)]

@@ -53,8 +53,9 @@ from dnabert.run.cluster import check_launch, cluster_callbacks
 from dnabert.run.config import auto_precision, resolve_device_count
 from dnabert.run.history import set_resume_step
 from dnabert.run.training import MODEL_LEVERS, build_loggers, check_output_dir, quiet_lightning_logs, run_plugins
+from dnabert.run.validate import validate_config
 from dnabert.tasks.finetune import FineTuneModule, SequenceClassifier, predict
-from dnabert.tasks.metrics import DEFAULT_SELECTION, LOWER_IS_BETTER, split_metrics
+from dnabert.tasks.metrics import LOWER_IS_BETTER, selection_metric, split_metrics
 
 log = logging.getLogger("dnabert")
 SPLITS = ("train", "dev", "test")
@@ -237,17 +238,15 @@ class TaskLoaders(L.LightningDataModule):
 
 # -------------------------------------------------------------------------------------------------- runs
 def seeds_of(cfg: DictConfig) -> list[int]:
-    seeds = list(cfg.seeds) if cfg.get("seeds") else [int(cfg.seed)]
-    if len(set(seeds)) != len(seeds):
-        raise DnabertError(f"seeds={seeds} repeats a seed; give distinct seeds.")
-    return [int(seed) for seed in seeds]
+    """`seeds` (distinct, dnabert.run.validate checks), or the one `seed`."""
+    return [int(seed) for seed in cfg.seeds] if cfg.get("seeds") else [int(cfg.seed)]
 
 
 def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: int, seed_dir: Path,
                    devices: int) -> dict[str, Any] | None:
     """Train one seed, evaluate its best-on-dev checkpoint on every split (on global rank 0; other ranks get {});
     None when training stopped before the end (preemption)."""
-    selection = cfg.selection_metric or DEFAULT_SELECTION[data.labels.task_type]
+    selection = selection_metric(cfg.selection_metric, data.labels.task_type)
     L.seed_everything(seed, workers=True, verbose=False)
     classifier = build_classifier(backbone, data.labels.num_outputs, seed, float(cfg.dropout))
     module = FineTuneModule(
@@ -319,6 +318,7 @@ def summarise_seeds(per_seed: list[dict[str, Any]]) -> tuple[dict, dict]:
 def run_finetune(cfg: DictConfig) -> Path | None:
     """Fine-tune for every seed, then write results.json, report.md and plots/finetune.png in the run directory."""
     quiet_lightning_logs()
+    validate_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     check_output_dir(run_dir)
     devices = resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)

@@ -3,13 +3,15 @@
 Why: a mistyped setting used to end deep inside a library (Lightning's precision ValueError under Hydra's "Error
 executing job", torch's "Invalid learning rate"), misreported by a later check (max_steps=0 as a problem of
 masking.final_rate_steps), or, worst, in a dataloader worker after the ranks had started. `validate_config` runs
-first in `dnabert.run.training.run`, before the data, the model or any DDP rank exists (Hydra has only made the run
-directory), and raises one DnabertError that names the first bad setting and its fix.
+in train.py and finetune.py on the composed config before Hydra makes the run directory, and again first in
+`dnabert.run.training.run` and `dnabert.run.finetuning.run_finetune`, before the data, the model or any DDP rank
+exists; it raises one DnabertError that names the first bad setting and its fix.
 
 How to extend: a row of `SETTINGS` says what one setting may hold (type, range, choices, or a `check` for
-anything else); a row applies only where its key is present in the composed config, so a config group added
-later (another model family, a tokenizer, fine-tuning's task.*) plugs in by adding rows. tests/test_validate.py
-fails for any value of any shipped config group that no row covers. Settings that must agree with each other are
+anything else); a row applies only where its key is present in the composed config, so pretraining
+(configs/train.yaml) and fine-tuning (configs/finetune.yaml, task.*) share one table, and a config group or entry
+point added later plugs in by adding rows. tests/test_validate.py fails for any value of any shipped config group
+that no row covers. Settings that must agree with each other are
 `AGREEMENTS`, checked after every single setting is known to be sane.
 """
 
@@ -31,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dnabert.data.datamodule import check_pack_row_tokens
+from dnabert.data.labelled import TASK_TYPES
 from dnabert.data.masking import MASKING_MODES
 from dnabert.data.sources import FORMATS
 from dnabert.data.tokenizers.kmer import NUM_SPECIAL_TOKENS, SUPPORTED_K, vocab_size
@@ -39,6 +42,7 @@ from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, FAMILIES, family_classes
 from dnabert.models.components import ATTENTION_BACKENDS, check_attention_backend
 from dnabert.run.config import accumulation_steps, declared_device_count, mask_switch_step, resolve_device_count
+from dnabert.tasks.metrics import SELECTION_METRICS, selection_metric
 
 # What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
 # readable; fix its permissions"), or None when the value is fine.
@@ -191,11 +195,20 @@ def existing_file(value: str, cfg: DictConfig) -> str | None:
     return _file_problem(Path(value).expanduser(), "a file")
 
 
+def labelled_file(value: str, cfg: DictConfig) -> str | None:
+    return _file_problem(Path(value).expanduser(), "a labelled file (DNABERT's tsv, or a csv/tsv/parquet/json table)")
+
+
 def existing_directory(value: str, cfg: DictConfig) -> str | None:
     path = Path(value).expanduser()
     if path.is_dir():
         return None
     return f"is {'a file' if path.exists() else 'missing'}; point it at a directory saved by save_pretrained"
+
+
+def backbone(value: str, cfg: DictConfig) -> str | None:
+    """Fine-tuning's `pretrained`: a path (what it holds is read when the run starts) or none."""
+    return None if value.lower() == "none" or Path(value).exists() else "does not exist"
 
 
 def not_blank(value: str, cfg: DictConfig) -> str | None:
@@ -212,6 +225,12 @@ def names_list(value: list, cfg: DictConfig) -> str | None:
     if all(isinstance(name, str) and name for name in value):
         return None
     return "must list contig names (text), e.g. [chrX,chrY]"
+
+
+def distinct_seeds(value: list, cfg: DictConfig) -> str | None:
+    if not all(_is_kind(seed, INT) and seed in SEED for seed in value):
+        return f"must list whole-number seeds {SEED}"
+    return "repeats a seed" if len(set(value)) != len(value) else None
 
 
 def device_count(value: Any, cfg: DictConfig) -> str | None:
@@ -277,7 +296,8 @@ def _precisions() -> tuple[Any, ...]:
 # ------------------------------------------------------------------------------------------------ the table
 _TO_FASTA = "point it at a FASTA file, e.g. data.fasta=/data/GRCh38.fa"
 SETTINGS: tuple[Setting, ...] = (
-    # top level (configs/train.yaml)
+    # top level (configs/train.yaml); fine-tuning names its experiment after task.name, which comes first
+    Setting("task.name", TEXT, "name the task, e.g. task.name=promoters", check=folder_name),
     Setting("experiment_name", TEXT, "pick an experiment (experiment=demo) or set experiment_name", check=folder_name),
     Setting("run_name", TEXT, "e.g. run_name=lr4e-4", check=folder_name),
     Setting("k", INT, "set k to a supported k-mer size", choices=SUPPORTED_K),
@@ -389,6 +409,34 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("optim.warmup_steps", INT, "e.g. optim.warmup_steps=10000", within=NON_NEGATIVE),
     Setting("optim.total_steps", INT, "or null (= max_steps)", optional=True, within=AT_LEAST_1),
     Setting("optim.fused", BOOL, "use true or false"),
+    # fine-tuning (configs/finetune.yaml; finetune.py shares k, seed, export, run names, model, tokenizer, optim,
+    # trainer, logger and paths with pretraining)
+    Setting("pretrained", TEXT, "give a pretraining run directory, a .ckpt, a transformers or MultiMolecule model "
+            "directory, or none", optional=True, check=backbone, on_disk=True),
+    Setting("seeds", LIST, "give distinct seeds, e.g. seeds=[1,2,3], or null (one run with seed)", optional=True,
+            check=distinct_seeds),
+    Setting("max_epochs", INT, "e.g. max_epochs=3", within=AT_LEAST_1),
+    Setting("batch_size", INT, "sequences per optimiser step per device, e.g. batch_size=32", within=AT_LEAST_1),
+    Setting("freeze_backbone", BOOL, "use true (a linear probe) or false"),
+    Setting("dropout", NUMBER, "e.g. dropout=0.1", within=PROBABILITY),
+    Setting("max_positions", INT, "tokens per window incl. [CLS]/[SEP], or null (the backbone's)", optional=True,
+            within=Range(3)),
+    Setting("selection_metric", TEXT, "or null (mcc, spearman for regression)", optional=True,
+            choices=SELECTION_METRICS),
+    Setting("num_workers", INT, "use 0 (read in the main process) or more worker processes", within=NON_NEGATIVE),
+    Setting("optim.warmup_fraction", NUMBER, "the share of the steps that warm up, e.g. optim.warmup_fraction=0.1",
+            within=PROBABILITY),
+    # fine-tuning tasks (configs/task/*.yaml; task.name is at the top)
+    Setting("task.train", TEXT, "set task.train=/path/to/train.tsv", check=labelled_file, on_disk=True),
+    Setting("task.dev", TEXT, "or null (a part of task.train)", optional=True, check=labelled_file, on_disk=True),
+    Setting("task.test", TEXT, "or null (a part of task.train)", optional=True, check=labelled_file, on_disk=True),
+    Setting("task.dev_fraction", NUMBER, "the share of task.train held out for dev, e.g. task.dev_fraction=0.1",
+            within=PROBABILITY),
+    Setting("task.test_fraction", NUMBER, "the share of task.train held out for test; 0: none", within=PROBABILITY),
+    Setting("task.split_seed", INT, "e.g. task.split_seed=0", within=SEED),
+    Setting("task.type", TEXT, "auto tells regression from non-integer labels", choices=TASK_TYPES),
+    Setting("task.sequence_column", TEXT, "name the column holding the sequences", check=not_blank),
+    Setting("task.label_column", TEXT, "name the column holding the labels", check=not_blank),
     # trainer (configs/trainer/*.yaml)
     Setting("trainer.accelerator", TEXT, "use cpu, gpu or auto",
             choices=("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))),
@@ -476,6 +524,24 @@ def decay_reaches_zero_after_the_run(cfg: DictConfig) -> None:
         )
 
 
+def task_has_train_and_dev(cfg: DictConfig) -> None:
+    """The held-out fractions apply to the splits not given as files; they must leave train rows and a dev split."""
+    task = cfg.task
+    dev = 0.0 if task.dev else task.dev_fraction
+    test = 0.0 if task.test else task.test_fraction
+    if not task.dev and dev == 0:
+        raise DnabertError("No dev split: give task.dev=<file> or a task.dev_fraction above 0.")
+    if dev + test >= 1:
+        raise DnabertError(f"task.dev_fraction={dev} + task.test_fraction={test} leave no training rows; lower them "
+                           "(their sum must be below 1).")
+
+
+def selection_fits_task(cfg: DictConfig) -> None:
+    """A regression metric would pick nothing in a classification task (and the reverse); auto is known later."""
+    if cfg.task.type != "auto":
+        selection_metric(cfg.selection_metric, cfg.task.type)
+
+
 def windows_fit_positions(cfg: DictConfig) -> None:
     """Longer windows than position embeddings would end mid-run in an index error on the first long window."""
     positions, max_tokens = cfg.model.max_position_embeddings, cfg.data.max_tokens
@@ -522,6 +588,8 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("model.hidden_size", "model.num_attention_heads", "model.attention"), model_builds),
     Agreement(("tokenizer.kind", "masking.mode"), bpe_masks_tokens),
     Agreement(("data.fasta", "data.genomes"), one_genome_source, on_this_machine=True),
+    Agreement(("task.dev", "task.test", "task.dev_fraction", "task.test_fraction"), task_has_train_and_dev),
+    Agreement(("selection_metric", "task.type"), selection_fits_task),
 )
 
 

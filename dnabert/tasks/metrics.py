@@ -11,11 +11,27 @@ from __future__ import annotations
 import torch
 from torchmetrics import functional as tmf
 
+from dnabert.errors import DnabertError
+
 CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc", "precision", "recall", "auroc", "aupr")
 REGRESSION_METRICS = ("mse", "pearson", "spearman")
 # The dev metric that selects the checkpoint, by task type (DNABERT-2's headline metric is MCC).
 DEFAULT_SELECTION = {"classification": "mcc", "regression": "spearman"}
 LOWER_IS_BETTER = {"mse", "loss"}
+# What can select it, by task type: the dev metrics, and the dev loss.
+SELECTABLE = {"classification": (*CLASSIFICATION_METRICS, "loss"), "regression": (*REGRESSION_METRICS, "loss")}
+SELECTION_METRICS = (*CLASSIFICATION_METRICS, *REGRESSION_METRICS, "loss")
+
+
+def selection_metric(metric: str | None, task_type: str) -> str:
+    """The dev metric that picks the checkpoint: `metric`, or the task type's default when it is None. One of the
+    other task type's would end in Lightning's error after the first epoch: refused now."""
+    if metric is None:
+        return DEFAULT_SELECTION[task_type]
+    if metric not in SELECTABLE[task_type]:
+        raise DnabertError(f"selection_metric={metric!r} is not a {task_type} metric; use one of "
+                           f"{', '.join(SELECTABLE[task_type])}, or null ({DEFAULT_SELECTION[task_type]}).")
+    return metric
 
 
 def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
