@@ -100,7 +100,8 @@ def validate_before_hydra(config_name: str, argv: list[str]) -> None:
 
 def check_folder_names(argv: list[str]) -> None:
     """Hydra creates outputs/<experiment_name>/<run_name> before any of our code runs: a name with '/' or '..' would
-    put a folder elsewhere first, so these two are checked from the command line (everything else in run())."""
+    put a folder elsewhere first, so these two are checked from the command line also where validate_before_hydra
+    leaves the config to Hydra (-m, -cp, ...)."""
     named = [arg for arg in argv if arg.partition("=")[0] in ("run_name", "experiment_name")]
     if not named:
         return

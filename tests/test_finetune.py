@@ -29,7 +29,7 @@ from dnabert.errors import DnabertError
 from dnabert.models.dnabert.model import ModelConfig
 from dnabert.run.finetuning import Backbone, build_classifier, build_encoder, fine_tune_seed, load_task
 from dnabert.tasks.finetune import FineTuneModule
-from dnabert.tasks.metrics import classification_metrics, regression_metrics
+from dnabert.tasks.metrics import classification_metrics, regression_metrics, selection_metric
 from dnabert.tools.export import export_checkpoint, load_classifier_checkpoint
 from tests.conftest import ROOT
 
@@ -80,6 +80,15 @@ def test_regression_metrics_equal_a_hand_computation() -> None:
     assert metrics["mse"] == pytest.approx((0 + 0 + 1 + 4) / 4)
     assert metrics["pearson"] == pytest.approx(float(np.corrcoef(predictions, targets)[0, 1]), abs=1e-6)
     assert metrics["spearman"] == pytest.approx(0.8)  # ranks 1,2,4,3 vs 1,2,3,4: 1 - 6*2/(4*15)
+
+
+
+def test_selection_metric_defaults_by_task_type_and_refuses_the_other_types() -> None:
+    """With task.type=auto the type is known only from the labels: the run checks it then, before training."""
+    assert selection_metric(None, "classification") == "mcc" and selection_metric(None, "regression") == "spearman"
+    assert selection_metric("loss", "regression") == "loss" and selection_metric("auroc", "classification") == "auroc"
+    with pytest.raises(DnabertError, match=r"selection_metric='mse' is not a classification metric; use one of "):
+        selection_metric("mse", "classification")
 
 
 # ------------------------------------------------------------------------------------------------ reading
