@@ -340,9 +340,9 @@ def run_train(*overrides: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_cli_rows_exit_2_with_one_line(tmp_path) -> None:
-    """Through the real entry point: before, bf17 was Lightning's ValueError under Hydra (exit 1), a FASTA with a
-    record name twice ended in pyfaidx's ValueError (found when the data is opened, not up front), and Hydra made
-    the folder of a run name with '..' before any check."""
+    """Through the real entry point: before, bf17 was Lightning's ValueError under Hydra (exit 1) in a run folder
+    left behind, a FASTA with a record name twice ended in pyfaidx's ValueError (found when the data is opened, not
+    up front), and Hydra made the folder of a run name with '..' before any check."""
     duplicated = tmp_path / "twice.fa"
     duplicated.write_text(">chr1\n" + "ACGT" * 30 + "\n>chr1\n" + "TTGCA" * 30 + "\n")
     cases = [
@@ -357,6 +357,8 @@ def test_cli_rows_exit_2_with_one_line(tmp_path) -> None:
         assert last_line.startswith("dnabert: error: ") and fragment in last_line, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
         assert result.stderr.count("dnabert: error:") == 1
+        if overrides == ["trainer.precision=bf17"]:  # refused before Hydra made the run folder
+            assert not (tmp_path / "out").exists()
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["demo"]  # Hydra made no outputs/escape
 
 
