@@ -438,3 +438,7 @@ def test_mask_batch_on_cuda() -> None:
     assert torch.equal(again[0], masked_ids)
     with pytest.raises(ValueError, match="generator"):
         mask_batch(input_ids, k, 0.15, torch.Generator().manual_seed(0))
+    original = [mask_batch(input_ids, k, centre_rate_for(0.15, k), torch.Generator(device="cuda").manual_seed(1),
+                           mode="original") for _ in range(2)]
+    assert torch.equal(original[0][0], original[1][0]) and (original[0][1][~real] == IGNORE_INDEX).all()
+    assert (original[0][1] != IGNORE_INDEX)[real].double().mean().item() == pytest.approx(0.15, abs=0.01)
