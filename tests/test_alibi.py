@@ -2,10 +2,11 @@
 
 The reference is the formulation the model used before (and MultiMolecule uses): one float32 (B, heads, T, T)
 tensor ``where(key attendable, -slope * |i - j|, -inf)`` cast to the attention's dtype, fed to the model's own
-layers. The SDPA path for one-window rows (shared (1, heads, T, T) ALiBi, key padding as an extra channel) must
-give the same outputs and gradients in float32 and bf16 autocast, never allocate a B * heads * T * T tensor,
-and give padding keys exactly zero weight. FlexAttention (ALiBi as score_mod, tile-summary block mask) must give
-SDPA's outputs; its forward runs on CPU, its backward only on CUDA.
+layers (``benchmarks.alibi_memory.DenseAlibiDnaBert2`` restates it as the memory benchmark's baseline). The SDPA
+path for one-window rows (shared (1, heads, T, T) ALiBi, key padding as an extra channel) must give the same
+outputs and gradients in float32 and bf16 autocast, never allocate a B * heads * T * T tensor, and give padding
+keys exactly zero weight. FlexAttention (ALiBi as score_mod, tile-summary block mask) must give SDPA's outputs;
+its forward runs on CPU, its backward only on CUDA.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.alibi_memory import DenseAlibiDnaBert2
 from dnabert.data.packing import place, plan_rows
 from dnabert.models.components import FLEX_BLOCK, IGNORE_INDEX, flex_block_mask, packed_layout
 from dnabert.models.dnabert2.model import DnaBert2ForMaskedLM
@@ -42,27 +44,9 @@ def padded_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     return input_ids, labels
 
 
-def dense_bias(model: DnaBert2ForMaskedLM, input_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The former bias, restated: (B, heads, T, T) float32, -inf at non-attendable keys, cast to ``dtype``."""
-    real = input_ids != model.config.pad_token_id
-    attendable = (real | ~real.any(dim=1, keepdim=True))[:, None, None, :]
-    positions = torch.arange(input_ids.shape[1])
-    distance = (positions[:, None] - positions[None, :]).abs().float()
-    alibi = -model.alibi_slopes[None, :, None, None] * distance
-    return torch.where(attendable, alibi, float("-inf")).to(dtype)
-
-
-class DenseBiasDnaBert2(DnaBert2ForMaskedLM):
-    """The model driven through the dense bias (its layers take one for packed rows), for one-window rows."""
-
-    def encode(self, input_ids: torch.Tensor, attention_mask=None, position_ids=None, packed=False) -> torch.Tensor:
-        autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocast else self.bert.embeddings.word_embeddings.weight.dtype
-        return self.bert.encoder(self.bert.embeddings(input_ids), dense_bias(self, input_ids, dtype))
-
-
-def dense_twin(model: DnaBert2ForMaskedLM) -> DenseBiasDnaBert2:
-    twin = DenseBiasDnaBert2(model.config).to(model.bert.embeddings.word_embeddings.weight.dtype)
+def dense_twin(model: DnaBert2ForMaskedLM) -> DenseAlibiDnaBert2:
+    """The same weights driven through the former dense bias (the model's layers take one for packed rows)."""
+    twin = DenseAlibiDnaBert2(model.config).to(model.bert.embeddings.word_embeddings.weight.dtype)
     twin.load_state_dict(model.state_dict())
     return twin
 
