@@ -296,13 +296,16 @@ class DnaBert2ForMaskedLM(nn.Module):
         distance = (position_ids[:, :, None] - position_ids[:, None, :]).abs().float()
         return -self.alibi_slopes[None, :, None, None] * distance[:, None]
 
-    def _alibi_score_mod(self, positions: torch.Tensor) -> Callable:
-        """FlexAttention's form of ``_alibi``: ``positions`` (B, T), the score in float32 inside the kernel."""
+    def _alibi_score_mod(self, positions: torch.Tensor | None) -> Callable:
+        """FlexAttention's form of ``_alibi``, in float32 inside the kernel: distances between ``positions`` (B, T),
+        or between the token indices when None (one window per row: no position loads in the kernel)."""
         slopes = self.alibi_slopes
-
-        def alibi(score, batch, head, query, key):
-            return score - slopes[head] * (positions[batch, query] - positions[batch, key]).abs()
-
+        if positions is None:
+            def alibi(score, batch, head, query, key):
+                return score - slopes[head] * (query - key).abs()
+        else:
+            def alibi(score, batch, head, query, key):
+                return score - slopes[head] * (positions[batch, query] - positions[batch, key]).abs()
         return alibi
 
     def encode(
@@ -318,12 +321,12 @@ class DnaBert2ForMaskedLM(nn.Module):
         if packed:
             window_ids, packed_positions = packed_layout(input_ids, self.config.cls_token_id)
             position_ids = packed_positions if position_ids is None else position_ids
-        elif position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         hidden = self.bert.embeddings(input_ids)
         if self.attention == "flex":
-            score_mod = self._alibi_score_mod(position_ids.expand_as(input_ids))
-            return self.bert.encoder(hidden, (flex_block_mask(key_mask, window_ids), score_mod))
+            positions = None if position_ids is None else position_ids.expand_as(input_ids)
+            return self.bert.encoder(hidden, (flex_block_mask(key_mask, window_ids), self._alibi_score_mod(positions)))
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         # One bias in the attention's dtype for all layers: a per-layer cast would keep a copy per layer for backward.
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
@@ -350,7 +353,8 @@ class DnaBert2ForMaskedLM(nn.Module):
             input_ids: (B, T) token ids, ``config.pad_token_id`` for padding.
             attention_mask: (B, T) 1/True for real tokens; default ``input_ids != config.pad_token_id``.
             position_ids: (B, T) explicit positions for the ALiBi distances; default 0..T-1, or per-window
-                positions when ``packed``.
+                positions when ``packed``. (1, T) positions are shared by every row (one bias on SDPA); (B, T)
+                ones give SDPA a dense per-row bias.
             masked_positions: (B, T) bool; when given, returns logits (N, V) of those positions only
                 (row-major order, as ``labels[masked_positions]``), else (B, T, V).
             packed: rows hold several windows, each starting with ``config.cls_token_id``: attention stays
