@@ -50,7 +50,9 @@ def test_training_flop_formula_matches_torch_flop_counter():
     """Forward + backward of the real model (ALiBi, GLU), counted by torch: exact for equal-length rows.
 
     The math attention backend: torch's counter misses the CPU fused kernel when it gets an additive bias (ALiBi);
-    the math backend computes the same products as bmm, which it counts."""
+    the math backend computes the same products as bmm, which it counts. ``packed=True`` (one window per row
+    here) takes the dense-bias attention, whose products are exactly the model's: the one-window path widens
+    each head by 8 key-padding channels, kernel work that the model's FLOPs (and MFU) do not count."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -63,7 +65,7 @@ def test_training_flop_formula_matches_torch_flop_counter():
     masked = torch.zeros(batch, length, dtype=torch.bool)
     masked[:, 1:32] = True  # 31 of the 62 inner tokens: mask rate 0.5
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        model(input_ids, masked_positions=masked).sum().backward()
+        model(input_ids, masked_positions=masked, packed=True).sum().backward()
     est = estimate(config, None, length, global_batch_size=batch, max_steps=1, micro_batch_size=batch, devices=1,
                    num_nodes=1, mask_rate=0.5)
     assert est.train_flops_per_sequence == pytest.approx(counter.get_total_flops() / batch, rel=1e-6)

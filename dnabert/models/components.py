@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from transformers.activations import ACT2FN
 
 from dnabert.data.tokenizers.kmer import CLS_ID
@@ -49,34 +49,78 @@ def packed_layout(input_ids: torch.Tensor, cls_token_id: int = CLS_ID) -> tuple[
     return window_ids, index - window_start
 
 
+def attending_keys(key_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) keys a query of a one-window row may attend to: the real ones, or every key of a row without any
+    real token, so that row never has an empty softmax (all-False gives NaN in SDPA, and NaN would leak into the
+    gradients). Real tokens are unaffected."""
+    return key_mask | ~key_mask.any(dim=1, keepdim=True)
+
+
 def attention_bias(key_mask: torch.Tensor, window_ids: torch.Tensor | None) -> torch.Tensor:
     """Boolean mask for SDPA: True where a query may attend to a key.
 
-    One window per row (``window_ids`` None): a (B, 1, 1, T) key-padding mask, which SDPA broadcasts over the
-    queries and which keeps the memory-efficient kernel usable on GPU (a dense (B, 1, T, T) mask costs T^2
-    memory per row). A row without any real token may attend to everything, so it never has an empty softmax
-    (all-False gives NaN in SDPA, and NaN would leak into the gradients).
+    One window per row (``window_ids`` None): a (B, 1, 1, T) key-padding mask (``attending_keys``), which SDPA
+    broadcasts over the queries and which keeps the memory-efficient kernel usable on GPU (a dense (B, 1, T, T)
+    mask costs T^2 memory per row).
 
     Packed rows: a dense (B, 1, T, T) mask, keys real and in the query's window; every token may also attend
     to itself, so a padding query never has an empty row. Real tokens are unaffected either way.
     """
     if window_ids is None:
-        return (key_mask | ~key_mask.any(dim=1, keepdim=True))[:, None, None, :]
+        return attending_keys(key_mask)[:, None, None, :]
     allowed = key_mask[:, None, :] & (window_ids[:, :, None] == window_ids[:, None, :])
     diagonal = torch.eye(key_mask.shape[1], dtype=torch.bool, device=key_mask.device)
     return (allowed | diagonal)[:, None, :, :]
 
 
-def flex_block_mask(key_mask: torch.Tensor, window_ids: torch.Tensor) -> BlockMask:
-    """FlexAttention's block-sparse form of ``attention_bias`` for packed rows: only the tiles that hold a
-    window's keys and queries are computed, so attention costs the sum of squared window lengths, not T^2."""
+FLEX_BLOCK = 128  # FlexAttention's tile (its default sparse block size)
 
-    def same_window(batch, head, query, key):
-        real_key = key_mask[batch, key]
-        return (real_key & (window_ids[batch, query] == window_ids[batch, key])) | (query == key)
 
+def flex_block_mask(key_mask: torch.Tensor, window_ids: torch.Tensor | None = None) -> BlockMask:
+    """FlexAttention's block-sparse form of ``attention_bias``, built from per-tile summaries of the row.
+
+    ``create_block_mask`` would evaluate the mask on a (B, T, T) grid; here each tile of 128 keys is summarised by
+    its number of attendable keys and its first and last window (window ids never decrease along a row), so the
+    largest tensor is the (B, T/128, T/128) tile table. A tile pair is computed when the windows of its queries
+    and keys overlap and it holds an attendable key (or it is on the diagonal: a packed token attends to itself);
+    it is "full" (no mask evaluated) when both tiles are complete and lie in one window with every key
+    attendable. Computing a tile that is entirely masked is harmless: the mask_mod still decides every score.
+    Packed rows cost the sum of squared window lengths, not T^2; one-window rows skip tiles of padding only.
+    """
     batch, length = key_mask.shape
-    return create_block_mask(same_window, batch, None, length, length, device=key_mask.device)
+    device = key_mask.device
+    if window_ids is None:
+        allowed = attending_keys(key_mask)
+
+        def mask_mod(batch, head, query, key):
+            return allowed[batch, key]
+
+        window_ids = torch.zeros_like(key_mask, dtype=torch.long)
+    else:
+        allowed = key_mask
+
+        def mask_mod(batch, head, query, key):
+            return (allowed[batch, key] & (window_ids[batch, query] == window_ids[batch, key])) | (query == key)
+
+    tiles = -(-length // FLEX_BLOCK)
+    starts = torch.arange(tiles, device=device) * FLEX_BLOCK
+    attendable = F.pad(allowed, (0, tiles * FLEX_BLOCK - length)).view(batch, tiles, FLEX_BLOCK).sum(dim=-1)
+    first, last = window_ids[:, starts], window_ids[:, (starts + FLEX_BLOCK - 1).clamp(max=length - 1)]
+    overlap = (first[:, :, None] <= last[:, None, :]) & (first[:, None, :] <= last[:, :, None])  # (B, q, k)
+    diagonal = torch.eye(tiles, dtype=torch.bool, device=device)
+    computed = (overlap & (attendable[:, None, :] > 0)) | diagonal
+    one_window = first == last
+    complete = starts + FLEX_BLOCK <= length
+    full = ((one_window & complete)[:, :, None] & (one_window & (attendable == FLEX_BLOCK))[:, None, :]
+            & (first[:, :, None] == first[:, None, :]))
+
+    def ordered(tile_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, q) counts and (B, 1, q, k) key-tile indices, the set tiles first (BlockMask's layout)."""
+        table = tile_table[:, None].to(torch.int32)
+        return table.sum(dim=-1, dtype=torch.int32), torch.argsort(table, dim=-1, descending=True, stable=True).int()
+
+    return BlockMask.from_kv_blocks(*ordered(computed & ~full), *ordered(full), BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=mask_mod, seq_lengths=(length, length))
 
 
 _COMPILED_FLEX = None

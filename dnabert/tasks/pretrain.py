@@ -78,7 +78,8 @@ class DnaBertLitModule(L.LightningModule):
     ) -> None:
         """Performance levers, each with its off switch: ``packed``: rows hold several windows
         (``data.pack_rows``); ``compile_model``: torch.compile the model in place, state-dict keys unchanged
-        (``model.compile``); ``attention``: "sdpa" or "flex" for packed rows (``model.attention``);
+        (``model.compile``); ``attention``: "sdpa" or "flex" (``model.attention``; BERT: for packed rows,
+        DNABERT-2: every row);
         ``head_on_masked_only``: the MLM head runs on masked positions only (``model.head_on_masked_only``).
         ``family`` picks the model code (``model.family``); ``tokenizer_vocab_size`` is the BPE tokenizer's
         size (None: the k-mer vocabulary of k), which the model's vocabulary must equal."""

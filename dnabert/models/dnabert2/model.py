@@ -13,9 +13,22 @@ of three.
 
 The levers are the BERT family's (dnabert.models.components): packed rows, where ALiBi distances restart in each
 window because attention never crosses a window and distances are taken between per-window positions; the MLM
-head on masked positions only; FlexAttention (ALiBi as a ``score_mod``, windows as a block mask) for packed
-rows. The ALiBi bias is computed from the positions at each call, in float32, then cast to the attention's
-dtype; bf16 autocast and torch.compile (dynamic shapes) are tested on CPU.
+head on masked positions only; FlexAttention. How ALiBi reaches the attention, by backend and row layout:
+
+- ``attention="flex"`` (the GPU recommendation; compiled there, no Triton code of ours, no pinned versions):
+  every row, packed or not. ALiBi is the ``score_mod``, key padding (and windows) the block mask, built from
+  tile summaries: nothing of size T x T exists, and fine-tuning windows of thousands of tokens cost no bias
+  memory. FlexAttention has no backward on CPU and no attention dropout.
+- ``attention="sdpa"``, one window per row (any device): the ALiBi term depends only on (head, i, j), so it is
+  one (1, heads, T, T) bias in the attention's dtype, built once per forward and shared by every layer and row.
+  Key padding enters without a per-row bias (``KeyPaddedAlibi``): an extra query/key channel whose product is 0
+  for real keys and -1e4 for padding keys, which underflows to exactly 0 attention weight; the head dimension is
+  zero-padded to a multiple of 8 so the fused kernels stay eligible, with SDPA's scale kept at 1/sqrt(head size).
+- ``attention="sdpa"``, packed rows or per-row ``position_ids``: ALiBi depends on the row, so the bias is a dense
+  (B, heads, T, T) tensor (as MultiMolecule's), computed in float32 then cast to the attention's dtype.
+
+bf16 autocast and torch.compile (dynamic shapes) are tested on CPU; tests/test_alibi.py proves every form equal
+to the dense bias and that the one-window SDPA path allocates no (B, heads, T, T) tensor.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from dnabert.models.components import (
     Bert,
     ConfigFromDict,
     MaskedLMHead,
+    attending_keys,
     attention_bias,
     check_attention_backend,
     flex_attention_for,
@@ -47,8 +61,47 @@ from dnabert.models.components import (
     packed_layout,
 )
 
-# What each layer's attention gets: SDPA's additive float bias, or FlexAttention's (block mask, ALiBi score_mod).
-AttentionBias = torch.Tensor | tuple[BlockMask, Callable]
+PADDING_SCORE = 1e4  # subtracted from the scores of padding keys: exp(-1e4 + anything real) is exactly 0
+
+
+@dataclass(frozen=True)
+class KeyPaddedAlibi:
+    """One-window rows on SDPA: the shared (1, heads, T, T) ALiBi bias plus key padding as an extra channel.
+
+    Queries get ``c`` in the extra channel and keys 0 (attendable) or ``-c``, with ``c^2 / sqrt(head size)`` =
+    ``PADDING_SCORE``, so a padding key's score drops by 1e4 and its weight is exactly 0, while a real key's score
+    gains an exact 0 (c is split between query and key so both stay far inside fp16's range). The remaining
+    extra channels are zeros, padding the head dimension to a multiple of 8: the CPU flash kernel needs equal
+    query, key and value widths, the CUDA kernels a multiple of 8.
+    """
+
+    alibi: torch.Tensor  # (1, heads, T, T), the attention's dtype
+    query_channels: torch.Tensor  # (1, 1, 1, extra): c, then zeros
+    key_channels: torch.Tensor  # (B, 1, T, extra): 0 or -c, then zeros
+
+    @classmethod
+    def build(cls, alibi: torch.Tensor, attendable: torch.Tensor, head_size: int) -> KeyPaddedAlibi:
+        """``alibi`` (1, heads, T, T) already in the attention's dtype; ``attendable`` (B, T) bool."""
+        extra = 8 - head_size % 8
+        channel = math.sqrt(PADDING_SCORE * math.sqrt(head_size))
+        query_channels = F.pad(alibi.new_full((1, 1, 1, 1), channel), (0, extra - 1))
+        key_flag = torch.where(attendable, 0.0, -channel).to(alibi.dtype)
+        return cls(alibi, query_channels, F.pad(key_flag[:, None, :, None], (0, extra - 1)))
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        """SDPA over (B, heads, T, head size) query/key/value widened by the extra channels; the same result."""
+        head_size, extra = query.shape[-1], self.query_channels.shape[-1]
+        context = F.scaled_dot_product_attention(
+            torch.cat([query, self.query_channels.expand(*query.shape[:-1], extra)], dim=-1),
+            torch.cat([key, self.key_channels.expand(*key.shape[:-1], extra)], dim=-1),
+            F.pad(value, (0, extra)), attn_mask=self.alibi, dropout_p=dropout_p, scale=head_size**-0.5,
+        )
+        return context[..., :head_size]
+
+
+# What each layer's attention gets: a dense additive float bias (packed rows on SDPA), the shared ALiBi bias with
+# key padding as a channel (one-window rows on SDPA), or FlexAttention's (block mask, ALiBi score_mod).
+AttentionBias = torch.Tensor | KeyPaddedAlibi | tuple[BlockMask, Callable]
 
 
 
@@ -150,18 +203,19 @@ class SelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(self, hidden: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
-        """``bias``: the additive (B|1, heads, T, T) float bias for SDPA, or ``(block_mask, score_mod)``."""
+        """``bias``: see ``AttentionBias``."""
         batch, length, width = hidden.shape
         qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, width // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head size)
+        dropout_p = self.dropout_prob if self.training else 0.0
         if isinstance(bias, tuple):
             block_mask, score_mod = bias
             context = flex_attention_for(hidden.device)(query, key, value, score_mod=score_mod, block_mask=block_mask)
+        elif isinstance(bias, KeyPaddedAlibi):
+            context = bias.attend(query, key, value, dropout_p)
         else:  # a bias in the query's dtype (no copy when encode cast it) keeps the fused CUDA kernels eligible
-            context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=bias.to(query.dtype),
-                dropout_p=self.dropout_prob if self.training else 0.0,
-            )
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype),
+                                                     dropout_p=dropout_p)
         return context.transpose(1, 2).flatten(2)
 
 
@@ -216,9 +270,9 @@ class DnaBert2ForMaskedLM(nn.Module):
     """DNABERT-2 + MLM head; ``state_dict()`` has the original checkpoint's keys (decoder tied to embeddings)."""
 
     def __init__(self, config: DnaBert2Config, attention: str = "sdpa") -> None:
-        """``attention``: "sdpa" (default; any device, attention dropout) or "flex" (FlexAttention for packed
-        rows: block-sparse over windows, ALiBi as a score_mod; requires ``attention_probs_dropout_prob=0``).
-        Rows with one window always use SDPA."""
+        """``attention``: "sdpa" (default; any device, attention dropout) or "flex" (FlexAttention for every
+        row: ALiBi as a score_mod, key padding and windows as a block mask, no T x T tensor; the GPU
+        recommendation; requires ``attention_probs_dropout_prob=0``, and has no backward on CPU)."""
         super().__init__()
         check_attention_backend(attention, config.attention_probs_dropout_prob)
         self.config = config
@@ -242,6 +296,18 @@ class DnaBert2ForMaskedLM(nn.Module):
         distance = (position_ids[:, :, None] - position_ids[:, None, :]).abs().float()
         return -self.alibi_slopes[None, :, None, None] * distance[:, None]
 
+    def _alibi_score_mod(self, positions: torch.Tensor | None) -> Callable:
+        """FlexAttention's form of ``_alibi``, in float32 inside the kernel: distances between ``positions`` (B, T),
+        or between the token indices when None (one window per row: no position loads in the kernel)."""
+        slopes = self.alibi_slopes
+        if positions is None:
+            def alibi(score, batch, head, query, key):
+                return score - slopes[head] * (query - key).abs()
+        else:
+            def alibi(score, batch, head, query, key):
+                return score - slopes[head] * (positions[batch, query] - positions[batch, key]).abs()
+        return alibi
+
     def encode(
         self,
         input_ids: torch.Tensor,
@@ -255,22 +321,21 @@ class DnaBert2ForMaskedLM(nn.Module):
         if packed:
             window_ids, packed_positions = packed_layout(input_ids, self.config.cls_token_id)
             position_ids = packed_positions if position_ids is None else position_ids
-        elif position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         hidden = self.bert.embeddings(input_ids)
-        if window_ids is not None and self.attention == "flex":
-            slopes = self.alibi_slopes
-            positions = position_ids.expand_as(input_ids)
-
-            def alibi(score, batch, head, query, key):
-                return score - slopes[head] * (positions[batch, query] - positions[batch, key]).abs()
-
-            return self.bert.encoder(hidden, (flex_block_mask(key_mask, window_ids), alibi))
-        allowed = attention_bias(key_mask, window_ids)
-        bias = torch.where(allowed, self._alibi(position_ids), float("-inf"))
+        if self.attention == "flex":
+            positions = None if position_ids is None else position_ids.expand_as(input_ids)
+            return self.bert.encoder(hidden, (flex_block_mask(key_mask, window_ids), self._alibi_score_mod(positions)))
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         # One bias in the attention's dtype for all layers: a per-layer cast would keep a copy per layer for backward.
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        if window_ids is None and position_ids.shape[0] == 1:  # ALiBi the same for every row: shared, no B x T^2
+            head_size = self.config.hidden_size // self.config.num_attention_heads
+            shared = KeyPaddedAlibi.build(self._alibi(position_ids).to(dtype), attending_keys(key_mask), head_size)
+            return self.bert.encoder(hidden, shared)
+        allowed = attention_bias(key_mask, window_ids)
+        bias = torch.where(allowed, self._alibi(position_ids), float("-inf"))
         return self.bert.encoder(hidden, bias.to(dtype))
 
     def forward(
@@ -288,7 +353,8 @@ class DnaBert2ForMaskedLM(nn.Module):
             input_ids: (B, T) token ids, ``config.pad_token_id`` for padding.
             attention_mask: (B, T) 1/True for real tokens; default ``input_ids != config.pad_token_id``.
             position_ids: (B, T) explicit positions for the ALiBi distances; default 0..T-1, or per-window
-                positions when ``packed``.
+                positions when ``packed``. (1, T) positions are shared by every row (one bias on SDPA); (B, T)
+                ones give SDPA a dense per-row bias.
             masked_positions: (B, T) bool; when given, returns logits (N, V) of those positions only
                 (row-major order, as ``labels[masked_positions]``), else (B, T, V).
             packed: rows hold several windows, each starting with ``config.cls_token_id``: attention stays
