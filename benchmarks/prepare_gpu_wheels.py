@@ -43,7 +43,8 @@ from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,14 +65,25 @@ class Target:
     def python_short(self) -> str:
         return ".".join(self.python.split(".")[:2])
 
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python_short.replace(".", "")
+
+    def platforms(self) -> list[str]:
+        legacy = ["manylinux1_x86_64"] if self.arch == "x86_64" else []
+        return [*(f"{tag}_{self.arch}" for tag in MANYLINUX), *legacy, f"linux_{self.arch}"]
+
     def pip_args(self) -> list[str]:
-        abi = "cp" + self.python_short.replace(".", "")
-        tags = [f"{tag}_{self.arch}" for tag in MANYLINUX]
-        if self.arch == "x86_64":
-            tags.append("manylinux1_x86_64")
         return ["--only-binary=:all:", "--python-version", self.python_short, "--implementation", "cp",
-                "--abi", abi, "--abi", "abi3", "--abi", "none",
-                *(arg for tag in [*tags, f"linux_{self.arch}", "any"] for arg in ("--platform", tag))]
+                "--abi", self.abi, "--abi", "abi3", "--abi", "none",
+                *(arg for tag in [*self.platforms(), "any"] for arg in ("--platform", tag))]
+
+    def preference(self, wheel_tags: frozenset[Tag]) -> int | None:
+        """Rank of a wheel on the node, 0 best (pip prefers the most specific tags); None: pip would not take it."""
+        version = tuple(int(part) for part in self.python_short.split("."))
+        supported = [*cpython_tags(version, [self.abi, "abi3", "none"], self.platforms()),
+                     *compatible_tags(version, self.abi, self.platforms())]
+        return min((rank for rank, tag in enumerate(supported) if tag in wheel_tags), default=None)
 
     def markers(self) -> dict[str, str]:
         full = self.python if self.python.count(".") == 2 else f"{self.python}.0"
@@ -172,6 +184,24 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def surplus_wheels(folder: Path, wanted: dict[str, str], target: Target) -> list[Path]:
+    """Every wheel but the one pip on the node would take for each wanted package and version: a stale version,
+    or a second wheel of a package (left by a run for another node), stops the node's install."""
+    best: dict[str, tuple[int, Path]] = {}
+    surplus = []
+    for wheel in sorted(folder.glob("*.whl")):
+        name, version, _, wheel_tags = parse_wheel_filename(wheel.name)
+        rank = target.preference(wheel_tags)
+        not_for_the_node = name not in wanted or Version(wanted[name]) != version or rank is None
+        if not_for_the_node or (name in best and best[name][0] <= rank):
+            surplus.append(wheel)
+        else:
+            if name in best:
+                surplus.append(best[name][1])
+            best[name] = (rank, wheel)
+    return surplus
+
+
 def prove_complete(node: dict[str, str | None], resolved: dict[str, dict], wanted: dict[str, str],
                    target: Target) -> list[str]:
     """Resolve all of pyproject.toml offline from the folder plus the node's stand-ins; return what it used."""
@@ -226,11 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         downloads = [f"{name}=={version}" for name, version in wanted.items() if name not in SOURCE_ONLY]
         if downloads:
             pip("download", "--no-deps", "--quiet", "--dest", str(WHEELS), *target.pip_args(), *downloads)
-        for wheel in WHEELS.glob("*.whl"):  # one version of each, nothing stale: two versions stop the install there
-            name, version = wheel.name.split("-")[:2]
-            if wanted.get(canonicalize_name(name)) != version.replace("_", "-"):
-                print(f"removing {wheel.name}: no longer needed")
-                wheel.unlink()
+        for wheel in surplus_wheels(WHEELS, wanted, target):
+            print(f"removing {wheel.name}: not the wheel {target} needs")
+            wheel.unlink()
     used = prove_complete(node, resolved, wanted, target)
     size = sum(wheel.stat().st_size for wheel in WHEELS.glob("*.whl"))
     print(f"{len(used)} wheels in {WHEELS.relative_to(ROOT)}/, {size / MIB:.1f} MiB: {', '.join(used)}")

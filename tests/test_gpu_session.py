@@ -152,6 +152,32 @@ def test_the_target_gives_pip_the_node_s_python_and_platform():
     assert (markers["python_full_version"], markers["platform_machine"]) == ("3.11.0", "aarch64")
 
 
+def test_only_the_wheel_the_node_takes_is_kept(tmp_path: Path):
+    """A stale version, or a second wheel of a package (left by a run for another node), would stop the install."""
+    names = {
+        "biopython-1.88-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl": True,
+        "biopython-1.88-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl": False,
+        "pydantic_core-2.50.5-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl": True,
+        "pydantic_core-2.50.5-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl": False,
+        "multiprocess-0.70.19-py311-none-any.whl": False,  # installable on 3.12, but pip prefers py312
+        "multiprocess-0.70.19-py312-none-any.whl": True,
+        "wandb-0.31.0-py3-none-manylinux_2_28_x86_64.whl": True,
+        "omegaconf-2.3.1-py3-none-any.whl": True,
+        "omegaconf-2.3.0-py3-none-any.whl": False,  # stale version
+        "tomli-2.0.0-py3-none-any.whl": False,  # not wanted
+    }
+    for name in names:
+        (tmp_path / name).touch()
+    wanted = {"biopython": "1.88", "pydantic-core": "2.50.5", "multiprocess": "0.70.19", "wandb": "0.31.0",
+              "omegaconf": "2.3.1"}
+    surplus = prepare_gpu_wheels.surplus_wheels(tmp_path, wanted, prepare_gpu_wheels.EXAMPLE_NODE)
+    assert {path.name for path in surplus} == {name for name, kept in names.items() if not kept}
+    older = prepare_gpu_wheels.Target(python="3.11")
+    kept = set(names) - {path.name for path in prepare_gpu_wheels.surplus_wheels(tmp_path, wanted, older)}
+    assert {name.split("-")[0] + "-" + name.split("-")[2] for name in kept if "-cp" in name or "-py31" in name} == {
+        "biopython-cp311", "multiprocess-py311"}  # pydantic_core has no cp311 wheel here: removed
+
+
 def test_node_stand_ins_satisfy_pip_offline(tmp_path: Path):
     """The completeness proof rests on pip taking a stand-in wheel for the installed package."""
     prepare_gpu_wheels.stand_in_wheel(tmp_path, "node-package", "2.11.0")
