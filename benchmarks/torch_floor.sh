@@ -97,7 +97,7 @@ imports() {  # the GPU preflight's check: pyproject's requirements are met, ever
   "$venv/bin/python" - <<'EOF'
 from benchmarks.gpu_session import preflight
 fatal, warnings = preflight()
-print("\n".join(["unmet below pyproject.toml (not fatal):", *warnings] if warnings else ["requirements met"]))
+print("\n".join(["unmet requirements (not fatal: the steps below decide):", *warnings] if warnings else ["requirements met"]))
 print("\n".join(fatal) or "every dnabert module and deferred import loads")
 raise SystemExit(1 if fatal else 0)
 EOF
