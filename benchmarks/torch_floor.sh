@@ -15,9 +15,10 @@
 #                    run tests the floors themselves; without it pip picks the newest versions that fit.
 #   PYTHON=python3.11 picks the interpreter (default python3).
 #
-# Runs from the repository root without installing the project (cwd puts `dnabert` on the path), so nothing is
-# written into the checkout. Small on purpose: a tiny model, a few steps, a 400-row task; minutes on 2 CPU cores
-# after the install.
+# Runs from the repository root without installing the project (cwd puts `dnabert` on the path): run outputs go
+# under the venv dir, and the checkout gets only what any run leaves beside the bundled genomes (git-ignored
+# indexes, the bgzip genome's plain copy). Small on purpose: a tiny model, a few steps, a 400-row task; minutes
+# on 2 CPU cores after the install.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
