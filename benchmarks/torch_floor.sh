@@ -29,7 +29,7 @@ for arg in "$@"; do
   case "$arg" in
     --floors) floors=true ;;
     --reuse) reuse=true ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) positional+=("$arg") ;;
   esac
 done
