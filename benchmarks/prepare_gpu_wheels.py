@@ -33,6 +33,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-only", action="store_true",
                         help="change nothing in the folder: resolve (step 2) and prove it complete (step 3)")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"3\.\d+(\.\d+)?", args.python):
+        sys.exit(f"--python {args.python}: give the node's Python as X.Y or X.Y.Z (python3 --version there), e.g. 3.11")
     target = Target(args.python, args.arch)
     WHEELS.mkdir(exist_ok=True)
     if subprocess.run(["git", "check-ignore", "-q", str(WHEELS)], cwd=ROOT, check=False).returncode:
