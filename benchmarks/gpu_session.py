@@ -1,11 +1,11 @@
 """Every figure this project measures only on a GPU, from one command that keeps to a time budget.
 
-A lent GPU comes for 15 minutes of device time in all, the machine's start included, so one call must carry the
-whole session: check first that everything imports (a missing package is named, not met as a traceback ten
-minutes in), then run the sections in order of value, each only if its minimum still fits the budget and each
-stopped at its share of it, and write what it has. Run it through benchmarks/gpu_session.sh (README: GPU session):
+GPU time is often a short allocation on a node without internet, so one command does the whole session: check
+first that everything imports (a missing package is named, not met as a traceback ten minutes in), then run the
+sections in order of value, each only if its minimum still fits the budget and each stopped at its share of it,
+and write what it has. Run it through benchmarks/gpu_session.sh (benchmarks/README.md, "GPU session"):
 
-    bash benchmarks/gpu_session.sh --install-wheels                  # on the device machine, about 7.5 minutes
+    bash benchmarks/gpu_session.sh --install-wheels                  # on the GPU node, about 7.5 minutes
     bash benchmarks/gpu_session.sh --device cpu --preset tiny --max-tokens 64 --micro-batch 8 --steps 1 \\
         --warmup 1 --workers 0 --trial-micro-batches 2 5             # CPU rehearsal (tests/test_gpu_session.py)
 
@@ -16,7 +16,7 @@ Sections, in order of value (each writes one file under --out, headed by the GPU
   estimate.txt    train.py estimate=true for the paper recipe: the trial's peak memory at micro-batch 10 and 125
   dnabert2.txt    benchmarks.dnabert2_model: MultiMolecule's DNABERT-2 against ours (real tokens/s, MFU), then ours
                   compiled; runs on what the budget leaves after the sections above. Without the multimolecule
-                  package (an optional extra, not among the carried wheels) it times ours alone
+                  package (an optional extra, not among the prepared wheels) it times ours alone
 summary.md holds the preflight, each section's status and time, and the lines with figures from each file.
 Exit status: 0 when the preflight passed (sections cut by the budget are reported, not errors), 3 when it failed.
 """
@@ -186,8 +186,9 @@ def import_problems() -> list[str]:
 def preflight() -> tuple[list[str], list[str]]:
     """(fatal problems, warnings). Fatal: a distribution pyproject.toml names is absent, or an import fails.
 
-    Deeper in the tree (the image's own packages, what they need) an absent package or a version outside a range
-    is only reported: images carry such mismatches harmlessly, and the imports decide whether the project runs.
+    Deeper in the tree (the node's own packages, what they need) an absent package or a version outside a range
+    is only reported: preinstalled environments often hold such mismatches harmlessly, and the imports decide
+    whether the project runs.
     """
     found: list[str] = []
     unmet_requirements(project_requirements(), "pyproject.toml", set(), found)
@@ -261,7 +262,7 @@ def write_summary(out: Path, head: str, problems: list[str], warnings: list[str]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_results")),
-                        help="folder for the files (default $OUT, else gpu_results/)")
+                        help="folder for the files (default: $OUT if set, else gpu_results/)")
     parser.add_argument("--budget-s", type=float, default=460,
                         help="wall time of the whole command, preflight included; sections that do not fit are "
                              "skipped, a running one is stopped")
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(head, flush=True)
     try:
         problems, warnings = preflight()
-    except Exception:  # the preflight itself must not cost the lease its files
+    except Exception:  # the preflight itself must not cost the run its files
         problems, warnings = [f"preflight crashed:\n{traceback.format_exc()}"], []
     print("preflight:", "passed" if not problems else "FAILED", *problems, sep="\n", flush=True)
     outcomes: dict[str, tuple[Section, Outcome]] = {}

@@ -1,5 +1,6 @@
-"""The GPU session command, rehearsed on the CPU so it cannot rot between leases: every file, the budget, the
-preflight; and the wheel preparation's offline parts (the dependency walk, the image's stand-in wheels)."""
+"""The GPU session command, rehearsed on the CPU so it cannot rot between GPU runs: every file, the budget, the
+preflight; and the wheel preparation's offline parts (the node's package list, the dependency walk for the node's
+Python, the stand-in wheels)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from benchmarks import gpu_session, prepare_gpu_wheels
 from benchmarks.gpu_session import Section, run_section
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = {"summary.md", "throughput.txt", "cuda_tests.txt", "estimate.txt", "dnabert2.txt"}  # at most 8 return
+FILES = {"summary.md", "throughput.txt", "cuda_tests.txt", "estimate.txt", "dnabert2.txt"}
 REHEARSAL = ["--device", "cpu", "--preset", "tiny", "--max-tokens", "64", "--micro-batch", "8", "--steps", "1",
              "--warmup", "1", "--workers", "0", "--trial-micro-batches", "2", "5"]
 
@@ -64,7 +65,7 @@ def test_cpu_rehearsal_runs_every_section(tmp_path: Path):
 
 
 def test_without_multimolecule_the_dnabert2_section_times_ours_alone(tmp_path: Path, monkeypatch):
-    """The baseline is an optional extra the carried wheels lack: its absence must not fail the section."""
+    """The baseline is an optional extra the prepared wheels lack: its absence must not fail the section."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *rest: None if name == "multimolecule" else find_spec(name, *rest))
@@ -112,24 +113,76 @@ def test_a_failed_preflight_names_the_missing_package_and_runs_nothing(tmp_path:
     assert all("# not run: the preflight failed" in texts[name] for name in FILES - {"summary.md"})
 
 
-def test_the_dependency_walk_stops_at_the_image_and_follows_extras_and_markers():
+def test_the_dependency_walk_stops_at_the_node_and_follows_extras_and_the_node_s_python():
     resolved = {
-        "carried": {"version": "1.0", "requires_dist": ["imaged>=2", "helper[fast]", 'tomli; python_version < "3.11"',
-                                                         'docs-tool; extra == "docs"']},
+        "wanted": {"version": "1.0", "requires_dist": ["on-node>=2", "helper[fast]", 'tomli; python_version < "3.11"',
+                                                        'docs-tool; extra == "docs"']},
         "helper": {"version": "0.5", "requires_dist": ['speedup; extra == "fast"']},
         "speedup": {"version": "3.0", "requires_dist": []},
-        "imaged": {"version": "2.1", "requires_dist": ["image-only-dep"]},
+        "on-node": {"version": "2.1", "requires_dist": ["node-only-dep"]},
+        "tomli": {"version": "2.0", "requires_dist": []},
     }
-    image = {"imaged": "2.1"}
-    carried = prepare_gpu_wheels.missing_packages([Requirement("carried==1.0")], resolved, image)
-    assert carried == {"carried": "1.0", "helper": "0.5", "speedup": "3.0"}  # no tomli on 3.12, no docs extra
+    node = {"on-node": "2.1"}
+    roots = [Requirement("wanted==1.0")]
+    assert prepare_gpu_wheels.missing_packages(roots, resolved, node) == {  # the example node: Python 3.12
+        "wanted": "1.0", "helper": "0.5", "speedup": "3.0"}  # no tomli, no docs extra
+    older = prepare_gpu_wheels.Target(python="3.10", arch="aarch64")
+    assert prepare_gpu_wheels.missing_packages(roots, resolved, node, older) == {
+        "wanted": "1.0", "helper": "0.5", "speedup": "3.0", "tomli": "2.0"}
 
 
-def test_image_stand_ins_satisfy_pip_offline(tmp_path: Path):
+def test_the_node_s_pip_list_is_read_as_its_packages(tmp_path: Path):
+    """`pip list --format=freeze` from the node, with the odd lines pip freeze and people add."""
+    listing = tmp_path / "node_packages.txt"
+    listing.write_text("# saved on the node\nTorch==2.11.0\nlightning_utilities==0.15.3\nmy-tool @ file:///src/x\n"
+                       "-e git+https://example.org/repo#egg=dev\nbare_name\n\n")
+    assert prepare_gpu_wheels.node_packages(listing) == {
+        "torch": "2.11.0", "lightning-utilities": "0.15.3", "my-tool": None, "bare-name": None}
+    example = prepare_gpu_wheels.node_packages()  # the default list stays a usable example
+    assert example["torch"] and "hydra-core" not in example
+
+
+def test_the_target_gives_pip_the_node_s_python_and_platform():
+    args = prepare_gpu_wheels.Target(python="3.11.9", arch="aarch64").pip_args()
+    assert args[args.index("--python-version") + 1] == "3.11" and "cp311" in args
+    platforms = {args[i + 1] for i, arg in enumerate(args) if arg == "--platform"}
+    assert {"manylinux_2_17_aarch64", "manylinux2014_aarch64", "any"} <= platforms
+    assert not any("x86_64" in platform for platform in platforms)
+    markers = prepare_gpu_wheels.Target(python="3.11", arch="aarch64").markers()
+    assert (markers["python_full_version"], markers["platform_machine"]) == ("3.11.0", "aarch64")
+
+
+def test_only_the_wheel_the_node_takes_is_kept(tmp_path: Path):
+    """A stale version, or a second wheel of a package (left by a run for another node), would stop the install."""
+    names = {
+        "biopython-1.88-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl": True,
+        "biopython-1.88-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl": False,
+        "pydantic_core-2.50.5-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl": True,
+        "pydantic_core-2.50.5-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl": False,
+        "multiprocess-0.70.19-py311-none-any.whl": False,  # installable on 3.12, but pip prefers py312
+        "multiprocess-0.70.19-py312-none-any.whl": True,
+        "wandb-0.31.0-py3-none-manylinux_2_28_x86_64.whl": True,
+        "omegaconf-2.3.1-py3-none-any.whl": True,
+        "omegaconf-2.3.0-py3-none-any.whl": False,  # stale version
+        "tomli-2.0.0-py3-none-any.whl": False,  # not wanted
+    }
+    for name in names:
+        (tmp_path / name).touch()
+    wanted = {"biopython": "1.88", "pydantic-core": "2.50.5", "multiprocess": "0.70.19", "wandb": "0.31.0",
+              "omegaconf": "2.3.1"}
+    surplus = prepare_gpu_wheels.surplus_wheels(tmp_path, wanted, prepare_gpu_wheels.EXAMPLE_NODE)
+    assert {path.name for path in surplus} == {name for name, kept in names.items() if not kept}
+    older = prepare_gpu_wheels.Target(python="3.11")
+    kept = set(names) - {path.name for path in prepare_gpu_wheels.surplus_wheels(tmp_path, wanted, older)}
+    assert {name.split("-")[0] + "-" + name.split("-")[2] for name in kept if "-cp" in name or "-py31" in name} == {
+        "biopython-cp311", "multiprocess-py311"}  # pydantic_core has no cp311 wheel here: removed
+
+
+def test_node_stand_ins_satisfy_pip_offline(tmp_path: Path):
     """The completeness proof rests on pip taking a stand-in wheel for the installed package."""
-    prepare_gpu_wheels.stand_in_wheel(tmp_path, "image-package", "2.11.0")
-    assert {"image-package": "2.11.0"}.items() <= {
+    prepare_gpu_wheels.stand_in_wheel(tmp_path, "node-package", "2.11.0")
+    assert {"node-package": "2.11.0"}.items() <= {
         name: item["version"] for name, item in prepare_gpu_wheels.dry_run(
-            ["image-package>=2.4"], "--no-index", "--isolated", "--find-links", str(tmp_path)).items()}.items()
-    with pytest.raises(SystemExit, match="image-package>=3"):
-        prepare_gpu_wheels.dry_run(["image-package>=3"], "--no-index", "--isolated", "--find-links", str(tmp_path))
+            ["node-package>=2.4"], "--no-index", "--isolated", "--find-links", str(tmp_path)).items()}.items()
+    with pytest.raises(SystemExit, match="node-package>=3"):
+        prepare_gpu_wheels.dry_run(["node-package>=3"], "--no-index", "--isolated", "--find-links", str(tmp_path))
