@@ -82,10 +82,15 @@ def cluster_plugins(num_nodes: int, devices: int) -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
+def slurm_job_id() -> str | None:
+    """This job's id as scontrol and scancel take it (`<array job>_<task>` for an array task); None outside SLURM."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+
+
 def requeue_slurm_job() -> bool:
     """Ask SLURM to run this job again (same job id, same command); True when it accepted."""
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job_id = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    job_id = slurm_job_id()
     try:
         result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, check=False)
     except OSError as err:
