@@ -137,7 +137,7 @@ def test_a_file_system_without_locks_is_one_clear_error(tmp_path: Path, monkeypa
     config = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "other")}, "lock_run_dir": False})
     claim_for(config)  # switched off: nothing is locked
     assert not (tmp_path / "other").exists()
-    with pytest.raises(DnabertError, match=r"lock_run_dir='maybe' is not"):
+    with pytest.raises(DnabertError, match=r"lock_run_dir='maybe' is not true or false"):
         claim_for(OmegaConf.merge(config, {"lock_run_dir": "maybe"}))
 
 

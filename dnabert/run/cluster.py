@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -44,6 +45,9 @@ PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 WANDB_ID_FILE = "wandb_run_id"
 # Counter in the process group's key-value store: the rank that increments it first is the one that failed.
 FAILURES_KEY = "dnabert/failures"
+# SLURM tools on a login node are not a reason to nag about srun; jobs under SLURM are detected on their own
+# (`under_slurm`, first called by the run-directory claim, before anything else of the run is imported).
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 # Shape-defining model settings: a checkpoint whose values differ cannot be loaded into this run's model.
 SHAPE_SETTINGS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size")

@@ -56,8 +56,6 @@ MODEL_LEVERS = {"compile_model": "compile", "attention": "attention", "head_on_m
 warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|after)_batch_transfer`")
 # Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-# SLURM tools on a login node are not a reason to nag about srun; jobs under SLURM are detected on their own.
-warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 # Under DDP, Lightning advises sync_dist=True for every epoch-level metric. Ours are whole-split values already: the
 # validation totals are summed over ranks (DnaBertLitModule), fine-tuning gathers the dev outputs (FineTuneModule),
 # the probe runs on rank 0 alone. The advice would only mislead a reader of the log.
