@@ -75,10 +75,10 @@ def wait_until_held_by(directory: Path, process: subprocess.Popen, timeout: floa
         time.sleep(0.05)
 
 
-def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under `directory` with its modification time and content."""
-    return {str(path.relative_to(directory)): (path.stat().st_mtime_ns, path.read_bytes())
-            for path in sorted(directory.rglob("*")) if path.is_file()}
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes | None]]:
+    """`directory` and everything under it: modification times, and the content of each file."""
+    return {str(path.relative_to(directory)): (path.stat().st_mtime_ns, path.read_bytes() if path.is_file() else None)
+            for path in [directory, *sorted(directory.rglob("*"))]}
 
 
 def assert_refused(result: subprocess.CompletedProcess, directory: Path, holder_pid: int) -> None:

@@ -42,6 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dnabert.errors import DnabertError
 from dnabert.run.cluster import slurm_job_id, under_slurm
+from dnabert.run.validate import SETTINGS, check_value
 
 LOCK_FILE = "run.lock"
 SETTING = "lock_run_dir"
@@ -87,6 +88,11 @@ class Holder:
         return f"scancel {self.slurm_job} / {kill}" if self.slurm_job else kill
 
 
+def unwritable(run_dir: Path, err: OSError) -> DnabertError:
+    return DnabertError(f"Cannot write to the run directory {run_dir} ({err.strerror}). "
+                        "Set paths.output_root (or paths.output_dir) to a writable folder.")
+
+
 def check_output_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,10 +100,7 @@ def check_output_dir(run_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise DnabertError(
-            f"Cannot write to the run directory {run_dir} ({err.strerror}). "
-            "Set paths.output_root (or paths.output_dir) to a writable folder."
-        ) from err
+        raise unwritable(run_dir, err) from err
 
 
 def read_holder(run_dir: Path) -> Holder | None:
@@ -121,8 +124,11 @@ def claim_run_dir(run_dir: Path) -> None:
     key = run_dir.resolve()
     if key in _held:
         return
-    check_output_dir(run_dir)
-    descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # no O_TRUNC: the holder's record
+    try:  # nothing else is written: a refused launch leaves even the directory's modification time alone
+        run_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # no O_TRUNC: the holder's record
+    except OSError as err:
+        raise unwritable(run_dir, err) from err
     try:
         fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -177,8 +183,6 @@ def launches_the_run() -> bool:
 def claim_for(config: DictConfig) -> None:
     """Claim the run directory (`paths.output_dir`) of a composed config in the launching process; in another SLURM
     task, wait for task 0's claim; nothing with `lock_run_dir=false`."""
-    from dnabert.run.validate import SETTINGS, check_value
-
     try:
         enabled = OmegaConf.select(config, SETTING, default=True)
         run_dir = Path(config.paths.output_dir)
