@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dnabert.run.run_claim import read_holder
 from dnabert.tools.report import load_metrics
 from tests.conftest import ROOT
 from tests.training_runs import (
@@ -30,6 +32,7 @@ from tests.training_runs import (
     final_weights,
     finish,
     free_port,
+    hold_run_dir,
     metric_by_step,
     run_dir,
     start_training,
@@ -149,6 +152,53 @@ def test_hydra_submitit_launcher_runs_a_sweep_job(slurm: dict[str, str], tmp_pat
         assert f"#SBATCH {line}" in script
     task_logs = "".join(p.read_text() for p in (outputs / "demo" / "multirun" / ".submitit").rglob("*_log.*"))
     assert "Starting with 2 processes" in task_logs and "Training from step 0 " in task_logs
+
+
+def test_a_requeue_is_refused_while_the_old_start_still_holds_the_run_directory(slurm: dict[str, str],
+                                                                               tmp_path: Path) -> None:
+    """The job's earlier start lives on (on a node SLURM has lost; here a process outside SLURM that holds the run
+    directory as that start): a requeued start stops at once, its task 0 with one line naming the holder, its task 1
+    without writing anything; once that process is dead, the next requeue trains to the end."""
+    outputs = tmp_path / "outputs"
+    job = slurm_command(
+        slurm, "sbatch", "--parsable", "--hold", f"--output={tmp_path}/slurm-%j.out",
+        f"--export=ALL,DNABERT_PYTHON={sys.executable}", str(ROOT / "slurm" / "smoke_cpu.sbatch"), *TINY,
+        f"paths.output_root={outputs}",
+    ).strip()
+    log = tmp_path / f"slurm-{job}.out"
+    run = outputs / "demo" / f"job{job}"
+
+    def ended(restarts: int) -> bool:
+        state = job_state(slurm, job)
+        return state["JobState"] in ("COMPLETED", "FAILED") and state["Restarts"] == str(restarts)
+
+    def segment(restart: int) -> str:
+        return log.read_text(errors="replace").split(f"restart {restart} on")[1].split(f"restart {restart + 1} on")[0]
+
+    old_start = hold_run_dir(run, env={"SLURM_JOB_ID": job})
+    try:
+        slurm_command(slurm, "scontrol", "release", job)  # start 0, which the holder claims to be: refused too
+        wait_until(lambda: ended(0), "the first start to end")
+        assert job_state(slurm, job)["JobState"] == "FAILED"
+        before = {path: path.stat().st_mtime_ns for path in run.rglob("*")}
+        slurm_command(slurm, "scontrol", "requeue", job)
+        wait_until(lambda: ended(1), "the requeued start to end")
+        assert job_state(slurm, job)["JobState"] == "FAILED"
+        assert "task 0: Exited with exit code 2" in segment(1), segment(1)[-3000:]
+        refusals = [line for line in segment(1).splitlines() if "is in use by" in line]
+        assert refusals == [f"dnabert: error: {run} is in use by a run on host {socket.gethostname()} "
+                            f"(pid {old_start.pid}, SLURM job {job}) since {read_holder(run).since}; wait for it to "
+                            f"end, stop it (scancel {job} / kill {old_start.pid} on {socket.gethostname()}), or "
+                            "pick another run_name=."], segment(1)[-3000:]
+        assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == before  # neither task wrote there
+    finally:
+        old_start.kill()
+        old_start.wait()
+    slurm_command(slurm, "scontrol", "requeue", job)
+    wait_until(lambda: ended(2), "the start after the holder's death to end", timeout=400)
+    assert job_state(slurm, job)["JobState"] == "COMPLETED", segment(2)[-3000:]
+    assert checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 12
+    assert (read_holder(run).slurm_job, read_holder(run).slurm_restart) == (job, 2)
 
 
 # ------------------------------------------------------------------------------------------------------ soak

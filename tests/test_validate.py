@@ -46,6 +46,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("estimate_trial=sometimes",), "estimate_trial='sometimes' is not one of auto"),
     (("export=1",), "export=1 is not true or false"),
     (("max_consecutive_nonfinite=0",), "max_consecutive_nonfinite=0 must be >= 1"),
+    (("lock_run_dir=maybe",), "lock_run_dir='maybe' is not true or false; use lock_run_dir=true, or false"),
     # the downstream probe
     (("probe.path={DIR}/none.tsv",), "none.tsv' does not exist"),
     (("probe.max_sequences=2",), "probe.max_sequences=2 must be >= 4"),

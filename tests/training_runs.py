@@ -109,3 +109,14 @@ def free_port() -> int:
 def distinct_runs(output_root: Path) -> list[Path]:
     """Every folder that holds a Hydra record of a run: one per run, however many processes it had."""
     return sorted({path.parent for path in output_root.rglob(".hydra")})
+
+
+def hold_run_dir(directory: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A process that claims `directory` as a run does (dnabert.run.run_claim) and then only lives: another run,
+    as far as the directory is concerned. End it with os.kill(process.pid, signal.SIGKILL)."""
+    code = ("import sys, time; from pathlib import Path; from dnabert.run.run_claim import claim_run_dir; "
+            "claim_run_dir(Path(sys.argv[1])); print('held', flush=True); time.sleep(3600)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True,
+                               cwd=ROOT, env={**os.environ, **(env or {})})
+    assert process.stdout.readline().strip() == "held", "the holding process could not claim the directory"
+    return process

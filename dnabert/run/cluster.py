@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -44,6 +45,9 @@ PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 WANDB_ID_FILE = "wandb_run_id"
 # Counter in the process group's key-value store: the rank that increments it first is the one that failed.
 FAILURES_KEY = "dnabert/failures"
+# SLURM tools on a login node are not a reason to nag about srun; jobs under SLURM are detected on their own
+# (`under_slurm`, first called by the run-directory claim, before anything else of the run is imported).
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 # Shape-defining model settings: a checkpoint whose values differ cannot be loaded into this run's model.
 SHAPE_SETTINGS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size")
@@ -82,10 +86,15 @@ def cluster_plugins(num_nodes: int, devices: int) -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
+def slurm_job_id() -> str | None:
+    """This job's id as scontrol and scancel take it (`<array job>_<task>` for an array task); None outside SLURM."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+
+
 def requeue_slurm_job() -> bool:
     """Ask SLURM to run this job again (same job id, same command); True when it accepted."""
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job_id = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    job_id = slurm_job_id()
     try:
         result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, check=False)
     except OSError as err:

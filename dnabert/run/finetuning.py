@@ -52,7 +52,8 @@ from dnabert.run.checkpoints import checkpoint_step, find_resume_checkpoint, rea
 from dnabert.run.cluster import check_launch, cluster_callbacks
 from dnabert.run.config import auto_precision, resolve_device_count
 from dnabert.run.history import set_resume_step
-from dnabert.run.training import MODEL_LEVERS, build_loggers, check_output_dir, quiet_lightning_logs, run_plugins
+from dnabert.run.run_claim import check_output_dir
+from dnabert.run.training import MODEL_LEVERS, build_loggers, quiet_lightning_logs, run_plugins
 from dnabert.run.validate import validate_config
 from dnabert.tasks.finetune import FineTuneModule, SequenceClassifier, predict
 from dnabert.tasks.metrics import LOWER_IS_BETTER, selection_metric, split_metrics

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from dnabert.run.config import (
     runs_on_gpu,
 )
 from dnabert.run.history import MetricsHistory, set_resume_step
+from dnabert.run.run_claim import check_output_dir
 from dnabert.run.validate import validate_config
 from dnabert.run.wandb_mode import settle_wandb_mode
 from dnabert.tasks.pretrain import DnaBertLitModule
@@ -56,8 +56,6 @@ MODEL_LEVERS = {"compile_model": "compile", "attention": "attention", "head_on_m
 warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|after)_batch_transfer`")
 # Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-# SLURM tools on a login node are not a reason to nag about srun; jobs under SLURM are detected on their own.
-warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 # Under DDP, Lightning advises sync_dist=True for every epoch-level metric. Ours are whole-split values already: the
 # validation totals are summed over ranks (DnaBertLitModule), fine-tuning gathers the dev outputs (FineTuneModule),
 # the probe runs on rank 0 alone. The advice would only mislead a reader of the log.
@@ -107,19 +105,6 @@ def make_plan(cfg: DictConfig) -> Plan:
         switch_step=mask_switch_step(cfg.max_steps, cfg.masking.final_rate_steps),
         run_dir=Path(cfg.paths.output_dir),
     )
-
-
-def check_output_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{socket.gethostname()}-{os.getpid()}"  # ranks/nodes probe at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise DnabertError(
-            f"Cannot write to the run directory {run_dir} ({err.strerror}). "
-            "Set paths.output_root (or paths.output_dir) to a writable folder."
-        ) from err
 
 
 def uses_bpe(cfg: DictConfig) -> bool:

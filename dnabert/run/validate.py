@@ -313,6 +313,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("estimate_trial", (str, bool), "use auto, true or false", choices=("auto", True, False)),
     Setting("export", BOOL, "use export=true or export=false"),
     Setting("max_consecutive_nonfinite", INT, "e.g. max_consecutive_nonfinite=20", within=AT_LEAST_1),
+    Setting("lock_run_dir", BOOL, "use lock_run_dir=true, or false where the file system has no working locks"),
     # paths (configs/paths/default.yaml): other groups interpolate them
     Setting("paths.root_dir", TEXT, "point it at the dnabert checkout", check=not_blank),
     Setting("paths.output_root", TEXT, "point it at a writable folder", check=not_blank),
