@@ -27,18 +27,23 @@ from typing import Any
 import torch
 
 from dnabert.data.packing import place, plan_rows
+from dnabert.data.tokenizers.kmer import CLS_ID as CLS
+from dnabert.data.tokenizers.kmer import MASK_ID as MASK
+from dnabert.data.tokenizers.kmer import NUM_SPECIAL_TOKENS as NUM_SPECIAL
+from dnabert.data.tokenizers.kmer import PAD_ID as PAD
+from dnabert.data.tokenizers.kmer import SEP_ID as SEP
 from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
 from dnabert.models.dnabert2.model import DnaBert2ForMaskedLM, preset
 from dnabert.tools.estimate import peak_flops_for, train_flops_per_sequence
 
 MASK_RATE = 0.15
-NUM_SPECIAL = 5  # [UNK] [CLS] [SEP] [PAD] [MASK], the published order
-CLS, SEP, PAD, MASK = 1, 2, 3, 4
 
 
 def masked_windows(count: int, max_tokens: int, vocab: int, short_fraction: float, seed: int):
     """(input_ids, labels): [CLS] random ids [SEP] [PAD].., a ``short_fraction`` of uniformly shorter windows,
-    15% of the inner tokens replaced by [MASK] (labels -100 elsewhere)."""
+    15% of the inner tokens replaced by [MASK] (labels -100 elsewhere). The special ids are this project's (those
+    every tokenizer here uses and our model's config defaults to), so padding and window starts mean the same to
+    both models."""
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.full((count,), max_tokens)
     short = torch.rand(count, generator=generator) < short_fraction
