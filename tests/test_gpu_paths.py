@@ -34,20 +34,21 @@ from tests.training_runs import metric_by_step, train
 
 PROBE = (f"probe.path={ROOT / 'data' / 'tasks' / 'prom_core.tsv'}", "probe.max_sequences=200")
 DEMOS = {"dnabert": ("demo", ()), "dnabert2": ("dnabert2_demo", ("experiment=dnabert2_demo",))}
-# bf16 keeps 8 bits of mantissa; in these 12 steps of a 1-layer model it moves the loss by about 1e-4 nats.
+SHORTER = ("max_steps=6", "trainer.val_every_n_steps=3", "masking.final_rate_steps=2")  # 2 validations with the probe
+# bf16 keeps 8 bits of mantissa; in these 6 steps of a 1-layer model it moves the loss by about 1e-4 nats.
 BF16_LOSS_TOLERANCE = 0.01
 
 
 @pytest.fixture(scope="module", params=sorted(DEMOS))
 def precisions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
-    """One family's demo (training_runs.TINY: 12 steps, 2 validations) with packed rows, the probe and the export,
+    """One family's demo (training_runs.TINY, 6 steps, 2 validations) with packed rows, the probe and the export,
     in fp32 and in bf16-mixed: {precision: (run directory, output)}."""
     family = request.param
     experiment, overrides = DEMOS[family]
     output_root = tmp_path_factory.mktemp(family)
     runs = {}
     for precision in ("32-true", "bf16-mixed"):
-        output = train(output_root, precision, *overrides, "data.pack_rows=true", *PROBE, "export=true",
+        output = train(output_root, precision, *overrides, *SHORTER, "data.pack_rows=true", *PROBE, "export=true",
                        f"trainer.precision={precision}")
         runs[precision] = (output_root / experiment / precision, output)
     runs["family"] = family
@@ -66,7 +67,7 @@ def test_bf16_trains_like_fp32(precisions: dict[str, tuple]) -> None:
         differences = [abs(got[step] - expected[step]) for step in got]
         assert max(differences) <= BF16_LOSS_TOLERANCE, (metric, differences)
         assert max(differences) > 0, f"{metric}: bf16 gave fp32's numbers exactly; was autocast on?"
-    for metric in ("probe/mcc", "probe/auroc"):  # the probe embeds under the run's precision too
+    for metric in ("probe/mcc", "probe/auroc"):  # embedded outside autocast, with the float32 master weights
         expected, got = metric_by_step(fp32, metric), metric_by_step(bf16, metric)
         assert got.keys() == expected.keys() and len(got) == 2, metric
         assert got == pytest.approx(expected, abs=0.05), metric
@@ -117,18 +118,26 @@ def paper_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     experiment = request.param
     micro, window, forced, uniform, compiled = PAPERS[experiment]
     output_root = tmp_path_factory.mktemp(experiment)
+    # The run's own inductor cache shows that compile really generated code; TORCH_LOGS reports any recompile.
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(output_root / "inductor"), "TORCH_LOGS": "recompiles"}
     output = train(output_root, "cpu", f"experiment={experiment}", *PAPER_ON_A_CPU, *forced,
-                   f"model.compile={str(compiled).lower()}", base=())
-    return experiment, output_root / experiment / "cpu", output
+                   f"model.compile={str(compiled).lower()}", base=(), env=env)
+    return experiment, output_root, output
 
 
 def test_paper_experiment_trains_at_its_own_settings(paper_run: tuple) -> None:
-    experiment, run_dir, output = paper_run
+    experiment, output_root, output = paper_run
+    run_dir = output_root / experiment / "cpu"
     micro, window, _, uniform, compiled = PAPERS[experiment]
     assert f"micro {micro} x accumulation 2 x devices 1 x nodes 1; precision bf16-mixed" in output
     assert "Using bfloat16 Automatic Mixed Precision" in output and "Starting with 1 processes" in output  # DDP
     assert (f"packed rows on, LM head on masked positions only, attention sdpa, compile {'on' if compiled else 'off'}"
             in output)
+    if compiled:
+        assert list((output_root / "inductor").rglob("*.py")), "model.compile=true generated no inductor code"
+    # Dynamic shapes: one graph for micro-batches of every size, after at most one recompile (a first micro-batch of
+    # 128 rows x 128 tokens lets dynamo assume rows == width); a recompile per batch would fall back to eager at 8.
+    assert output.count("Recompiling function") <= 1, output[-4000:]
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert config.trainer.strategy == "ddp" and config.optim.fused and config.data.pack_rows
     assert config.data.max_tokens == window and config.data.micro_batch_size == micro
