@@ -40,9 +40,10 @@ BF16_LOSS_TOLERANCE = 0.01
 
 
 @pytest.fixture(scope="module", params=sorted(DEMOS))
-def precisions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+def precisions(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, tuple[Path, str]]]:
     """One family's demo (training_runs.TINY, 6 steps, 2 validations) with packed rows, the probe and the export,
-    in fp32 and in bf16-mixed: {precision: (run directory, output)}."""
+    in fp32 and in bf16-mixed: (family, {precision: (run directory, output)})."""
     family = request.param
     experiment, overrides = DEMOS[family]
     output_root = tmp_path_factory.mktemp(family)
@@ -51,13 +52,12 @@ def precisions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         output = train(output_root, precision, *overrides, *SHORTER, "data.pack_rows=true", *PROBE, "export=true",
                        f"trainer.precision={precision}")
         runs[precision] = (output_root / experiment / precision, output)
-    runs["family"] = family
-    return runs
+    return family, runs
 
 
-def test_bf16_trains_like_fp32(precisions: dict[str, tuple]) -> None:
+def test_bf16_trains_like_fp32(precisions: tuple[str, dict[str, tuple[Path, str]]]) -> None:
     """Same losses within bf16's rounding, but not the same numbers: autocast really ran in bf16."""
-    (fp32, fp32_output), (bf16, bf16_output) = precisions["32-true"], precisions["bf16-mixed"]
+    (fp32, fp32_output), (bf16, bf16_output) = precisions[1]["32-true"], precisions[1]["bf16-mixed"]
     assert "precision 32-true" in fp32_output and "packed rows on" in fp32_output
     assert "precision bf16-mixed" in bf16_output and "Using bfloat16 Automatic Mixed Precision" in bf16_output
     for metric in ("train/loss", "val/loss"):
@@ -73,12 +73,13 @@ def test_bf16_trains_like_fp32(precisions: dict[str, tuple]) -> None:
         assert got == pytest.approx(expected, abs=0.05), metric
 
 
-def test_bf16_run_exports_its_float32_weights(precisions: dict[str, tuple]) -> None:
+def test_bf16_run_exports_its_float32_weights(precisions: tuple[str, dict[str, tuple[Path, str]]]) -> None:
     """bf16-mixed keeps float32 master weights: the export holds them, exactly, in float32."""
-    run_dir, _ = precisions["bf16-mixed"]
+    family, runs = precisions
+    run_dir, _ = runs["bf16-mixed"]
     trained, k, _ = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    exported = build_model(precisions["family"], trained.config.to_dict())
-    if precisions["family"] == "dnabert2":
+    exported = build_model(family, trained.config.to_dict())
+    if family == "dnabert2":
         from dnabert.models.dnabert2.interop import load_dnabert2_into
 
         load_dnabert2_into(exported, run_dir / "hf_model")
@@ -108,13 +109,16 @@ PAPERS = {
     # experiment: (its own micro-batch and window, what else the CPU forces, uniform loss ln V, compile)
     "dnabert3_paper": (10, 512, ("global_batch_size=20", "masking.final_rate_steps=1"), math.log(4**3), False),
     "dnabert6_paper": (10, 512, ("global_batch_size=20", "masking.final_rate_steps=1"), math.log(4**6), False),
-    # 1 Gbp of tokenizer training would take an hour; a compiled model as BENCHMARKS.md part F times it
+    # 1 Gbp of tokenizer training would take an hour. Compiled, as BENCHMARKS.md part F times DNABERT-2 (the README
+    # names compile an option, recommended for no experiment; one compiled run through the trainer costs ~30 s here,
+    # so the k-mer family's compile is test_levers.py's)
     "dnabert2_paper": (128, 128, ("global_batch_size=256", "tokenizer.train_bp=1000000"), math.log(4091), True),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(PAPERS))
-def paper_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def paper_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """(experiment, output root, output) of one paper experiment's two steps at `PAPER_ON_A_CPU`."""
     experiment = request.param
     micro, window, forced, uniform, compiled = PAPERS[experiment]
     output_root = tmp_path_factory.mktemp(experiment)
@@ -125,7 +129,9 @@ def paper_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return experiment, output_root, output
 
 
-def test_paper_experiment_trains_at_its_own_settings(paper_run: tuple) -> None:
+def test_paper_experiment_trains_at_its_own_settings(paper_run: tuple[str, Path, str]) -> None:
+    """A finite loss near ln V at both steps, with the settings a GPU run has, read from the log and the resolved
+    config: bf16 autocast, DDP, accumulation, packed rows, masked-only head, the paper's windows and mask rates."""
     experiment, output_root, output = paper_run
     run_dir = output_root / experiment / "cpu"
     micro, window, _, uniform, compiled = PAPERS[experiment]
