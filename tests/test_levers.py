@@ -1,23 +1,23 @@
 """Every performance lever computes the same thing as its switched-off form (CPU, tiny model, fixed shapes).
 
-torch.compile: the default test compiles with the "aot_eager" backend (dynamo tracing + AOTAutograd, the
-graph capture that can go wrong in our code) in seconds; the inductor code generator takes 30-80 s on 2 CPU
-cores, so the inductor test runs only with DNABERT_TEST_INDUCTOR=1.
+torch.compile: inductor, as on a GPU, compiles a 1-layer model (dynamo tracing, AOTAutograd and code generation:
+everything that can go wrong in our code) in every run of the suite.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from dnabert.data.masking import mask_batch
 from dnabert.data.packing import pack_rows, place
 from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
+from dnabert.models.dnabert import model as model_module
 from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, attention_bias, masked_lm_loss
 from dnabert.tasks.pretrain import DnaBertLitModule
+from tests.flex_rehearsal import compiled_flex_attention
 
 K = 3
 VOCAB = 4**K + 5
@@ -104,28 +104,37 @@ def test_flex_attention_refuses_attention_dropout():
         DnaBertForMaskedLM(ModelConfig(**TINY), attention="flash")
 
 
-def compiled_equals_eager(backend: str) -> None:
-    torch.manual_seed(0)
-    eager = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT))
-    compiled = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT))
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile(backend=backend, dynamic=True)
-    for seed, lengths in enumerate(([24, 11, 17], [13, 16])):  # a second shape: no recompile needed
-        input_ids, labels = masked_batch(lengths, seed)
-        assert_same_loss_and_grads(loss_and_grads(eager, input_ids, labels),
-                                   loss_and_grads(compiled, input_ids, labels), atol=1e-4)
-    assert list(compiled.state_dict()) == list(eager.state_dict())  # in-place compile: no _orig_mod. keys
-
-
-def test_compiled_equals_eager_graph_capture():
-    torch._dynamo.reset()
-    compiled_equals_eager("aot_eager")
-
-
-@pytest.mark.skipif(os.environ.get("DNABERT_TEST_INDUCTOR") != "1", reason="inductor compile takes 30-80 s on CPU")
 def test_compiled_equals_eager_inductor():
+    """inductor, the code generator of `model.compile=true` on a GPU, here generating CPU code for a 1-layer model
+    with dynamic shapes: rows of two widths and packed rows, forward and backward, equal eager (one compile per
+    layout, no recompile per width). FlexAttention's kernel compiled, forward only (torch has no CPU backward for
+    it), equals SDPA on the packed rows (`compiled_flex_attention` says why the kernel alone, static shapes)."""
     torch._dynamo.reset()
-    compiled_equals_eager("inductor")
+    counters.clear()
+    config = ModelConfig(**{**TINY, "num_hidden_layers": 1}, **NO_DROPOUT)
+    torch.manual_seed(0)
+    eager = DnaBertForMaskedLM(config)
+    compiled = DnaBertForMaskedLM(config)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(backend="inductor", dynamic=True)
+    input_ids, labels = masked_batch([30, 7, 18, 12, 30, 5], seed=2)
+    packed_ids, plan = pack_rows(input_ids, row_tokens=32)
+    packed_labels = place(labels, plan, IGNORE_INDEX)
+    batches = [(*masked_batch([24, 11, 17]), False), (*masked_batch([13, 16], seed=1), False),
+               (packed_ids, packed_labels, True)]
+    for input_ids, labels, packed in batches:
+        assert_same_loss_and_grads(loss_and_grads(eager, input_ids, labels, packed=packed),
+                                   loss_and_grads(compiled, input_ids, labels, packed=packed), atol=1e-4)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # in-place compile: no _orig_mod. keys
+    # Compiled, without a recompile per width: the encoder of each layout, and the head after dynamo's graph break
+    # at the boolean index of the masked positions (a shape that depends on the data).
+    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])
+    flex = DnaBertForMaskedLM(config, attention="flex").eval()
+    flex.load_state_dict(eager.state_dict())
+    masked = packed_labels != IGNORE_INDEX
+    with torch.no_grad(), compiled_flex_attention(model_module):
+        torch.testing.assert_close(flex(packed_ids, masked_positions=masked, packed=True),
+                                   eager.eval()(packed_ids, masked_positions=masked, packed=True), atol=1e-5, rtol=1e-5)
 
 
 def test_fused_adamw_step_equals_the_loop_implementation():

@@ -178,6 +178,8 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("data.pack_rows=true", "data.pack_row_tokens=32"), "data.pack_row_tokens=32 is below data.max_tokens=64"),
     (("model.num_attention_heads=3",), "model.hidden_size=128 is not divisible by model.num_attention_heads=3"),
     (("model=small", "model.attention=flex"), "FlexAttention has no attention dropout"),
+    (("data.pack_rows=true", "model.attention=flex"),
+     "model.attention='flex' cannot train on a CPU (trainer.accelerator=cpu): torch's FlexAttention has no backward"),
     (("experiment=dnabert2_demo", "masking=whole_kmer", "masking.final_rate_steps=100"),
      "with tokenizer=bpe use masking=token"),
     (("+trainer.max_steps=5",), "trainer.max_steps is set by dnabert from max_steps"),
@@ -334,6 +336,16 @@ def test_estimate_reads_no_files() -> None:
         validate_config(config_with("experiment=dnabert6_paper"))
 
 
+def test_flex_estimate_is_accepted_without_a_trial_on_this_cpu() -> None:
+    """An estimate of a FlexAttention GPU run trains nothing here (a login node); its trial on a CPU would."""
+    flex = ("experiment=dnabert6_paper", f"data.fasta={DEMO_FASTA}", "model.attention=flex",
+            "model.attention_probs_dropout_prob=0")
+    validate_config(config_with(*flex, "estimate=true"))
+    if not torch.cuda.is_available():
+        with pytest.raises(DnabertError, match="model.attention='flex' cannot train on a CPU"):
+            validate_config(config_with(*flex, "estimate=true", "estimate_trial=true"))
+
+
 def run_train(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
@@ -343,13 +355,16 @@ def run_train(*overrides: str) -> subprocess.CompletedProcess:
 def test_cli_rows_exit_2_with_one_line(tmp_path) -> None:
     """Through the real entry point: before, bf17 was Lightning's ValueError under Hydra (exit 1) in a run folder
     left behind, a FASTA with a record name twice ended in pyfaidx's ValueError (found when the data is opened, not
-    up front), and Hydra made the folder of a run name with '..' before any check."""
+    up front), Hydra made the folder of a run name with '..' before any check, and FlexAttention on a CPU trained
+    into torch's NotImplementedError at the first backward."""
     duplicated = tmp_path / "twice.fa"
     duplicated.write_text(">chr1\n" + "ACGT" * 30 + "\n>chr1\n" + "TTGCA" * 30 + "\n")
     cases = [
         (["trainer.precision=bf17"], "trainer.precision='bf17' is not one of auto"),
         ([f"data.fasta={duplicated}", "data.num_workers=0"], f"FASTA file {duplicated} has two records named"),
         (["run_name=../escape"], "run_name='../escape' becomes a folder name"),
+        (["data.pack_rows=true", "model.attention=flex", "model.attention_probs_dropout_prob=0"],
+         "model.attention='flex' cannot train on a CPU"),
     ]
     for overrides, fragment in cases:
         result = run_train(*overrides, f"paths.output_root={tmp_path / 'out'}", "export=false")

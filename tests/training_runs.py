@@ -29,8 +29,9 @@ TINY = (
 )
 
 
-def train_command(output_root: Path, run_name: str, *overrides: str) -> list[str]:
-    return [sys.executable, str(TRAIN_PY), *TINY, f"paths.output_root={output_root}", f"run_name={run_name}",
+def train_command(output_root: Path, run_name: str, *overrides: str, base: tuple[str, ...] = TINY) -> list[str]:
+    """`base`: the overrides that come first (the tiny model and batch; () for an experiment's own settings)."""
+    return [sys.executable, str(TRAIN_PY), *base, f"paths.output_root={output_root}", f"run_name={run_name}",
             *overrides]
 
 
@@ -39,13 +40,13 @@ def run_dir(output_root: Path, run_name: str) -> Path:
 
 
 def start_training(output_root: Path, run_name: str, *overrides: str, env: dict[str, str] | None = None,
-                   cwd: Path | None = None) -> subprocess.Popen:
+                   cwd: Path | None = None, base: tuple[str, ...] = TINY) -> subprocess.Popen:
     """Start train.py; its output goes to <output_root>/<run_name>.<n>.log (read it with `log_of`)."""
     output_root.mkdir(parents=True, exist_ok=True)
     number = len(list(output_root.glob(f"{run_name}.*.log")))
     log = open(output_root / f"{run_name}.{number}.log", "w")  # noqa: SIM115  (closed when the process is waited)
     # Own session: a run that hangs is killed with all its ranks and data workers (see `finish`).
-    process = subprocess.Popen(train_command(output_root, run_name, *overrides), stdout=log,
+    process = subprocess.Popen(train_command(output_root, run_name, *overrides, base=base), stdout=log,
                                stderr=subprocess.STDOUT, cwd=cwd or ROOT, env={**os.environ, **(env or {})},
                                start_new_session=True)
     process.log_path = Path(log.name)

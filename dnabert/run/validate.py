@@ -41,7 +41,13 @@ from dnabert.data.windows import LENGTH_RULES
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, FAMILIES, family_classes
 from dnabert.models.components import ATTENTION_BACKENDS, check_attention_backend
-from dnabert.run.config import accumulation_steps, declared_device_count, mask_switch_step, resolve_device_count
+from dnabert.run.config import (
+    accumulation_steps,
+    declared_device_count,
+    mask_switch_step,
+    resolve_device_count,
+    runs_on_gpu,
+)
 from dnabert.tasks.metrics import SELECTION_METRICS, selection_metric
 
 # What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
@@ -566,6 +572,22 @@ def model_builds(cfg: DictConfig) -> None:
     check_attention_backend(cfg.model.attention, config.attention_probs_dropout_prob)
 
 
+def flex_trains_on_a_gpu(cfg: DictConfig) -> None:
+    """torch has no FlexAttention backward on CPUs (compiled or not): a CPU run would end at its first step in
+    NotImplementedError. An estimate trains nothing here unless it runs its trial on this CPU
+    (`estimate_trial=true` without a GPU), so it checks `estimate` itself instead of being `on_this_machine`."""
+    if cfg.model.attention != "flex" or runs_on_gpu(cfg.trainer.accelerator):
+        return
+    if OmegaConf.select(cfg, "estimate", default=False) and OmegaConf.select(cfg, "estimate_trial") is not True:
+        return
+    accelerator = cfg.trainer.accelerator
+    raise DnabertError(
+        f"model.attention='flex' cannot train on a CPU (trainer.accelerator={accelerator}"
+        f"{'' if accelerator == 'cpu' else ', no CUDA GPU visible'}): torch's FlexAttention has no backward there; "
+        "use model.attention=sdpa, or run on a GPU (trainer=gpu)."
+    )
+
+
 def bpe_masks_tokens(cfg: DictConfig) -> None:
     """Whole-k-mer masking on BPE ids would train on nonsense without failing."""
     if uses_bpe(cfg) and cfg.masking.mode != "token":
@@ -587,6 +609,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("model.max_position_embeddings", "data.max_tokens"), windows_fit_positions),
     Agreement(("data.pack_rows", "data.max_tokens"), packed_rows_hold_a_window),
     Agreement(("model.hidden_size", "model.num_attention_heads", "model.attention"), model_builds),
+    Agreement(("model.attention", "trainer.accelerator"), flex_trains_on_a_gpu),
     Agreement(("tokenizer.kind", "masking.mode"), bpe_masks_tokens),
     Agreement(("data.fasta", "data.genomes"), one_genome_source, on_this_machine=True),
     Agreement(("task.dev", "task.test", "task.dev_fraction", "task.test_fraction"), task_has_train_and_dev),
