@@ -16,7 +16,7 @@ from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert import model as model_module
 from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, attention_bias, masked_lm_loss
-from dnabert.tasks.pretrain import DnaBertLitModule
+from dnabert.tasks.pretrain import DnaBertLitModule, fuses_adamw
 from tests.flex_rehearsal import compiled_flex_attention
 
 K = 3
@@ -150,6 +150,27 @@ def test_fused_adamw_step_equals_the_loop_implementation():
             optimizer.step()
     for (name, first), second in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(second, first, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("device_type", "fused", "precision", "expected"), [
+    ("cuda", True, "bf16-mixed", True), ("cuda", True, "32-true", True), ("cuda", False, "bf16-mixed", False),
+    ("cuda", True, "16-mixed", False), ("cpu", True, "bf16-mixed", False),
+])
+def test_adamw_fuses_on_cuda_except_under_fp16(device_type, fused, precision, expected):
+    assert fuses_adamw(device_type, {"fused": fused}, precision) is expected
+
+
+def test_lightning_cannot_clip_a_fused_optimizer_under_fp16():
+    """Why ``fuses_adamw`` says no under 16-mixed: the recipe clips at 1.0, and Lightning's gradient scaler refuses
+    to clip for an optimizer that unscales inside its step (precision=auto picks 16-mixed on pre-bf16 GPUs)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    parameter = torch.nn.Parameter(torch.ones(3))
+    parameter.grad = torch.ones(3)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        plugin.clip_gradients(torch.optim.AdamW([parameter], fused=True), clip_val=1.0)
+    plugin.clip_gradients(torch.optim.AdamW([parameter]), clip_val=1.0)
 
 
 def test_module_switches_reach_the_model():

@@ -70,7 +70,7 @@ def run_trial(
     The module's weights are changed: build a fresh one for real training.
     """
     model = module.to(device).train()
-    optimizer = build_adamw(module.model, module.optim_config)
+    optimizer = build_adamw(module.model, module.optim_config, precision)
     bpe_vocab_size = module.hparams.get("tokenizer_vocab_size")
     input_ids = full_length_rows(module.k, micro_batch_size, row_tokens, bpe_vocab_size=bpe_vocab_size).to(device)
     generator = torch.Generator(device=device).manual_seed(0)

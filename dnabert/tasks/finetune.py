@@ -177,7 +177,7 @@ class FineTuneModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.optim_config
-        optimizer = build_adamw(self.classifier, optim)
+        optimizer = build_adamw(self.classifier, optim, str(self.trainer.precision))
         total_steps = int(self.trainer.estimated_stepping_batches)
         warmup_steps = math.ceil(optim["warmup_fraction"] * total_steps)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)

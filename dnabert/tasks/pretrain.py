@@ -42,17 +42,22 @@ def no_decay_parameter_names(model: torch.nn.Module) -> set[str]:
     return exempt
 
 
-def build_adamw(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim.AdamW:
-    """The recipe's AdamW: weight decay except on biases and LayerNorm weights; fused on CUDA unless
-    ``optim.fused`` is false."""
+def fuses_adamw(device_type: str, optim: dict[str, Any], precision: str) -> bool:
+    """Fused AdamW on CUDA unless ``optim.fused`` is false, and never under fp16 mixed precision: its gradient
+    scaler cannot clip the gradients of an optimizer that unscales them inside its step (Lightning refuses at the
+    first step), which is what ``precision=auto`` picks on GPUs without bf16 (V100, RTX 2080 Ti)."""
+    return device_type == "cuda" and bool(optim.get("fused", True)) and not precision.startswith("16")
+
+
+def build_adamw(model: torch.nn.Module, optim: dict[str, Any], precision: str = "32-true") -> torch.optim.AdamW:
+    """The recipe's AdamW: weight decay except on biases and LayerNorm weights; fused where ``fuses_adamw``."""
     exempt = no_decay_parameter_names(model)
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     groups = [
         {"params": [p for n, p in named if n not in exempt], "weight_decay": optim["weight_decay"]},
         {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0},
     ]
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    fused = on_cuda and optim.get("fused", True)
+    fused = fuses_adamw(next(model.parameters()).device.type, optim, precision)
     return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"], fused=fused or None)
 
 
@@ -218,7 +223,7 @@ class DnaBertLitModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_config
-        optimizer = build_adamw(self.model, cfg)
+        optimizer = build_adamw(self.model, cfg, str(self.trainer.precision))
         total_steps = cfg.get("total_steps") or self.trainer.max_steps
         if not total_steps or total_steps < 0:
             raise DnabertError("optim.total_steps is unset and trainer.max_steps is not a positive number.")
