@@ -1,6 +1,6 @@
 """The one entry point: `python train.py` runs the demo; `python train.py experiment=dnabert6_paper ...` the paper.
 
-Any setting can be overridden on the command line (Hydra); see README.md and configs/.
+Any setting can be overridden on the command line (Hydra); see docs/guide/configuration.md and configs/.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 # that torch and runs a smoke subset: every module imports, FlexAttention equals SDPA on packed rows (the tests;
 # forward only: FlexAttention has no backward on a CPU), a few pretraining steps of each family, one fine-tuning
 # epoch, an export read back by transformers. Prints PASS or FAIL per step and overall; exit 0 only when every
-# step passed. README "Tested versions" lists what passed.
+# step passed. docs/guide/install.md, "Tested versions", lists what passed.
 #
 #   bash benchmarks/torch_floor.sh <torch version> [venv dir] [--floors] [--reuse]
 #

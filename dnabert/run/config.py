@@ -35,7 +35,7 @@ def resolve_device_count(accelerator: str, devices: int | str) -> int:
         raise DnabertError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is visible (torch {torch.__version__}, "
             f"CUDA build: {torch.version.cuda is not None}). Run on a GPU node with a CUDA build of torch "
-            "(see README, 'GPU clusters'), or use trainer=cpu."
+            "(see docs/guide/install.md), or use trainer=cpu."
         )
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus_visible > 0)
     available = gpus_visible if wants_gpu else (os.cpu_count() or 1)
