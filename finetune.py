@@ -1,7 +1,8 @@
 """Fine-tune on labelled sequences: `python finetune.py pretrained=outputs/demo/default` (or `pretrained=none`).
 
 Same conventions as train.py: Hydra overrides, run directories under paths.output_root, resume by rerunning, one
-line and exit 2 for a user mistake. See docs/guide/finetuning.md, docs/guide/healthy-runs.md ("Did pretraining help?") and configs/finetune.yaml.
+line and exit 2 for a user mistake. See docs/guide/finetuning.md, docs/guide/healthy-runs.md ("Did pretraining
+help?") and configs/finetune.yaml.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ PAPERS = {
     # experiment: (micro-batch, its own window, what else the CPU forces, uniform loss ln V, compile)
     "dnabert3_paper": (10, 512, ("global_batch_size=20", "masking.final_rate_steps=1"), math.log(4**3), False),
     "dnabert6_paper": (10, 512, ("global_batch_size=20", "masking.final_rate_steps=1"), math.log(4**6), False),
-    # 1 Gbp of tokenizer training would take an hour. Compiled, as BENCHMARKS.md part F times DNABERT-2 (docs/guide/speed.md
+    # 1 Gbp of tokenizer training would take an hour. Compiled, as BENCHMARKS.md part F times DNABERT-2 (the guide
     # names compile an option, recommended for no experiment; one compiled run through the trainer costs ~30 s here,
     # so the k-mer family's compile is test_levers.py's). Micro-batch 64 of its 128: the first packed micro-batch of
     # 128 rows x 128 tokens makes dynamo assume rows == width, and its recompile costs 15 s more here.
