@@ -1,4 +1,4 @@
-"""Every command in a fenced block of README.md and docs/ still works with the current configs and parsers.
+"""Every command in a fenced block of README.md, docs/ and slurm/README.md still works with the current configs.
 
 A renamed setting, config group or option, or a removed command-line flag, would leave the documentation
 telling users to type something that fails. Each command is checked without running anything:
@@ -6,7 +6,8 @@ telling users to type something that fails. Each command is checked without runn
 - `python train.py ...` / `python finetune.py ...`: the overrides are composed with Hydra's compose API against
   `configs/` (the config dir copied to a temporary folder with the config files the docs themselves define, e.g.
   `configs/data/my_species.yaml`), so an unknown key, group or option fails. Hydra's own flags (`--cfg job`,
-  `--resolve`, `-m`) are dropped; interpolations are not resolved and no file is read, so placeholder paths pass.
+  `--resolve`, `-m`) are dropped, each value of a multirun sweep is composed once; interpolations are not
+  resolved and no file is read, so placeholder paths pass.
 - `sbatch slurm/X.sbatch ...`: the sbatch script's own `train.py` overrides (its `${VAR:-default}` with the
   command's `VAR=` prefix or the default, SLURM's variables as 1) plus the command's trailing overrides, as above.
 - `python -m <module> ...`, `python data/fetch_genome.py ...` and the console scripts of pyproject.toml: the
@@ -35,9 +36,11 @@ from unittest import mock
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# The user guide and the front page; slurm/README.md documents the sbatch scripts with commands of the same kinds.
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "slurm" / "README.md"]
 FENCE = re.compile(r"^(\s*)(```+|~~~+)")
 # A fenced YAML block whose first line is `# configs/<group>/<name>.yaml` defines a config the docs' commands use.
 DEFINED_CONFIG = re.compile(r"^#\s*(configs/[\w/]+\.yaml)\s*$")
@@ -225,8 +228,10 @@ def classify(command: DocCommand) -> tuple[str, object]:
         words = words[next(i for i, word in enumerate(words) if word in {"python", "python3"}):]
     if words[0] in {"python", "python3"} and len(words) > 1 and words[1] in CONFIG_NAMES:
         return "compose", (CONFIG_NAMES[words[1]], hydra_overrides(command, words[2:]))
-    if words[0] == "sbatch" and len(words) > 1 and words[1].startswith("slurm/"):
-        overrides = sbatch_overrides(command, words[1], env) + hydra_overrides(command, words[2:])
+    if words[0] == "sbatch":  # sbatch's own flags, then the script and its arguments
+        words = words[next((i for i, word in enumerate(words[1:], 1) if not word.startswith("-")), len(words)):]
+        assert words and words[0].startswith("slurm/"), f"{command}\n  no sbatch script of slurm/"
+        overrides = sbatch_overrides(command, words[0], env) + hydra_overrides(command, words[1:])
         return "compose", ("train", overrides)
     program = program_main(command, without_redirections(words))
     return ("argparse", program) if program else ("skip", None)
@@ -263,10 +268,28 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return configs
 
 
+def single_runs(overrides: list[str]) -> list[list[str]]:
+    """A multirun's sweeps (`optim.lr=2e-4,4e-4`) as single runs: each swept value once, other sweeps at their first."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = {index: list(override.sweep_string_iterator())
+              for index, override in enumerate(parsed) if override.is_sweep_override()}
+    if not values:
+        return [overrides]
+    first = {index: f"{parsed[index].get_key_element()}={swept[0]}" for index, swept in values.items()}
+    runs = []
+    for index, swept in values.items():
+        for value in swept:
+            run = [first.get(position, override) for position, override in enumerate(overrides)]
+            run[index] = f"{parsed[index].get_key_element()}={value}"
+            runs.append(run)
+    return runs
+
+
 def compose_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> None:
     """Compose like the entry point does, without running it; raises on an unknown key, group or option."""
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
-        compose(config_name=config_name, overrides=overrides)
+        for run in single_runs(overrides):
+            compose(config_name=config_name, overrides=run)
 
 
 def test_the_docs_have_commands_of_each_kind() -> None:
@@ -297,7 +320,8 @@ def test_documented_command_parses(command: DocCommand, config_dir: Path) -> Non
 
 def test_an_unknown_setting_fails(config_dir: Path) -> None:
     """The check can fail: a key, a group option and a flag that do not exist are each refused."""
-    for overrides in (["no_such_setting=1"], ["model=no_such_model"], ["data.no_such_key=2"]):
+    for overrides in (["no_such_setting=1"], ["model=no_such_model"], ["data.no_such_key=2"],
+                      ["optim.lr=2e-4,4e-4", "masking=whole_kmer,no_such_masking"]):
         with pytest.raises(Exception, match="no_such"):
             compose_overrides(config_dir, "train", overrides)
     command = DocCommand("test", 0, ("python", "-m", "dnabert.tools.export", "--no-such-flag", "a", "b"))
