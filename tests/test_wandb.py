@@ -91,7 +91,10 @@ def test_a_killed_offline_run_logs_each_step_once(tmp_path: Path) -> None:
     output = train(tmp_path, "killed", *overrides, env=env)
     resumed_from = int(re.search(r"Training from step (\d+)", output).group(1))
 
-    logs = run_logs(directory / "wandb", (directory / "wandb_run_id").read_text().strip())
+    run_id = (directory / "wandb_run_id").read_text().strip()
+    logs = run_logs(directory / "wandb", run_id)
+    assert [log.parent for log in logs] == offline_runs(directory) == sorted(
+        (directory / "wandb").glob(f"offline-run-*-{run_id}"))  # what the documented `wandb sync` glob names
     assert len(logs) == 2
     assert logged_steps(logs[:1])["train/loss"] >= resumed_from, "no step was logged twice: nothing was tested"
     rows = [row for path in logs for row in history_rows(path)]
