@@ -1,5 +1,5 @@
-"""Every file a document names exists: the docs, the configs' comments and the package's docstrings and comments
-name repository paths (`dnabert/run/history.py`, `configs/logger/wandb.yaml`, `docs/architecture.md`) and file
+"""Every file a document names exists: the docs, the configs' comments and the docstrings and comments of the
+package, benchmarks and tests name repository paths (`dnabert/run/history.py`, `docs/architecture.md`) and file
 names (`report.md`); a rename or a removal that leaves them behind fails here, with the place that names it."""
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def prose_by_file() -> dict[str, str]:
             texts[str(path.relative_to(ROOT))] = path.read_text()
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         texts[str(path.relative_to(ROOT))] = yaml_comments(path)
-    for path in sorted((ROOT / "dnabert").rglob("*.py")):
-        texts[str(path.relative_to(ROOT))] = python_prose(path.read_text())
+    for folder in ("dnabert", "benchmarks", "data", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            texts[str(path.relative_to(ROOT))] = python_prose(path.read_text())
     return texts
 
 
