@@ -91,9 +91,11 @@ def test_demo_prints_the_figures_the_readme_quotes(demo_run) -> None:
     assert f"{val_loss[-1][1] / (6 * math.log(4)):.2f}" == "0.88"
     assert f"{100 * val_acc[-1][1]:.0f}" == "11", val_acc
     assert (f"{probe_mcc[0][1]:.2f}", f"{probe_mcc[-1][1]:.2f}") == ("0.30", "0.37"), probe_mcc
+    assert f"{metric_series(metrics, 'probe/auroc')[-1][1]:.2f}" == "0.76"
     assert readme_says(f"The held-out loss falls from {first_loss} after 100 steps to {last_loss} after 800 (0.88")
     assert readme_says("Accuracy on masked tokens rises to about 11%")
     assert readme_says("rises from MCC 0.30 to 0.37")
+    assert readme_says("The demo's frozen-embedding probe reaches AUROC 0.76.")
     verdict = "learning, not there yet: the loss is falling but still above ln(4^k)/2"
     assert verdict in (run_dir / "report.md").read_text() and readme_says(f'For this run: "{verdict}"')
     assert re.search(r"falls from ln\(4\^6\)=8\.32 to 7\.30 ", (ROOT / "configs/experiment/demo.yaml").read_text())
