@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,33 @@ def test_demo_held_out_loss_falls_well_below_the_uniform_baseline(demo_run) -> N
     # Sequences seen are summed exactly: every optimiser step consumes one global batch of 32.
     for step, seen in metric_series(run_dir / "csv" / "metrics.csv", "train/sequences_seen"):
         assert seen == (step + 1) * 32
+
+
+def guide_says(phrase: str) -> bool:
+    """Whether the user guide's page on healthy runs holds the phrase, line breaks and spacing aside."""
+    return " ".join(phrase.split()) in " ".join((ROOT / "docs/guide/healthy-runs.md").read_text().split())
+
+
+def test_demo_prints_the_figures_the_guide_quotes(demo_run) -> None:
+    """The demo is deterministic on this torch (2.13.0, CPU): its figures, to the precision the guide prints them,
+    are those docs/guide/healthy-runs.md quotes. A change that moves them must update both."""
+    result, run_dir = demo_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = run_dir / "csv" / "metrics.csv"
+    val_loss, val_acc, probe_mcc = (metric_series(metrics, name) for name in ("val/loss", "val/acc", "probe/mcc"))
+    first_loss, last_loss = f"{val_loss[0][1]:.2f}", f"{val_loss[-1][1]:.2f}"
+    assert (first_loss, last_loss) == ("8.02", "7.30"), val_loss
+    assert f"{val_loss[-1][1] / (6 * math.log(4)):.2f}" == "0.88"
+    assert f"{100 * val_acc[-1][1]:.0f}" == "11", val_acc
+    assert (f"{probe_mcc[0][1]:.2f}", f"{probe_mcc[-1][1]:.2f}") == ("0.30", "0.37"), probe_mcc
+    assert f"{metric_series(metrics, 'probe/auroc')[-1][1]:.2f}" == "0.76"
+    assert guide_says(f"The held-out loss falls from {first_loss} after 100 steps to {last_loss} after 800 (0.88")
+    assert guide_says("Accuracy on masked tokens rises to about 11%")
+    assert guide_says("rises from MCC 0.30 to 0.37")
+    assert guide_says("The demo's frozen-embedding probe reaches AUROC 0.76.")
+    verdict = "learning, not there yet: the loss is falling but still above ln(4^k)/2"
+    assert verdict in (run_dir / "report.md").read_text() and guide_says(f'For this run: "{verdict}"')
+    assert re.search(r"falls from ln\(4\^6\)=8\.32 to 7\.30 ", (ROOT / "configs/experiment/demo.yaml").read_text())
 
 
 def test_demo_export_loads_in_transformers(demo_run) -> None:

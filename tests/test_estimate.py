@@ -25,7 +25,7 @@ def test_parameter_count_matches_transformers_bert_for_masked_lm():
     small = BertConfig(vocab_size=69, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
                        intermediate_size=96)
     assert count_parameters(small)[0] == unique_parameter_count(BertForMaskedLM(small))
-    assert count_parameters(BERT_BASE_K6)[0] == 89_196_549  # also "about 86-89M" in recipe.md
+    assert count_parameters(BERT_BASE_K6)[0] == 89_196_549
 
 
 def test_parameter_count_matches_dnabert_model():
@@ -49,7 +49,7 @@ def test_paper_run_tokens_flops_and_h100_wall_time():
     assert est.total_tokens == pytest.approx(92e9, rel=0.02)
     assert est.train_flops == pytest.approx(5e19, rel=0.15)
     assert est.train_flops_padded == pytest.approx(7e19, rel=0.15)
-    assert est.train_flops_per_token == pytest.approx(0.57e9, rel=0.05)  # performance.md
+    assert est.train_flops_per_token == pytest.approx(0.57e9, rel=0.05)
     assert 4 * 3600 <= est.wall_seconds <= 5 * 3600
     assert est.wall_seconds_padded > est.wall_seconds
     # 16 bytes/param of optimiser state for 89.2M parameters, plus activations: a few GiB, far below 80 GB.

@@ -117,7 +117,7 @@ def test_schedule_rejects_bad_switch_step(bad: object) -> None:
 
 
 def test_centre_rates_match_the_recipe_table() -> None:
-    # recipe.md: centre rates that mask 15% / 20% of tokens for k = 3..6
+    # The centre rates that mask 15% / 20% of tokens for k = 3..6
     assert [round(centre_rate_for(0.15, k), 4) for k in SUPPORTED_K] == [0.0527, 0.0398, 0.0320, 0.0267]
     assert [round(centre_rate_for(0.20, k), 4) for k in SUPPORTED_K] == [0.0717, 0.0543, 0.0436, 0.0365]
     with pytest.raises(DnabertError, match=r"masking\.rate"):

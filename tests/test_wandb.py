@@ -1,10 +1,15 @@
 """wandb without network or key: offline runs in the run directory, one per run (rank 0 only), the same wandb id
-after a resume; a key without a reachable server falls back to offline with one warning, or is refused when the
-user insisted on online; online without credentials is refused before any DDP rank starts."""
+after a resume, each step logged once across a kill and resume; a key without a reachable server falls back to
+offline with one warning, or is refused when the user insisted on online; online without credentials is refused
+before any DDP rank starts."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,8 @@ import pytest
 from dnabert.errors import DnabertError
 from dnabert.run.cluster import wandb_run_id
 from dnabert.run.training import run
-from tests.training_runs import TINY, free_port, metric_by_step, run_dir, train
+from dnabert.run.wandb_records import STEP_KEY, history_rows, logged_steps, run_logs, summary_steps
+from tests.training_runs import TINY, free_port, metric_by_step, run_dir, start_training, train
 
 # A compute node's view: a key, and a W&B server nobody answers for (a closed port here, never the internet).
 KEY_WITHOUT_SERVER = {"WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567", "WANDB_MODE": ""}
@@ -20,6 +26,14 @@ KEY_WITHOUT_SERVER = {"WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567", "WAN
 
 def unreachable_server() -> str:
     return f"http://127.0.0.1:{free_port()}"
+
+
+def process_group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def offline_runs(directory: Path) -> list[Path]:
@@ -53,6 +67,51 @@ def test_offline_wandb_logs_rank_zero_only_and_keeps_its_id_across_a_resume(tmp_
     runs = offline_runs(directory)
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
     assert max(metric_by_step(directory, "train/loss")) == 15  # the CSV log goes on beside wandb
+
+
+def test_a_killed_offline_run_logs_each_step_once(tmp_path: Path) -> None:
+    """Killed (SIGKILL) after wandb holds steps past the newest checkpoint, then resumed: across the run's offline
+    folders, which `wandb sync <run dir>/wandb/offline-run-*-<id>` uploads as one run, each metric has each step
+    once, with the values of the CSV history (read from wandb's own transaction logs)."""
+    overrides = ("logger=wandb", "max_steps=24")
+    # wandb writes its transaction log every 15 s by default; often here, so that the kill can wait for it.
+    env = {"WANDB__TRANSACTION_LOG_FLUSH_INTERVAL": "0.1"}
+    process = start_training(tmp_path, "killed", *overrides, env=env)
+    directory = run_dir(tmp_path, "killed")
+    deadline = time.monotonic() + 180
+    while logged_steps(run_logs(directory / "wandb", "*")).get("train/loss", -1) < 9:  # checkpoints: 4, 8, 12
+        assert process.poll() is None and time.monotonic() < deadline, process.log_path.read_text()[-4000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # train.py only: its wandb service ends by itself
+    process.wait()
+    deadline = time.monotonic() + 60
+    while process_group_alive(process.pid):
+        assert time.monotonic() < deadline, "the killed run's wandb service did not end"
+        time.sleep(0.1)
+    output = train(tmp_path, "killed", *overrides, env=env)
+    resumed_from = int(re.search(r"Training from step (\d+)", output).group(1))
+
+    run_id = (directory / "wandb_run_id").read_text().strip()
+    logs = run_logs(directory / "wandb", run_id)
+    assert [log.parent for log in logs] == offline_runs(directory) == sorted(
+        (directory / "wandb").glob(f"offline-run-*-{run_id}"))  # what the documented `wandb sync` glob names
+    assert len(logs) == 2
+    assert logged_steps(logs[:1])["train/loss"] >= resumed_from, "no step was logged twice: nothing was tested"
+    rows = [row for path in logs for row in history_rows(path)]
+    for metric in ("train/loss", "val/loss", "lr"):
+        steps = [int(row[STEP_KEY]) for row in rows if metric in row]
+        assert len(steps) == len(set(steps)), f"{metric} logged twice at a step: {sorted(steps)}"
+        logged = {int(row[STEP_KEY]): row[metric] for row in rows if metric in row}
+        assert logged == pytest.approx(metric_by_step(directory, metric), rel=1e-6), metric
+    assert sorted(int(row[STEP_KEY]) for row in rows if "train/loss" in row) == list(range(24))
+
+
+def test_a_resumed_online_run_holds_what_its_summary_shows() -> None:
+    """Online, the server's summary is all a resumed process knows: each metric in it counts as held up to the
+    last logged step; a run that logged no step yet holds nothing."""
+    summary = {"train/loss": 7.9, "val/loss": 8.1, STEP_KEY: 41, "epoch": 0, "_runtime": 3.0, "_step": 60}
+    assert summary_steps(summary) == {"train/loss": 41, "val/loss": 41}
+    assert summary_steps({"_runtime": 3.0}) == {}
 
 
 def test_online_without_credentials_is_refused_before_launch(compose_config, tmp_path: Path,

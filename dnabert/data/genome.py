@@ -12,7 +12,7 @@ Why it looks like this:
 - The scan reads the file in bounded chunks with ordinary reads, not through the mmap, so its peak RSS does not
   grow with the genome (mapped pages would count as the process's own).
 - The mmap is opened lazily per process id: handles opened in the parent and inherited by
-  forked dataloader workers share a file offset and return wrong sequence (stack.md, trap 1).
+  forked dataloader workers share a file offset and return wrong sequence.
 """
 
 from __future__ import annotations

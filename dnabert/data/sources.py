@@ -10,7 +10,7 @@ Why it looks like this:
   ranks and workers, resume and validation are all GenomeDataModule's (through `WindowDataModule`), not a copy.
 - Rows are split at every non-A/C/G/T character (N, IUPAC, gaps), as the genome path does; runs shorter than k
   are dropped. Both are counted in the start-up report. A row longer than the model's window
-  (max_tokens - 2 + k - 1 nt) is cut into consecutive windows by the length rule; data/sequences.yaml uses
+  (max_tokens - 2 + k - 1 nt) is cut into consecutive windows by the length rule; configs/data/sequences.yaml uses
   "fixed" (full windows after a random per-epoch phase, the short tail dropped); "original" gives DNABERT's
   random-length cut. A row that fits is always one window.
 - Stream windows read `window` = (table, row, start, end): table 0 is `path`, table 1 a separate `val_path`.

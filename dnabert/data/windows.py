@@ -11,7 +11,7 @@ Why it looks like this:
 - Every random draw of the cut is a hash of (seed, genome, epoch, unit, piece) (counter-based, SplitMix64), so a
   unit's cut is the same whether it is counted for the epoch size or cut for its group, in any process, and
   counting an epoch is vectorised over all units.
-- Length rule "original" is the DNABERT cut (recipe.md): while more than M = max_tokens - 2 + k - 1 nucleotides
+- Length rule "original" is the original DNABERT cut: while more than M = max_tokens - 2 + k - 1 nucleotides
   remain, the next piece is M long with probability 0.5, else max(int(u*M), 5); the remainder is the last
   piece. Rule "fixed" cuts pieces of exactly M and drops each unit's shorter tail (no padding at all).
   Every epoch redraws the cut and skips a random phase at the start of each unit longer than M (so cut

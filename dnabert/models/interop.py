@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 from dnabert.errors import DnabertError
 
 LAYOUTS = ("original", "multimolecule")
-COMPILED_PREFIX = "_orig_mod."  # what torch.compile adds to state_dict keys (stack.md, trap 3)
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile adds to state_dict keys
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # transformers' classification head -> MultiMolecule's *ForSequencePrediction (after the family's backbone renames).
 MULTIMOLECULE_HEAD_RENAMES = (("classifier.", "sequence_head.decoder."),)

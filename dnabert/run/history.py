@@ -5,6 +5,10 @@ points for every step replayed after a resume. Here a resumed run keeps the rows
 the steps before the checkpoint it resumes from, and replaces the rest by the rows it logs again: resumes are
 exact (same values per step), so the history equals that of a run that was never interrupted.
 
+wandb cannot take rows back: there a resumed process sends only the (metric, step) pairs the wandb run does not
+hold yet (`HistoryWandbLogger`), so the dashboard, online or after `wandb sync` of all offline folders, shows each
+step once.
+
 One gap remains in Lightning's order of events: a checkpoint of step S is written before the metrics of step S
 (logged as step S-1) and before the validation that follows it. `MetricsHistory` therefore records, beside the
 checkpoints, the step up to which everything logged is on disk; the resume picks the newest checkpoint at or
@@ -15,15 +19,18 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 
 from dnabert.run.checkpoints import write_logged_through
+from dnabert.run.wandb_records import logged_steps, run_logs, summary_steps
 
 
 def _rewrite_rows(path: Path, fieldnames: list[str], first_dropped_step: int | None = None) -> None:
@@ -102,10 +109,49 @@ class HistoryTensorBoardLogger(TensorBoardLogger):
         return super().experiment
 
 
+class HistoryWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, but a resumed process leaves out the metrics the wandb run holds at that step.
+
+    What the run holds: offline, the history in the transaction logs of the run's earlier processes (exact, per
+    metric); online, the resumed run's summary from the server (every metric in it counts as held up to its
+    `trainer/global_step`, so a row cut at that last step is left out rather than sent twice). Resumes are exact:
+    a left-out value equals the one the run holds.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = 0
+        self._held_steps: dict[str, int] | None = None
+
+    def held_steps(self) -> dict[str, int]:
+        """Per metric, the highest step the wandb run holds from earlier processes (read once, at the first row)."""
+        if self._held_steps is None:
+            self._held_steps = {}
+            if self.resume_step > 0:
+                run = self.experiment
+                if run.offline:
+                    own_folder = Path(run.settings.sync_dir)
+                    earlier = [p for p in run_logs(own_folder.parent, run.id) if p.parent != own_folder]
+                    self._held_steps = logged_steps(earlier)
+                else:
+                    self._held_steps = summary_steps(dict(run.summary))
+        return self._held_steps
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is not None:
+            held = self.held_steps()
+            prefix = f"{self._prefix}{self.LOGGER_JOIN_CHAR}" if self._prefix else ""
+            metrics = {key: value for key, value in metrics.items() if step > held.get(prefix + key, -1)}
+            if not metrics:
+                return
+        super().log_metrics(metrics, step)
+
+
 def set_resume_step(loggers: list[Logger], step: int) -> None:
     """Tell the history-keeping loggers where this process continues, before they open their files."""
     for logger in loggers:
-        if isinstance(logger, HistoryCSVLogger | HistoryTensorBoardLogger):
+        if isinstance(logger, HistoryCSVLogger | HistoryTensorBoardLogger | HistoryWandbLogger):
             logger.resume_step = step
 
 

@@ -15,7 +15,7 @@ arithmetic:
   matrices (gate, value, output) instead of two, so ``N_matmul = layers * (4 h^2 + 3 h * ffn)``. Check: 125.6
   GFLOPs forward at 512 tokens for DNABERT-2-117M; the MultiMolecule card reports 125.83 GFLOPs (62.92 G MACs).
   At 128 tokens training costs 0.70 GFLOPs per token.
-- Real tokens: the "original" length rule (recipe.md) makes half the sequences full length and half of uniform
+- Real tokens: the "original" length rule makes half the sequences full length and half of uniform
   random length, so the mean is about 3/4 of the maximum; "fixed" makes every sequence full length. BPE windows
   (DNABERT-2, no k) are cut to the token budget, so every row is counted full.
 - MFU is counted on useful (real-token) FLOPs, as usual; padded batches execute more, reported separately.
@@ -58,7 +58,7 @@ GPU_PEAK_FLOPS: dict[str, float] = {
 
 # Bytes per parameter held by mixed-precision AdamW: fp32 master weights, fp32 gradients, two fp32 moments.
 OPTIMIZER_BYTES_PER_PARAM = 16
-# The recipe's cut: half the windows are full length (recipe.md "Data").
+# The original DNABERT cut: half the windows are full length.
 ORIGINAL_FULL_LENGTH_PROBABILITY = 0.5
 ORIGINAL_MIN_NUCLEOTIDES = 5
 
@@ -130,7 +130,7 @@ def token_length_moments(k: int | None, max_tokens: int, length_rule: str) -> tu
     ``k`` None: BPE windows, cut to the token budget, so every sequence is full length whatever the rule.
 
     "original": with probability 1/2 a window is full length, else ``max(int(u * M), 5)`` nucleotides with
-    M = max_tokens - 2 + k - 1 (recipe.md); enumerating the M equally likely values of int(u * M) is exact.
+    M = max_tokens - 2 + k - 1; enumerating the M equally likely values of int(u * M) is exact.
     The last piece of each N-free stretch is ignored (few windows in a chromosome-scale genome).
     """
     if length_rule == "fixed" or k is None:

@@ -1,7 +1,7 @@
 """A compact BERT encoder with a masked-language-model head, written for DNABERT pretraining.
 
 Why our own module instead of wrapping transformers' ``BertForMaskedLM``: training needs two things that model
-does not offer, and both are large savings (docs/performance notes):
+does not offer, and both are large savings (BENCHMARKS.md, "Levers and their switches"):
 
 - the MLM head (transform + 4^k-way decoder) runs only on the masked positions (about 15% of the tokens);
 - packed rows: several windows ``[CLS] .. [SEP][CLS] .. [SEP][PAD]..`` share one row, with block-diagonal
