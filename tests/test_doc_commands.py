@@ -8,7 +8,7 @@ telling users to type something that fails. Each command is checked without runn
   `configs/data/my_species.yaml`), so an unknown key, group or option fails. Hydra's own flags (`--cfg job`,
   `--resolve`, `-m`) are dropped, each value of a multirun sweep is composed once; interpolations are not
   resolved and no file is read, so placeholder paths pass.
-- `sbatch slurm/X.sbatch ...`: the sbatch script's own `train.py` overrides (its `${VAR:-default}` with the
+- `sbatch slurm/<script>.sbatch ...`: the sbatch script's own `train.py` overrides (its `${VAR:-default}` with the
   command's `VAR=` prefix or the default, SLURM's variables as 1) plus the command's trailing overrides, as above.
 - `python -m <module> ...`, `python data/fetch_genome.py ...` and the console scripts of pyproject.toml: the
   module's `main(argv)` runs until its argparse parser has parsed the arguments, then stops, so an unknown flag,
@@ -162,7 +162,7 @@ def sbatch_overrides(command: DocCommand, script: str, env: dict[str, str]) -> l
 
 
 def program_main(command: DocCommand, words: list[str]) -> tuple[Callable[[list[str]], object], list[str]] | None:
-    """(main, argv) of an argparse command: `python -m module`, `python data/x.py`, or a console script."""
+    """(main, argv) of an argparse command: `python -m module`, a script of data/, or a console script."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     if words[0] in scripts:
         module, function = scripts[words[0]].split(":")
