@@ -16,6 +16,29 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 
+class FinalStepCheckpoint(L.Callback):
+    """Save ``checkpoints/last.ckpt`` at the end of training when no checkpoint holds the final step (``max_steps``
+    not a multiple of the checkpoint interval): otherwise a finished run's last.ckpt lags its final weights, which
+    fine-tuning and export read, and the same command run again trains those steps a second time. Listed before
+    MetricsHistory, whose on_train_end then records the step as logged."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.checkpoint_path = Path(run_dir) / "checkpoints" / "last.ckpt"
+        self.saved_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.saved_step = trainer.global_step  # a resumed run's checkpoint holds this step already
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.saved_step is not None and self.saved_step != trainer.global_step:  # None: nothing was trained
+            trainer.save_checkpoint(self.checkpoint_path)
+            rank_zero_info(f"Saved {self.checkpoint_path} at the final step {trainer.global_step}.")
+
+
 class StepProgressBar(TQDMProgressBar):
     """Progress in optimiser steps out of max_steps (the stream is endless, so batches have no total).
 

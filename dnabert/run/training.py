@@ -22,7 +22,7 @@ from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, ensure_bpe_tokenizer
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY
 from dnabert.models.dnabert.model import count_parameters
-from dnabert.run.callbacks import RunArtifacts, StepProgressBar, ThroughputLogger
+from dnabert.run.callbacks import FinalStepCheckpoint, RunArtifacts, StepProgressBar, ThroughputLogger
 from dnabert.run.checkpoints import AtomicCheckpointIO, checkpoint_step, find_resume_checkpoint
 from dnabert.run.cluster import (
     check_checkpoint_fits,
@@ -228,8 +228,8 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
 def build_trainer(cfg: DictConfig, plan: Plan, resume_step: int = 0) -> L.Trainer:
     """`resume_step`: the step of the checkpoint this process continues from (0: a fresh start)."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks += [StepProgressBar(), ThroughputLogger(), MetricsHistory(str(plan.run_dir)),
-                  RunArtifacts(str(plan.run_dir), export=cfg.export)]
+    callbacks += [StepProgressBar(), ThroughputLogger(), FinalStepCheckpoint(str(plan.run_dir)),
+                  MetricsHistory(str(plan.run_dir)), RunArtifacts(str(plan.run_dir), export=cfg.export)]
     callbacks += cluster_callbacks(str(plan.run_dir))
     callbacks += probe_callbacks(cfg)
     loggers = build_loggers(cfg.logger)
