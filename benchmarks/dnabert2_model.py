@@ -34,7 +34,7 @@ from dnabert.data.tokenizers.kmer import PAD_ID as PAD
 from dnabert.data.tokenizers.kmer import SEP_ID as SEP
 from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
 from dnabert.models.dnabert2.model import DnaBert2ForMaskedLM, preset
-from dnabert.tools.estimate import peak_flops_for, train_flops_per_sequence
+from dnabert.run.estimate import peak_flops_for, train_flops_per_sequence
 
 MASK_RATE = 0.15
 

@@ -39,8 +39,8 @@ from dnabert.data.masking import mask_batch
 from dnabert.data.tokenizers.kmer import PAD_ID
 from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, masked_lm_loss, preset
 from dnabert.run.callbacks import StepProgressBar, ThroughputLogger
+from dnabert.run.estimate import estimate, peak_flops_for
 from dnabert.tasks.pretrain import DnaBertLitModule, build_adamw
-from dnabert.tools.estimate import estimate, peak_flops_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
