@@ -25,17 +25,23 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
+def imported_modules_of(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The modules one import statement names; ``from package import module`` names the module itself."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if not node.module or node.level:
+        return set()
+    return {node.module} | {f"{node.module}.{alias.name}" for alias in node.names
+                            if f"{node.module}.{alias.name}" in MODULES}
+
+
 def imported_modules(path: Path) -> set[str]:
     """Every module an ``import`` / ``from ... import`` names in the file, at any depth (lazy imports and
-    TYPE_CHECKING ones included); ``from package import module`` names the module itself."""
+    TYPE_CHECKING ones included)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if f"{node.module}.{alias.name}" in MODULES)
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names |= imported_modules_of(node)
     return names
 
 
@@ -46,9 +52,11 @@ def layer_of(module: str) -> int:
 
 
 def dnabert_edges() -> dict[str, set[str]]:
-    """module -> the dnabert modules it imports (entry points included, as their script names)."""
+    """module -> the dnabert modules it imports (entry points included, as their script names); a package's
+    `from package import submodule` is an edge to the submodule only."""
     sources = {**MODULES, **{name: ROOT / f"{name}.py" for name in ENTRY_POINTS}}
-    return {module: {name for name in imported_modules(path) if name in MODULES or name in ENTRY_POINTS}
+    return {module: {name for name in imported_modules(path) if (name in MODULES or name in ENTRY_POINTS)
+                     and name != module}
             for module, path in sources.items()}
 
 
@@ -96,6 +104,22 @@ def test_the_layer_check_sees_lazy_and_module_imports(tmp_path, source, problem)
     probe.write_text(source)
     names = imported_modules(probe)
     assert any(layer_of(name) > LAYERS["dnabert.models"] for name in names if name in MODULES), (problem, names)
+
+
+def test_every_import_inside_a_function_says_why():
+    """A dnabert import inside a function (deferred to save start-up time) has a comment on its line or the line
+    above that says what it saves."""
+    silent = []
+    for path in [*MODULES.values(), *(ROOT / f"{name}.py" for name in ENTRY_POINTS)]:
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            imports = [node for node in ast.walk(function) if isinstance(node, ast.Import | ast.ImportFrom)
+                       and any(name.startswith("dnabert") for name in imported_modules_of(node))]
+            silent += [f"{path.relative_to(ROOT)}:{node.lineno}" for node in imports
+                       if "#" not in lines[node.lineno - 1] and not lines[node.lineno - 2].strip().startswith("#")]
+    assert not silent, "\n".join(silent)
 
 
 def test_entry_points_share_their_helpers_through_the_package():

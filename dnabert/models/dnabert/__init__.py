@@ -5,12 +5,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from dnabert.data.tokenizers.kmer import kmer_text
 from dnabert.models.family import ClassifierCard, FamilyCost, ModelFamily
+
+
+def _model() -> ModuleType:
+    """The family's network module (model.py)."""
+    # Imported on first use: a run of another family never loads it (it imports transformers' BertConfig).
+    from dnabert.models.dnabert import model
+
+    return model
+
+
+def _interop() -> ModuleType:
+    """The family's export and import module (interop.py)."""
+    # Imported on first use: transformers' BERT models load only when a run imports or exports weights.
+    from dnabert.models.dnabert import interop
+
+    return interop
 
 
 class DnaBertFamily(ModelFamily):
@@ -24,17 +41,11 @@ class DnaBertFamily(ModelFamily):
     layouts = ("original", "multimolecule")
     paper_run = dict(preset="bert_base", max_tokens=512, global_batch=2000, micro_batch=10, max_steps=120_000)
 
-    # Imported on first use (here and below): interop imports transformers' BERT classes, which a run loads only
-    # when it imports or exports weights (tests/test_interop_layers.py).
     def config_class(self) -> type:
-        from dnabert.models.dnabert.model import ModelConfig
-
-        return ModelConfig
+        return _model().ModelConfig
 
     def model_class(self) -> type[torch.nn.Module]:
-        from dnabert.models.dnabert.model import DnaBertForMaskedLM
-
-        return DnaBertForMaskedLM
+        return _model().DnaBertForMaskedLM
 
     def owns_config(self, config: Any) -> bool:
         """Any config with BERT's attribute names (ModelConfig, transformers.BertConfig): the fallback family."""
@@ -52,21 +63,15 @@ class DnaBertFamily(ModelFamily):
         return FamilyCost(embeddings + layers * layer + head, layers * layer_matrices, 34 * hidden)
 
     def preset(self, name: str, k: int | None, vocab_size: int | None) -> Any:
-        from dnabert.models.dnabert.model import preset
-
-        return preset(name, k)
+        return _model().preset(name, k)
 
     def export(self, model: torch.nn.Module, out_dir: Path, layout: str | None, k: int | None,
                tokenizer_file: Path | None, card_config: dict | None) -> Path:
-        from dnabert.models.dnabert.interop import export_model
-
-        return export_model(model, k, out_dir, layout or self.layouts[0], card_config)
+        return _interop().export_model(model, k, out_dir, layout or self.layouts[0], card_config)
 
     def classifier_writer(self, state_dict: dict[str, torch.Tensor], backbone: dict[str, Any],
                           head: dict[str, Any], dropout: float, layout: str | None) -> Callable[[Path], None]:
-        from dnabert.models.dnabert.interop import classifier_writer
-
-        return classifier_writer(state_dict, backbone, head, dropout, layout or self.layouts[0])
+        return _interop().classifier_writer(state_dict, backbone, head, dropout, layout or self.layouts[0])
 
     def classifier_card(self, k: int | None, layout: str | None) -> ClassifierCard:
         model_class = ("BertForSequenceClassification" if (layout or self.layouts[0]) == "original"
@@ -76,14 +81,10 @@ class DnaBertFamily(ModelFamily):
         return ClassifierCard(f"DNABERT k={k}", "k-mer", tokens, model_class)
 
     def import_directory(self, directory: Path, k: int | None) -> torch.nn.Module:
-        from dnabert.models.dnabert.interop import init_from
-
-        return init_from(directory, k)
+        return _interop().init_from(directory, k)
 
     def load_into(self, model: torch.nn.Module, directory: Path, k: int | None) -> None:
-        from dnabert.models.dnabert.interop import load_pretrained_into
-
-        load_pretrained_into(model, directory, k)
+        _interop().load_pretrained_into(model, directory, k)
 
 
 FAMILY = DnaBertFamily()

@@ -6,11 +6,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from dnabert.models.family import ClassifierCard, FamilyCost, ModelFamily
+
+
+def _model() -> ModuleType:
+    """The family's network module (model.py)."""
+    # Imported on first use: a k-mer run never loads this family's network.
+    from dnabert.models.dnabert2 import model
+
+    return model
+
+
+def _interop() -> ModuleType:
+    """The family's export and import module (interop.py)."""
+    # Imported on first use: transformers' tokenizer I/O loads only when a run imports or exports weights.
+    from dnabert.models.dnabert2 import interop
+
+    return interop
 
 
 class DnaBert2Family(ModelFamily):
@@ -25,17 +42,11 @@ class DnaBert2Family(ModelFamily):
     # assumption that only affects the memory line.
     paper_run = dict(preset="base", max_tokens=128, global_batch=4096, micro_batch=64, max_steps=500_000)
 
-    # Imported on first use (here and below): a k-mer run never loads this family's network, and interop imports
-    # transformers and tokenizers' I/O, needed only to import or export weights (tests/test_interop_layers.py).
     def config_class(self) -> type:
-        from dnabert.models.dnabert2.model import DnaBert2Config
-
-        return DnaBert2Config
+        return _model().DnaBert2Config
 
     def model_class(self) -> type[torch.nn.Module]:
-        from dnabert.models.dnabert2.model import DnaBert2ForMaskedLM
-
-        return DnaBert2ForMaskedLM
+        return _model().DnaBert2ForMaskedLM
 
     def positions(self, config: dict[str, Any]) -> tuple[int, int | None]:
         """ALiBi has no position table: the default is the length its biases were laid out for
@@ -62,24 +73,18 @@ class DnaBert2Family(ModelFamily):
                           lambda max_tokens, micro_batch: 2 * heads * max_tokens**2 * micro_batch)
 
     def preset(self, name: str, k: int | None, vocab_size: int | None) -> Any:
-        from dnabert.models.dnabert2.model import preset
-
-        return preset(name, vocab_size)
+        return _model().preset(name, vocab_size)
 
     def export(self, model: torch.nn.Module, out_dir: Path, layout: str | None, k: int | None,
                tokenizer_file: Path | None, card_config: dict | None) -> Path:
-        from dnabert.models.dnabert2.interop import export_dnabert2_model
-
-        return export_dnabert2_model(model, tokenizer_file, out_dir, layout or self.layouts[0], card_config)
+        return _interop().export_dnabert2_model(model, tokenizer_file, out_dir, layout or self.layouts[0], card_config)
 
     def export_description(self, layout: str | None) -> str:
         return "Hugging Face model (MultiMolecule layout)"
 
     def classifier_writer(self, state_dict: dict[str, torch.Tensor], backbone: dict[str, Any],
                           head: dict[str, Any], dropout: float, layout: str | None) -> Callable[[Path], None]:
-        from dnabert.models.dnabert2.interop import dnabert2_classifier_writer
-
-        return dnabert2_classifier_writer(state_dict, backbone, head, layout or self.layouts[0])
+        return _interop().dnabert2_classifier_writer(state_dict, backbone, head, layout or self.layouts[0])
 
     def classifier_card(self, k: int | None, layout: str | None) -> ClassifierCard:
         return ClassifierCard("DNABERT-2", "bpe",
@@ -87,19 +92,13 @@ class DnaBert2Family(ModelFamily):
                               "multimolecule.DnaBert2ForSequencePrediction")
 
     def recognises_directory(self, config_json: dict[str, Any]) -> bool:
-        from dnabert.models.dnabert2.interop import is_dnabert2_directory
-
-        return is_dnabert2_directory(config_json)
+        return _interop().is_dnabert2_directory(config_json)
 
     def import_directory(self, directory: Path, k: int | None) -> torch.nn.Module:
-        from dnabert.models.dnabert2.interop import init_from_dnabert2
-
-        return init_from_dnabert2(directory)
+        return _interop().init_from_dnabert2(directory)
 
     def load_into(self, model: torch.nn.Module, directory: Path, k: int | None) -> None:
-        from dnabert.models.dnabert2.interop import load_dnabert2_into
-
-        load_dnabert2_into(model, directory)
+        _interop().load_dnabert2_into(model, directory)
 
 
 FAMILY = DnaBert2Family()
