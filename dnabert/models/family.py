@@ -57,6 +57,8 @@ class ModelFamily(ABC):
     label: str  # how the run's log names the architecture ("BERT")
     tokenizer: str  # the tokenizer kind its exports, imports and fine-tuning need: "kmer" or "bpe"
     directory_fallback: bool = False  # claims any model directory no other family recognises
+    layouts: tuple[str, ...] = ("original",)  # export layouts, the default first
+    paper_run: dict[str, Any] | None = None  # the published run: the estimate CLI's defaults (None: not offered)
 
     # ------------------------------------------------------------------------------------------- building
     @abstractmethod
@@ -94,11 +96,7 @@ class ModelFamily(ABC):
         """A named model size (the estimate CLI's `--preset`)."""
         raise NotImplementedError(f"model family {self.name} has no presets")
 
-    paper_run: dict[str, Any] | None = None  # the published run: the estimate CLI's defaults (None: not offered)
-
     # ------------------------------------------------------------------------------------- import / export
-    layouts: tuple[str, ...] = ("original",)  # export layouts, the default first
-
     @abstractmethod
     def export(self, model: torch.nn.Module, out_dir: Path, layout: str | None, k: int | None,
                tokenizer_file: Path | None, card_config: dict | None) -> Path:
