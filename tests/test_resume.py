@@ -20,8 +20,8 @@ import torch
 from dnabert.errors import DnabertError
 from dnabert.run.checkpoints import find_resume_checkpoint, write_logged_through
 from dnabert.run.history import HistoryCSVLogger, set_resume_step
+from dnabert.run.report import load_metrics, series
 from dnabert.run.training import run
-from dnabert.tools.report import load_metrics, series
 from tests.conftest import tiny_run_overrides
 from tests.training_runs import (
     assert_same_weights,
