@@ -26,8 +26,8 @@ arithmetic:
   softmax: 6 bytes per entry). DNABERT-2's feed-forward saves ``3 h + 8 ffn`` bytes per token instead of
   ``19 h`` (its input, gate and value halves, activated gate, product, dropout mask), and its ALiBi bias is
   counted as one bf16 (b, heads, s, s) tensor shared by all layers (packed rows on SDPA; an upper bound for
-  one-window rows, which share one (1, heads, s, s) bias, and for FlexAttention, which builds none). CUDA context and allocator fragmentation (about
-  1-2 GB) are not included.
+  one-window rows, which share one (1, heads, s, s) bias, and for FlexAttention, which builds none). CUDA
+  context and allocator fragmentation (about 1-2 GB) are not included.
 """
 
 from __future__ import annotations
