@@ -8,23 +8,25 @@ help?") and configs/finetune.yaml.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-# importing train also sets DNABERT_ROOT and registers the config resolvers
-from train import check_folder_names, check_output_override, run_reporting_user_errors, validate_before_hydra
+from dnabert.tools.cli import check_before_hydra, prepare_entry_point, run_reporting_user_errors
+
+ROOT = Path(__file__).resolve().parent
+prepare_entry_point(ROOT)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="finetune")
 def main(cfg: DictConfig) -> None:
+    # Imported once the settings passed: Lightning's import takes seconds, which a bad setting or --help skips.
     from dnabert.run.finetuning import run_finetune
 
     run_reporting_user_errors(run_finetune, cfg)
 
 
 if __name__ == "__main__":
-    validate_before_hydra("finetune", sys.argv[1:])
-    check_output_override(sys.argv[1:])
-    check_folder_names(sys.argv[1:])
+    check_before_hydra(ROOT / "configs", "finetune", sys.argv[1:])
     main()

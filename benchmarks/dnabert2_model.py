@@ -8,7 +8,7 @@ backward and an AdamW step, under bf16 autocast on CUDA (float32 on a CPU):
 (b) ours: dnabert.models.dnabert2, the LM head on masked positions only, packed rows (``--pack``; they only
     help when windows are shorter than the budget: ``--short-fraction``), ``--compile``, ``--attention flex``.
 
-Reported: windows/s, real tokens/s, and MFU (dnabert.tools.estimate's FLOPs of the real tokens / (time x dense
+Reported: windows/s, real tokens/s, and MFU (dnabert.run.estimate's FLOPs of the real tokens / (time x dense
 bf16 peak)), and ours/baseline.
 
     python -m benchmarks.dnabert2_model                                   # GPU: base, 128 tokens, micro-batch 256
@@ -34,7 +34,7 @@ from dnabert.data.tokenizers.kmer import PAD_ID as PAD
 from dnabert.data.tokenizers.kmer import SEP_ID as SEP
 from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
 from dnabert.models.dnabert2.model import DnaBert2ForMaskedLM, preset
-from dnabert.tools.estimate import peak_flops_for, train_flops_per_sequence
+from dnabert.run.estimate import peak_flops_for, train_flops_per_sequence
 
 MASK_RATE = 0.15
 

@@ -10,7 +10,7 @@ half the windows full length, half shorter), masking on the device (dnabert.data
 (c) ours in a raw torch loop (same model, data loader, levers and clipping): (b)'s framework overhead is 1 - b/c.
 
 Reported: windows/s, real (non-padding) tokens/s, padding share of the computed tokens, MFU (model FLOPs of the
-real tokens from dnabert.tools.estimate / (time x the device's dense bf16 peak)), the ratios, and the wall time of the
+real tokens from dnabert.run.estimate / (time x the device's dense bf16 peak)), the ratios, and the wall time of the
 paper recipe (120,000 steps x 2,000 windows) on 8 such devices, assuming linear scaling over data parallelism.
 
     python -m benchmarks.train_throughput                                   # GPU, BERT-base, all levers on
@@ -39,8 +39,8 @@ from dnabert.data.masking import mask_batch
 from dnabert.data.tokenizers.kmer import PAD_ID
 from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, masked_lm_loss, preset
 from dnabert.run.callbacks import StepProgressBar, ThroughputLogger
+from dnabert.run.estimate import estimate, peak_flops_for
 from dnabert.tasks.pretrain import DnaBertLitModule, build_adamw
-from dnabert.tools.estimate import estimate, peak_flops_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
@@ -208,7 +208,7 @@ def run_lightning(args: argparse.Namespace) -> Result:
 
 
 def flops_per_real_token(args: argparse.Namespace) -> float:
-    """Model FLOPs (forward + backward) per real token at the recipe's length mix, from dnabert.tools.estimate."""
+    """Model FLOPs (forward + backward) per real token at the recipe's length mix, from dnabert.run.estimate."""
     return estimate(preset(args.preset, args.k), k=args.k, max_tokens=args.max_tokens, global_batch_size=1,
                     max_steps=1, micro_batch_size=1, devices=1, num_nodes=1, length_rule="original",
                     mask_rate=MASK_RATE).train_flops_per_token

@@ -284,8 +284,8 @@ def test_dnabert2_demo_sized_run_resumes_exactly(tmp_path: Path) -> None:
 
 def test_dnabert2_paper_recipe_and_estimate(compose_config, genome: Path) -> None:
     """The published recipe, composed as a user runs it, and `estimate=true` for both DNABERT-2 experiments."""
+    from dnabert.run.estimate import estimate_from_config
     from dnabert.run.training import make_plan
-    from dnabert.tools.estimate import estimate_from_config
 
     cfg = compose_config("experiment=dnabert2_paper", f"data.genomes=[{{name: toy, fasta: '{genome}'}}]",
                          "estimate=true")

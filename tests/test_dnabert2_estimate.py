@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from dnabert.errors import DnabertError
 from dnabert.models.components import count_parameters as model_parameters
 from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM, preset
-from dnabert.tools.estimate import count_parameters, estimate, estimate_from_config, main
+from dnabert.run.estimate import count_parameters, estimate, estimate_from_config
+from dnabert.tools.estimate import main
 
 # DNABERT-2's published run: batch 4096 on 8 GPUs (the micro-batch split is not published), 500k steps, 128 tokens.
 PAPER_RUN = dict(max_tokens=128, global_batch_size=4096, max_steps=500_000, micro_batch_size=64, devices=8,

@@ -8,7 +8,7 @@ import pytest
 from transformers import BertConfig, BertForMaskedLM
 
 from dnabert.errors import DnabertError
-from dnabert.tools.estimate import count_parameters, estimate, format_estimate, peak_flops_for, token_length_moments
+from dnabert.run.estimate import count_parameters, estimate, format_estimate, peak_flops_for, token_length_moments
 
 # BERT-base with the k=6 DNABERT vocabulary (4^6 + 5 rows): the paper's model.
 BERT_BASE_K6 = BertConfig(vocab_size=4101)
@@ -100,7 +100,7 @@ def test_format_estimate_reports_the_numbers():
 
 
 def test_estimate_from_the_paper_experiment_config(compose_config):
-    from dnabert.tools.estimate import estimate_from_config
+    from dnabert.run.estimate import estimate_from_config
 
     cfg = compose_config("experiment=dnabert6_paper", "estimate_gpu=h100", "estimate_mfu=0.45")
     text = estimate_from_config(cfg, devices=8, num_nodes=1)

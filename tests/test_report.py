@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dnabert.errors import DnabertError
-from dnabert.tools.report import write_report
+from dnabert.run.report import write_report
 
 COLUMNS = ["epoch", "step", "lr", "mask_rate", "train/acc", "train/loss", "train/ppl", "train/sequences_seen",
            "train/tokens_per_s", "train/tokens_seen", "val/acc", "val/loss", "val/ppl"]

@@ -20,8 +20,8 @@ import torch
 from dnabert.errors import DnabertError
 from dnabert.run.checkpoints import find_resume_checkpoint, write_logged_through
 from dnabert.run.history import HistoryCSVLogger, set_resume_step
+from dnabert.run.report import load_metrics, series
 from dnabert.run.training import run
-from dnabert.tools.report import load_metrics, series
 from tests.conftest import tiny_run_overrides
 from tests.training_runs import (
     assert_same_weights,
@@ -113,6 +113,22 @@ def test_killed_run_resumes_exactly_even_from_a_corrupt_newest_checkpoint(uninte
         shown = tensorboard_scalars(resumed, metric)
         assert [step for step, _ in shown] == sorted(metric_by_step(uninterrupted, metric)), metric
         assert dict(shown) == pytest.approx(metric_by_step(uninterrupted, metric), rel=1e-6), metric
+
+
+def test_a_final_step_between_checkpoints_is_saved_and_a_rerun_trains_nothing(tmp_path: Path) -> None:
+    """max_steps=10 with a checkpoint every 4 steps: last.ckpt holds step 10 (before, step 8), so export and
+    fine-tuning read the final weights, and the same command again finds the run finished instead of training
+    steps 9 and 10 a second time."""
+    train(tmp_path, "ten", "max_steps=10")
+    directory = run_dir(tmp_path, "ten")
+    last = directory / "checkpoints" / "last.ckpt"
+    assert checkpoint(last)["global_step"] == 10
+    assert find_resume_checkpoint(directory / "checkpoints") == last
+    rows = logged_rows(directory)
+    output = train(tmp_path, "ten", "max_steps=10")
+    assert "Resuming from " in output and "`max_steps=10` reached" in output and "Training from step" not in output
+    assert logged_rows(directory) == rows
+    assert checkpoint(last)["global_step"] == 10
 
 
 def test_resume_waits_for_the_metrics_of_the_checkpointed_step(tmp_path: Path) -> None:

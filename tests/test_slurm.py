@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 import torch
 
+from dnabert.run.report import load_metrics
 from dnabert.run.run_claim import read_holder
-from dnabert.tools.report import load_metrics
 from tests.conftest import ROOT
 from tests.training_runs import (
     TINY,

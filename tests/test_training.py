@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 
 
 def attach_trainer(module: torch.nn.Module, max_steps: int) -> None:
-    module.trainer = SimpleNamespace(max_steps=max_steps, training=True)
+    module.trainer = SimpleNamespace(max_steps=max_steps, training=True, precision="32-true")
 
 
 def test_paper_experiment_resolves_to_the_recipe(compose_config) -> None:

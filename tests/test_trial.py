@@ -7,9 +7,9 @@ import torch
 
 from dnabert.data.tokenizers.kmer import CLS_ID, SEP_ID, ids_to_kmers, kmers_to_sequence, tokenize
 from dnabert.errors import DnabertError
+from dnabert.run.estimate import estimate, format_trial, train_flops_per_sequence
 from dnabert.run.trial import TrialResult, full_length_rows, run_trial
 from dnabert.tasks.pretrain import DnaBertLitModule
-from dnabert.tools.estimate import estimate, format_trial, train_flops_per_sequence
 from tests.test_estimate import BERT_BASE_K6, PAPER_RUN
 
 TINY = {"vocab_size": 4101, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -119,7 +119,8 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("model.compile=fast",), "model.compile='fast' is not true or false"),
     (("model.attention=flash",), "model.attention='flash' is not one of sdpa, flex"),
     (("model.head_on_masked_only=1",), "model.head_on_masked_only=1 is not true or false"),
-    (("model.family=gpt",), "model.family='gpt' is not one of dnabert, dnabert2"),
+    (("model.family=gpt",), "model.family='gpt' is unknown; pick the model code: dnabert, dnabert2, or "
+                              "module.path:FAMILY"),
     (("model=dnabert2_tiny", "model.alibi_starting_size=0"), "model.alibi_starting_size=0 must be >= 1"),
     (("experiment=dnabert2_demo", "model.vocab_size=4101"),
      "model.vocab_size=4101 differs from tokenizer.vocab_size=4096; leave it at ${{tokenizer.vocab_size}}"),

@@ -15,6 +15,31 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from dnabert.models import get_family
+
+
+class FinalStepCheckpoint(L.Callback):
+    """Save ``checkpoints/last.ckpt`` at the end of training when no checkpoint holds the final step (``max_steps``
+    not a multiple of the checkpoint interval): otherwise a finished run's last.ckpt lags its final weights, which
+    fine-tuning and export read, and the same command run again trains those steps a second time. Listed before
+    MetricsHistory, whose on_train_end then records the step as logged."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.checkpoint_path = Path(run_dir) / "checkpoints" / "last.ckpt"
+        self.saved_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.saved_step = trainer.global_step  # a resumed run's checkpoint holds this step already
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.saved_step is not None and self.saved_step != trainer.global_step:  # None: nothing was trained
+            trainer.save_checkpoint(self.checkpoint_path)
+            rank_zero_info(f"Saved {self.checkpoint_path} at the final step {trainer.global_step}.")
+
 
 class StepProgressBar(TQDMProgressBar):
     """Progress in optimiser steps out of max_steps (the stream is endless, so batches have no total).
@@ -158,7 +183,8 @@ class RunArtifacts(L.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from dnabert.tools.report import write_report
+        # Imported when a run ends: matplotlib and pandas add about a second to every start otherwise.
+        from dnabert.run.report import write_report
 
         for logger in trainer.loggers:
             logger.save()
@@ -177,22 +203,17 @@ class RunArtifacts(L.Callback):
             if plots and isinstance(logger, WandbLogger):  # the same figure beside the live curves
                 logger.log_image(key="report/curves", images=plots, step=trainer.global_step)
         finished = trainer.global_step >= trainer.max_steps
-        bpe = pl_module.hparams.get("tokenizer_vocab_size") is not None
+        tokenizer = "kmer" if pl_module.hparams.get("tokenizer_vocab_size") is None else "bpe"
+        family = get_family(pl_module.family)
         export_dir = self.run_dir / "hf_model"
-        card_config = pl_module.hparams.get("train_config")
-        if self.export and finished and pl_module.family == "dnabert2":  # BPE: the run's copy of its tokenizer
-            from dnabert.models.dnabert2.interop import export_dnabert2_model
-
-            export_dnabert2_model(pl_module.model, self.run_dir / "tokenizer.json", export_dir, card_config=card_config)
-            lines.append(f"  Hugging Face model (MultiMolecule layout): {export_dir}")
-        elif self.export and finished and bpe:
-            lines.append("  Hugging Face model: not written (BERT on BPE tokens has no export layout; the run keeps "
-                         "its tokenizer.json and checkpoints)")
+        if self.export and finished and family.tokenizer != tokenizer:
+            lines.append(f"  Hugging Face model: not written ({family.label} on {tokenizer.upper()} tokens has no "
+                         "export layout; the run keeps its tokenizer.json and checkpoints)")
         elif self.export and finished:  # a preempted run exports when it really ends, not at every requeue
-            from dnabert.models.dnabert.interop import export_model
-
-            export_model(pl_module.model, pl_module.k, export_dir, layout="original", card_config=card_config)
-            lines.append(f"  Hugging Face model: {export_dir}")
+            tokenizer_file = self.run_dir / "tokenizer.json" if tokenizer == "bpe" else None  # the run's copy
+            family.export(pl_module.model, export_dir, None, pl_module.k, tokenizer_file,
+                          pl_module.hparams.get("train_config"))
+            lines.append(f"  {family.export_description(None)}: {export_dir}")
         checkpoint_dir = self.run_dir / "checkpoints"
         lines.append(f"  checkpoints: {checkpoint_dir}")
         rank_zero_info("\n".join(lines))

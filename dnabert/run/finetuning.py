@@ -4,9 +4,10 @@ The run directory holds one folder per seed (`seed_<n>/`: checkpoints, logs, pre
 hf_model/); the run's own results.json and report.md put the seeds side by side with mean and sd. A seed whose
 results.json exists is done; one with a checkpoint continues from it (same command, same run directory).
 
-A backbone family plugs in at three seams: `resolve_backbone` (what `pretrained=` names: family, architecture,
-weights, tokenizer), `build_encoder` (its module without the MLM head) and `tokenizer_for` (its tokenisation).
-DNABERT uses k-mers of its k; DNABERT-2 uses the BPE tokenizer it was pretrained with (the run directory's or export
+A backbone family plugs in through its ModelFamily object (dnabert.models.family): `resolve_backbone` (what
+`pretrained=` names: family, architecture, weights, tokenizer), `build_encoder` (its module without the MLM head)
+and `tokenizer_for` (its tokenisation, by the family's tokenizer kind). k-mer families use k-mers of their k;
+BPE families (DNABERT-2) use the BPE tokenizer it was pretrained with (the run directory's or export
 directory's tokenizer.json, or `tokenizer.file` for `pretrained=none`), whose special ids equal the k-mer ones, so
 windowing, padding and the classifier are shared. The released DNABERT-2 tokenizer numbers them otherwise: it is
 converted into the fine-tuning run directory (`<run dir>/tokenizer.json`, which exports then carry) and the
@@ -45,14 +46,15 @@ from dnabert.data.labelled import (
 from dnabert.data.tokenizers.bpe import TOKENIZER_FILE, BpeWindowTokenizer, usable_bpe
 from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.errors import DnabertError
-from dnabert.models import build_model, family_classes
-from dnabert.models.dnabert.model import ModelConfig
+from dnabert.models import DEFAULT_FAMILY, family_of_checkpoint, family_of_directory, get_family
+from dnabert.models.interop import plain
 from dnabert.run.callbacks import StepProgressBar
 from dnabert.run.checkpoints import checkpoint_step, find_resume_checkpoint, read_checkpoint
 from dnabert.run.cluster import check_launch, cluster_callbacks
 from dnabert.run.config import auto_precision, resolve_device_count
 from dnabert.run.history import set_resume_step
 from dnabert.run.run_claim import check_output_dir
+from dnabert.run.saved_models import checkpoint_file, export_classifier, load_checkpoint, run_tokenizer
 from dnabert.run.training import MODEL_LEVERS, build_loggers, quiet_lightning_logs, run_plugins
 from dnabert.run.validate import validate_config
 from dnabert.tasks.finetune import FineTuneModule, SequenceClassifier, predict
@@ -65,10 +67,10 @@ SPLITS = ("train", "dev", "test")
 # ------------------------------------------------------------------------------------------ backbone seam
 @dataclass
 class Backbone:
-    """What `pretrained=` names: the model family, its k (DNABERT) or BPE tokenizer file (DNABERT-2), its config
-    fields and (unless `none`) its weights."""
+    """What `pretrained=` names: the model family (its `model.family` name), its k (k-mer families) or BPE
+    tokenizer file, its config fields and (unless `none`) its weights."""
 
-    family: str  # "dnabert" (BERT over k-mers) or "dnabert2" (MosaicBERT over BPE tokens)
+    family: str
     k: int | None
     config: dict[str, Any]
     weights: dict[str, torch.Tensor] | None
@@ -82,76 +84,70 @@ class Backbone:
 
     @property
     def positions(self) -> tuple[int, int | None]:
-        """(default tokens per window, hard limit or None). ALiBi (DNABERT-2) has no position table: the default is
-        the length its biases were laid out for (`alibi_starting_size`), and longer windows are allowed."""
-        if self.family == "dnabert2":
-            return int(self.config["alibi_starting_size"]), None
-        return int(self.config["max_position_embeddings"]), int(self.config["max_position_embeddings"])
+        """(default tokens per window, hard limit or None), the family's (ModelFamily.positions)."""
+        return get_family(self.family).positions(self.config)
 
     def label(self) -> str:
-        return f"{self.source} (k={self.k})" if self.family == "dnabert" else f"{self.source} (BPE {self.tokenizer})"
+        return f"{self.source} (k={self.k})" if self.k is not None else f"{self.source} (BPE {self.tokenizer})"
 
 
 def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
                      tokenizer_file: str | None = None, work_dir: Path | None = None) -> Backbone:
-    """`none` -> the configured architecture at random (DNABERT-2: with `tokenizer_file`, the BPE tokenizer.json);
-    a run directory or .ckpt -> its model (DNABERT-2: and the run's tokenizer.json); a directory with config.json ->
-    a DNABERT-2 one (a MultiMolecule export or the original release, with its tokenizer.json) or a transformers
-    BertForMaskedLM in the original DNABERT layout (released DNABERT weights). A BPE tokenizer with the published
-    special ids is converted into `work_dir` (the fine-tuning run directory) and used from there; the imported
-    weights fit it (dnabert.models.dnabert2.interop)."""
-    from dnabert.models.dnabert.interop import init_from
-    from dnabert.models.dnabert2.interop import init_from_dnabert2, is_dnabert2_directory
-    from dnabert.tools.export import load_checkpoint, run_tokenizer
-
+    """`none` -> the configured architecture at random (a BPE family: with `tokenizer_file`, the BPE
+    tokenizer.json); a run directory or .ckpt -> its model (a BPE family: and the run's tokenizer.json); a
+    directory with config.json -> the family that recognises it (ModelFamily.recognises_directory; DNABERT-2: a
+    MultiMolecule export or the original release, with its tokenizer.json), else transformers' BertForMaskedLM
+    in the original DNABERT layout (released DNABERT weights, the fallback family). A BPE tokenizer with the
+    published special ids is converted into `work_dir` (the fine-tuning run directory) and used from there; the
+    imported weights fit it (dnabert.models.dnabert2.interop)."""
     if pretrained is None or str(pretrained).lower() == "none":
-        family = model_cfg.get("family", "dnabert")
+        name = model_cfg.get("family", DEFAULT_FAMILY)
+        family = get_family(name)  # an unknown family is refused by name
         not_architecture = (*MODEL_LEVERS.values(), "init_from", "family")
         config = {key: value for key, value in model_cfg.items() if key not in not_architecture}
-        if family == "dnabert2":
+        if family.tokenizer == "bpe":
             if not tokenizer_file:
-                raise DnabertError("pretrained=none with model.family=dnabert2 needs its BPE tokenizer: add "
+                raise DnabertError(f"pretrained=none with model.family={name} needs its BPE tokenizer: add "
                                    "tokenizer=bpe tokenizer.file=<tokenizer.json or its folder>.")
             tokenizer = BpeWindowTokenizer(usable_bpe(tokenizer_file, work_dir))
             config["vocab_size"] = tokenizer.vocab_size
-            family_classes(family)[0].from_dict(config)  # checks the fields now, with the setting's name
-            return Backbone(family, None, config, None, "none", str(tokenizer.file))
-        family_classes(family)  # an unknown family is refused by name
+            family.config_class().from_dict(config)  # checks the fields now, with the setting's name
+            return Backbone(name, None, config, None, "none", str(tokenizer.file))
         config["vocab_size"] = vocab_size(k)
-        ModelConfig.from_dict(config)  # checks the fields now, with the setting's name in the message
-        return Backbone("dnabert", k, config, None, "none")
+        family.config_class().from_dict(config)  # checks the fields now, with the setting's name in the message
+        return Backbone(name, k, config, None, "none")
     path = Path(pretrained)
     if path.is_file() or (path / "checkpoints" / "last.ckpt").is_file():
         model, checkpoint_k, card_config = load_checkpoint(path)
-        if checkpoint_k is None:  # DNABERT-2: the tokenizer it was pretrained with
+        name = family_of_checkpoint(plain(read_checkpoint(checkpoint_file(path), mmap=True)["hyper_parameters"]))
+        if checkpoint_k is None:  # a BPE family: the tokenizer it was pretrained with
             tokenizer = BpeWindowTokenizer(run_tokenizer(path, card_config.get("train_config") or {}))
-            return Backbone("dnabert2", None, model.config.to_dict(), model.state_dict(), str(path),
-                            str(tokenizer.file))
-        return Backbone("dnabert", checkpoint_k, model.config.to_dict(), model.state_dict(), str(path))
-    if (path / "config.json").is_file() and is_dnabert2_directory(json.loads((path / "config.json").read_text())):
+            return Backbone(name, None, model.config.to_dict(), model.state_dict(), str(path), str(tokenizer.file))
+        return Backbone(name, checkpoint_k, model.config.to_dict(), model.state_dict(), str(path))
+    config_json = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else None
+    family = family_of_directory(config_json) if config_json is not None else None
+    if family is None:
+        raise DnabertError(f"pretrained={pretrained} is neither a run directory (with checkpoints/last.ckpt), a .ckpt "
+                           "file, a transformers model directory (config.json) nor 'none'.")
+    if family.tokenizer == "bpe":
         if not (path / TOKENIZER_FILE).is_file():
-            raise DnabertError(f"pretrained={path} is a DNABERT-2 model without its {TOKENIZER_FILE}; copy the BPE "
-                               "tokenizer it was pretrained with into that folder (the release's tokenizer.json).")
+            raise DnabertError(f"pretrained={path} is a {family.label} model without its {TOKENIZER_FILE}; copy the "
+                               "BPE tokenizer it was pretrained with into that folder (the release's tokenizer.json).")
         tokenizer = BpeWindowTokenizer(usable_bpe(path, work_dir))
-        model = init_from_dnabert2(path)
-        return Backbone("dnabert2", None, model.config.to_dict(), model.state_dict(), str(path), str(tokenizer.file))
-    if (path / "config.json").is_file():
-        hf_vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
-        matching = [candidate for candidate in SUPPORTED_K if vocab_size(candidate) == hf_vocab]
-        if not matching:
-            raise DnabertError(f"pretrained={path}: vocabulary of {hf_vocab} rows is not a DNABERT k-mer vocabulary "
-                               f"(4^k + 5 for k in {SUPPORTED_K}).")
-        model = init_from(path, matching[0])
-        return Backbone("dnabert", matching[0], model.config.to_dict(), model.state_dict(), str(path))
-    raise DnabertError(f"pretrained={pretrained} is neither a run directory (with checkpoints/last.ckpt), a .ckpt "
-                       "file, a transformers model directory (config.json) nor 'none'.")
+        model = family.import_directory(path, None)
+        return Backbone(family.name, None, model.config.to_dict(), model.state_dict(), str(path), str(tokenizer.file))
+    hf_vocab = config_json.get("vocab_size")
+    matching = [candidate for candidate in SUPPORTED_K if vocab_size(candidate) == hf_vocab]
+    if not matching:
+        raise DnabertError(f"pretrained={path}: vocabulary of {hf_vocab} rows is not a DNABERT k-mer vocabulary "
+                           f"(4^k + 5 for k in {SUPPORTED_K}).")
+    model = family.import_directory(path, matching[0])
+    return Backbone(family.name, matching[0], model.config.to_dict(), model.state_dict(), str(path))
 
 
 def build_encoder(backbone: Backbone) -> torch.nn.Module:
     """The family's encoder, randomly initialised (global RNG), without its MLM head (fine-tuning never uses it)."""
-    encoder = build_model(backbone.family, backbone.config)
-    del encoder.cls  # its decoder was tied to the word embeddings, which stay in encoder.bert
-    return encoder
+    return get_family(backbone.family).build_encoder(backbone.config)
 
 
 def load_weights(encoder: torch.nn.Module, backbone: Backbone) -> None:
@@ -164,7 +160,7 @@ def load_weights(encoder: torch.nn.Module, backbone: Backbone) -> None:
 
 def tokenizer_for(backbone: Backbone) -> Tokenize:
     """k-mers of the backbone's k, or the BPE tokenizer it was pretrained with."""
-    if backbone.family == "dnabert2":
+    if backbone.k is None:
         return BpeWindowTokenizer(backbone.tokenizer).sequence_ids
     return kmer_tokenizer(backbone.k)
 
@@ -296,8 +292,6 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
         "selection_metric": f"dev/{selection}", "metrics": evaluated, "dev_history": module.dev_history,
     }
     if cfg.export:
-        from dnabert.tools.export import export_classifier
-
         export_classifier(classifier, backbone.describe(), data.labels, seed_dir / "hf_model",
                           card_config={"task": OmegaConf.to_container(cfg.task, resolve=True), "seed": seed})
         result["export"] = str(seed_dir / "hf_model")
@@ -356,7 +350,8 @@ def run_finetune(cfg: DictConfig) -> Path | None:
         "seeds": per_seed, "mean": mean, "sd": sd,
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    from dnabert.tools.finetune_report import write_finetune_report
+    # Imported when the seeds are done: matplotlib adds about a second to every start otherwise.
+    from dnabert.run.finetune_report import write_finetune_report
 
     paths = write_finetune_report(run_dir, results)
     lines = [f"Run directory: {run_dir}", f"  results: {run_dir / 'results.json'}"]

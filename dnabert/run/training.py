@@ -11,7 +11,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -20,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, ensure_bpe_tokenizer, install_bpe, read_bpe
 from dnabert.errors import DnabertError
-from dnabert.models import DEFAULT_FAMILY
-from dnabert.models.dnabert.model import count_parameters
-from dnabert.run.callbacks import RunArtifacts, StepProgressBar, ThroughputLogger
+from dnabert.models import DEFAULT_FAMILY, get_family
+from dnabert.models.components import count_parameters
+from dnabert.run.callbacks import FinalStepCheckpoint, RunArtifacts, StepProgressBar, ThroughputLogger
 from dnabert.run.checkpoints import AtomicCheckpointIO, checkpoint_step, find_resume_checkpoint
 from dnabert.run.cluster import (
     check_checkpoint_fits,
@@ -39,14 +38,13 @@ from dnabert.run.config import (
     resolve_device_count,
     runs_on_gpu,
 )
+from dnabert.run.estimate import estimate_from_config
 from dnabert.run.history import MetricsHistory, set_resume_step
 from dnabert.run.run_claim import check_output_dir
+from dnabert.run.trial import TrialResult, run_trial
 from dnabert.run.validate import validate_config
 from dnabert.run.wandb_mode import settle_wandb_mode
 from dnabert.tasks.pretrain import DnaBertLitModule
-
-if TYPE_CHECKING:
-    from dnabert.run.trial import TrialResult
 
 log = logging.getLogger("dnabert")
 # Performance switches in the model config group that are not architecture: module argument -> config key.
@@ -165,22 +163,14 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
         **levers,
     )
     if init_from:  # weights of a saved model directory; a resumed checkpoint overwrites them afterwards
-        # The family's loader is imported here: only a run that starts from saved weights needs its interop.
-        if family == "dnabert2":  # a MultiMolecule export or the original release's layout
-            from dnabert.models.dnabert2.interop import load_dnabert2_into
-
-            load_dnabert2_into(module.model, init_from)
-        else:
-            from dnabert.models.dnabert.interop import load_pretrained_into
-
-            load_pretrained_into(module.model, init_from, cfg.k)
+        get_family(family).load_into(module.model, Path(init_from), cfg.k)
     return module
 
 
 def describe_model(module: DnaBertLitModule) -> str:
     """One line in place of Lightning's layer table: the shape that matters and the levers in use."""
     config = module.model.config
-    family = {"dnabert": "BERT", "dnabert2": "DNABERT-2 (MosaicBERT)"}.get(module.family, module.family)
+    family = get_family(module.family).label
     tokens = f"k={module.k}" if module.hparams.tokenizer_vocab_size is None else "BPE"
     return (
         f"model: {family} {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
@@ -228,8 +218,8 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
 def build_trainer(cfg: DictConfig, plan: Plan, resume_step: int = 0) -> L.Trainer:
     """`resume_step`: the step of the checkpoint this process continues from (0: a fresh start)."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks += [StepProgressBar(), ThroughputLogger(), MetricsHistory(str(plan.run_dir)),
-                  RunArtifacts(str(plan.run_dir), export=cfg.export)]
+    callbacks += [StepProgressBar(), ThroughputLogger(), FinalStepCheckpoint(str(plan.run_dir)),
+                  MetricsHistory(str(plan.run_dir)), RunArtifacts(str(plan.run_dir), export=cfg.export)]
     callbacks += cluster_callbacks(str(plan.run_dir))
     callbacks += probe_callbacks(cfg)
     loggers = build_loggers(cfg.logger)
@@ -278,6 +268,7 @@ def probe_callbacks(cfg: DictConfig) -> list[L.Callback]:
     probe_cfg = cfg.get("probe")
     if not probe_cfg or not probe_cfg.get("path"):
         return []
+    # Imported for runs with a probe only: scikit-learn's import adds about a second to every start otherwise.
     from dnabert.run.probe import DownstreamProbe
 
     settings = OmegaConf.to_container(probe_cfg, resolve=True)
@@ -298,8 +289,6 @@ def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:
     use_gpu = runs_on_gpu(accelerator)
     if setting == "false" or (setting == "auto" and not use_gpu):
         return None
-    from dnabert.run.trial import run_trial
-
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     log.info("Estimate: a few optimiser steps on %s at micro-batch %d to measure memory and speed ...",
              device, cfg.data.micro_batch_size)
@@ -315,8 +304,6 @@ def run(cfg: DictConfig) -> Path | None:
     validate_config(cfg)
     plan = make_plan(cfg)
     if cfg.estimate:
-        from dnabert.tools.estimate import estimate_from_config
-
         print(estimate_from_config(cfg, plan.devices, plan.num_nodes, trial=estimate_trial(cfg, plan)))
         return None
     check_output_dir(plan.run_dir)

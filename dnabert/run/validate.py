@@ -39,7 +39,7 @@ from dnabert.data.sources import FORMATS
 from dnabert.data.tokenizers.kmer import NUM_SPECIAL_TOKENS, SUPPORTED_K, vocab_size
 from dnabert.data.windows import LENGTH_RULES
 from dnabert.errors import DnabertError
-from dnabert.models import DEFAULT_FAMILY, FAMILIES, family_classes
+from dnabert.models import DEFAULT_FAMILY, FAMILIES, get_family
 from dnabert.models.components import ATTENTION_BACKENDS, check_attention_backend
 from dnabert.run.config import (
     accumulation_steps,
@@ -48,6 +48,7 @@ from dnabert.run.config import (
     resolve_device_count,
     runs_on_gpu,
 )
+from dnabert.run.estimate import GPU_PEAK_FLOPS, peak_flops_for
 from dnabert.tasks.metrics import SELECTION_METRICS, selection_metric
 
 # What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
@@ -254,9 +255,16 @@ def strategy(value: Any, cfg: DictConfig) -> str | None:
     return f"is not a Lightning strategy; use auto, ddp, ... ({', '.join(choices[:6])}, ...)"
 
 
-def gpu_name(value: str, cfg: DictConfig) -> str | None:
-    from dnabert.tools.estimate import GPU_PEAK_FLOPS, peak_flops_for  # imported when used: tools sits above run
+def known_family(value: str, cfg: DictConfig) -> str | None:
+    """A registered family, or an importable `module.path:FAMILY` (dnabert.models.get_family)."""
+    try:
+        get_family(value)
+    except DnabertError as err:
+        return f"cannot be imported ({err.__cause__})" if err.__cause__ else "is unknown"
+    return None
 
+
+def gpu_name(value: str, cfg: DictConfig) -> str | None:
     try:
         peak_flops_for(value)
     except DnabertError:
@@ -375,7 +383,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data.world_size", INT, "or null (from the trainer)", optional=True, within=AT_LEAST_1),
     Setting("data.start_position", INT, "or null (from the checkpoint)", optional=True, within=NON_NEGATIVE),
     # model (configs/model/*.yaml)
-    Setting("model.family", TEXT, "pick the model code", choices=tuple(FAMILIES)),
+    Setting("model.family", TEXT, f"pick the model code: {', '.join(FAMILIES)}, or module.path:FAMILY",
+            check=known_family),
     Setting("model.vocab_size", INT, "leave it at ${tokenizer.vocab_size}", check=fits_tokenizer),
     Setting("model.alibi_starting_size", INT, "leave it at 512 (DNABERT-2's)", within=AT_LEAST_1),
     Setting("model.hidden_size", INT, "e.g. model.hidden_size=768", within=AT_LEAST_1),
@@ -566,7 +575,7 @@ def packed_rows_hold_a_window(cfg: DictConfig) -> None:
 def model_builds(cfg: DictConfig) -> None:
     """The family config's own checks (heads divide the hidden size, a known activation) and the attention
     kernel's."""
-    config_class = family_classes(OmegaConf.select(cfg, "model.family", default=DEFAULT_FAMILY))[0]
+    config_class = get_family(OmegaConf.select(cfg, "model.family", default=DEFAULT_FAMILY)).config_class()
     fields = {key: value for key, value in _value(cfg, "model").items() if key in config_class.__dataclass_fields__}
     config = config_class.from_dict(fields)
     check_attention_backend(cfg.model.attention, config.attention_probs_dropout_prob)

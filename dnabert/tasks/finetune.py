@@ -2,7 +2,7 @@
 
 The head is DNABERT's (transformers' ``BertForSequenceClassification``): the final [CLS] state through a pooler
 (dense + tanh), dropout, a linear classifier. Its parameters are ``pooler.dense.*`` and ``classifier.*`` beside
-``backbone.*``, so the export is a prefix rename (``dnabert.tools.export.export_classifier``).
+``backbone.*``, so the export is a prefix rename (``dnabert.run.saved_models.export_classifier``).
 
 The backbone is any module with ``encode(input_ids, attention_mask) -> (B, T, H)`` and ``config.hidden_size``
 (``DnaBertForMaskedLM`` without its MLM head; DNABERT-2's MosaicBERT has the same interface). A sequence longer than

@@ -22,7 +22,7 @@ from dnabert.data.masking import MaskSchedule, mask_batch
 from dnabert.data.tokenizers.kmer import PAD_ID, check_k, vocab_size
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, build_model
-from dnabert.models.dnabert.model import IGNORE_INDEX, masked_lm_loss
+from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
 
 
 def derive_seed(*parts: int) -> int:

@@ -10,7 +10,7 @@
   embedding and output bias, so it behaves exactly like ``<unk>``. This layout is written with MultiMolecule's own
   classes, so the files follow the installed version of that package; it must be installed to use the layout.
 
-Fine-tuned classifiers go to either layout (``classifier_writer``; ``dnabert.tools.export.export_classifier``
+Fine-tuned classifiers go to either layout (``classifier_writer``; ``dnabert.run.saved_models.export_classifier``
 picks the family and writes the card).
 """
 

@@ -8,7 +8,7 @@ a ``PreTrainedTokenizerFast`` with its own special tokens and ids. Import (``ini
 A directory whose tokenizer.json has the published special ids ([UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4) imports
 with rows 0..4 of the embeddings and MLM decoder in the project's order, to fit that tokenizer converted by
 ``dnabert.data.tokenizers.bpe.convert_bpe``: every other token keeps its id and row.
-Fine-tuned classifiers: ``dnabert2_classifier_writer`` (``dnabert.tools.export.export_classifier`` dispatches).
+Fine-tuned classifiers: ``dnabert2_classifier_writer`` (``dnabert.run.saved_models.export_classifier`` dispatches).
 """
 
 from __future__ import annotations
