@@ -33,7 +33,8 @@ import torch
 from dnabert.data.datamodule import GenomeDataModule
 from dnabert.data.genome import Genome, GenomeSource, HeldOut
 from dnabert.data.masking import centre_rate_for, mask_batch
-from dnabert.data.tokenizers.kmer import PAD_ID, write_vocab
+from dnabert.data.tokenizers.kmer import write_vocab
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.data.windows import WindowRule, WindowStream
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from dnabert.data.packing import place, plan_rows
-from dnabert.data.tokenizers.kmer import CLS_ID as CLS
-from dnabert.data.tokenizers.kmer import MASK_ID as MASK
-from dnabert.data.tokenizers.kmer import NUM_SPECIAL_TOKENS as NUM_SPECIAL
-from dnabert.data.tokenizers.kmer import PAD_ID as PAD
-from dnabert.data.tokenizers.kmer import SEP_ID as SEP
+from dnabert.data.tokenizers.special import CLS_ID as CLS
+from dnabert.data.tokenizers.special import MASK_ID as MASK
+from dnabert.data.tokenizers.special import NUM_SPECIAL_TOKENS as NUM_SPECIAL
+from dnabert.data.tokenizers.special import PAD_ID as PAD
+from dnabert.data.tokenizers.special import SEP_ID as SEP
 from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
 from dnabert.models.dnabert2.model import DnaBert2ForMaskedLM, preset
 from dnabert.run.estimate import peak_flops_for, train_flops_per_sequence

@@ -5,7 +5,7 @@ half the windows full length, half shorter), masking on the device (dnabert.data
 
 (a) baseline: transformers' BertForMaskedLM, eager attention, autocast, every row padded to max_tokens, the LM head
     (and loss) over all tokens, torch AdamW (for-each, not fused): how BERT MLM pretraining is usually written.
-(b) ours through the real Lightning path: DnaBertLitModule + GenomeDataModule in a Trainer with the project's
+(b) ours through the real Lightning path: MaskedLMModule + GenomeDataModule in a Trainer with the project's
     progress bar, throughput logger, CSV logger, gradient clipping and NaN guard.
 (c) ours in a raw torch loop (same model, data loader, levers and clipping): (b)'s framework overhead is 1 - b/c.
 
@@ -36,11 +36,11 @@ from lightning.pytorch.loggers import CSVLogger
 from dnabert.data.datamodule import GenomeDataModule
 from dnabert.data.genome import GenomeSource
 from dnabert.data.masking import mask_batch
-from dnabert.data.tokenizers.kmer import PAD_ID
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, masked_lm_loss, preset
 from dnabert.run.callbacks import StepProgressBar, ThroughputLogger
 from dnabert.run.estimate import estimate, peak_flops_for
-from dnabert.tasks.pretrain import DnaBertLitModule, build_adamw
+from dnabert.tasks.pretrain import MaskedLMModule, build_adamw
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
@@ -188,7 +188,7 @@ class LightningCounter(L.Callback):
 
 def run_lightning(args: argparse.Namespace) -> Result:
     config = preset(args.preset, args.k)
-    module = DnaBertLitModule(
+    module = MaskedLMModule(
         k=args.k, model_config=config.to_dict(), masking={"rate": MASK_RATE, "final_rate": 0.2},
         optim={**OPTIM, "fused": args.fused}, packed=args.pack, compile_model=args.compile, attention=args.attention,
         head_on_masked_only=args.masked_head,

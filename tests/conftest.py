@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID
 from dnabert.run.config import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]

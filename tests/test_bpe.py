@@ -28,7 +28,7 @@ from dnabert.data.tokenizers.bpe import (
     usable_bpe,
     windows_as_text,
 )
-from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS
+from dnabert.data.tokenizers.special import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from dnabert.errors import DnabertError
 from tests.conftest import windows_in_rows
 from tests.dnabert2_release import PUBLISHED_ORDER, in_project_order, train_published_tokenizer, write_original_release

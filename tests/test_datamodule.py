@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dnabert.data.datamodule import GenomeDataModule, MicroBatchStream, SequenceBatch, collate, corpus_dataset
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID, tokenize
+from dnabert.data.tokenizers.kmer import tokenize
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
 from tests.test_genome import parse_fasta, random_contig, write_fasta
 

@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, models
 
 from dnabert.data.tokenizers.bpe import convert_bpe
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert2.interop import (
     dnabert2_from_multimolecule,

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 
 from dnabert.data.labelled import token_windows
 from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, convert_bpe, load_bpe, new_bpe_tokenizer, save_bpe
-from dnabert.data.tokenizers.kmer import NUCLEOTIDES, PAD_ID, SPECIAL_TOKENS
+from dnabert.data.tokenizers.kmer import NUCLEOTIDES
+from dnabert.data.tokenizers.special import PAD_ID, SPECIAL_TOKENS
 from dnabert.errors import DnabertError
 from dnabert.models import build_model
 from dnabert.run.finetuning import resolve_backbone

@@ -113,7 +113,7 @@ def test_training_flop_formula_matches_torch_flop_counter():
     model_module = pytest.importorskip("dnabert.models.dnabert.model")
     from torch.utils.flop_counter import FlopCounterMode
 
-    config = model_module.ModelConfig(vocab_size=69, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    config = model_module.DnaBertConfig(vocab_size=69, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                       intermediate_size=128, max_position_embeddings=64)
     model = model_module.DnaBertForMaskedLM(config)
     batch, length = 2, 64

@@ -9,10 +9,11 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from dnabert.data.tokenizers.kmer import PAD_ID, kmer_text, tokenize, vocab_tokens
+from dnabert.data.tokenizers.kmer import kmer_text, tokenize, vocab_tokens
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert.interop import export_model, init_from, load_pretrained_into, multimolecule_rows
-from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.models.dnabert.model import DnaBertConfig, DnaBertForMaskedLM
 from dnabert.tools.export import export_checkpoint, main
 
 K = 3
@@ -25,7 +26,7 @@ ORIGINAL_VOCAB_HEAD = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "AAA", "AAT
 @pytest.fixture(scope="module")
 def model() -> DnaBertForMaskedLM:
     torch.manual_seed(0)
-    trained_like = DnaBertForMaskedLM(ModelConfig(**TINY)).eval()
+    trained_like = DnaBertForMaskedLM(DnaBertConfig(**TINY)).eval()
     with torch.no_grad():  # non-zero biases, so that a lost or misplaced bias shows up in the logits
         trained_like.cls.predictions.bias.normal_(std=0.5)
     return trained_like
@@ -206,7 +207,7 @@ def test_multimolecule_rows_map_kmers_by_name():
 
 def save_transformers_dir(tmp_path, vocab_size: int, with_vocab: bool = True):
     torch.manual_seed(3)
-    config = ModelConfig(**{**TINY, "vocab_size": vocab_size}).to_hf_config()
+    config = DnaBertConfig(**{**TINY, "vocab_size": vocab_size}).to_hf_config()
     reference = transformers.BertForMaskedLM(config).eval()
     directory = tmp_path / f"released_{vocab_size}"
     reference.save_pretrained(directory)
@@ -223,7 +224,7 @@ def test_init_from_a_transformers_directory(tmp_path):
     with torch.no_grad():
         expected = reference(input_ids=input_ids, attention_mask=real.long()).logits
         assert (model(input_ids) - expected)[real].abs().max() <= 1e-4
-    fresh = DnaBertForMaskedLM(ModelConfig(**TINY))
+    fresh = DnaBertForMaskedLM(DnaBertConfig(**TINY))
     load_pretrained_into(fresh, directory, K)
     assert all(torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items())
     assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
@@ -238,7 +239,7 @@ def test_init_from_rejects_wrong_k_and_missing_files(tmp_path):
         init_from(with_vocab, 4)
     with pytest.raises(DnabertError, match="no config.json"):
         init_from(tmp_path / "nowhere", K)
-    other_size = DnaBertForMaskedLM(ModelConfig(**{**TINY, "hidden_size": 32}))
+    other_size = DnaBertForMaskedLM(DnaBertConfig(**{**TINY, "hidden_size": 32}))
     with pytest.raises(DnabertError, match="do not fit"):
         load_pretrained_into(other_size, with_vocab, K)
 

@@ -24,9 +24,10 @@ from dnabert.data.labelled import (
     token_windows,
     windowed_set,
 )
-from dnabert.data.tokenizers.kmer import PAD_ID, kmer_text
+from dnabert.data.tokenizers.kmer import kmer_text
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert.model import ModelConfig
+from dnabert.models.dnabert.model import DnaBertConfig
 from dnabert.run.finetuning import Backbone, build_classifier, build_encoder, fine_tune_seed, load_task
 from dnabert.tasks.finetune import FineTuneModule
 from dnabert.tasks.metrics import classification_metrics, regression_metrics, selection_metric
@@ -41,7 +42,7 @@ PROM_CORE = ROOT / "data" / "tasks" / "prom_core.tsv"
 
 
 def tiny_backbone(k: int = K, weights: dict | None = None) -> Backbone:
-    return Backbone("dnabert", k, ModelConfig(vocab_size=4**k + 5, **TINY).to_dict(), weights, "test")
+    return Backbone("dnabert", k, DnaBertConfig(vocab_size=4**k + 5, **TINY).to_dict(), weights, "test")
 
 
 # --------------------------------------------------------------------------------------------------- metrics

@@ -24,12 +24,12 @@ from omegaconf import OmegaConf
 
 from dnabert.data.masking import mask_batch
 from dnabert.data.packing import pack_rows, place
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.models import build_model
 from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
-from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.models.dnabert.model import DnaBertConfig, DnaBertForMaskedLM
 from dnabert.run.finetuning import build_encoder, resolve_backbone
-from dnabert.tasks.pretrain import DnaBertLitModule
+from dnabert.tasks.pretrain import MaskedLMModule
 from dnabert.tools.export import load_checkpoint
 from tests.conftest import DEMO_FASTA, ROOT
 from tests.training_runs import metric_by_step, train
@@ -174,7 +174,7 @@ def test_finetuning_a_flex_backbone_runs_sdpa(tmp_path: Path) -> None:
     (backward included) through SDPA on a CPU."""
     config = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                   attention_probs_dropout_prob=0.0, vocab_size=4**3 + 5)
-    module = DnaBertLitModule(k=3, model_config=config, masking={"rate": 0.15, "final_rate": 0.2}, optim={},
+    module = MaskedLMModule(k=3, model_config=config, masking={"rate": 0.15, "final_rate": 0.2}, optim={},
                               attention="flex", packed=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "flex.ckpt")
     backbone = resolve_backbone(str(tmp_path / "flex.ckpt"), 3, {})
@@ -191,7 +191,7 @@ def test_cuda_flex_attention_backward_equals_sdpa() -> None:
     gradients against SDPA with the dense block-diagonal mask, float32 (DNABERT-2's, with bf16 and compile:
     test_dnabert2_model.py::test_cuda_levers_together_match_float32_sdpa)."""
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=4**3 + 5, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    config = DnaBertConfig(vocab_size=4**3 + 5, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     sdpa = DnaBertForMaskedLM(config).cuda()
     flex = DnaBertForMaskedLM(config, attention="flex").cuda()

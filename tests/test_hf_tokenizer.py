@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dnabert.data.tokenizers.hf_kmer import DnaKmerTokenizer
-from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, tokenize, vocab_text
+from dnabert.data.tokenizers.kmer import tokenize, vocab_text
+from dnabert.data.tokenizers.special import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 from dnabert.errors import DnabertError
 
 RNG = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnabert.data.tokenizers import kmer
+from dnabert.data.tokenizers import kmer, special
 from dnabert.errors import DnabertError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def reference_ids(sequence: str, k: int) -> list[int]:
     """Plain-Python tokenisation: look each k-mer string up in the vocabulary list."""
     index = {token: i for i, token in enumerate(kmer.vocab_tokens(k))}
     upper = sequence.upper()
-    return [kmer.CLS_ID] + [index[upper[i : i + k]] for i in range(len(upper) - k + 1)] + [kmer.SEP_ID]
+    return [special.CLS_ID] + [index[upper[i : i + k]] for i in range(len(upper) - k + 1)] + [special.SEP_ID]
 
 
 def random_sequence(rng: np.random.Generator, length: int, lower_share: float = 0.3) -> str:
@@ -97,10 +97,10 @@ def test_vocab_matches_original_facts(k: int) -> None:
 
 def test_special_ids_match_vocab_positions() -> None:
     tokens = kmer.vocab_tokens(3)
-    assert [tokens[i] for i in (kmer.PAD_ID, kmer.UNK_ID, kmer.CLS_ID, kmer.SEP_ID, kmer.MASK_ID)] == [
+    assert [tokens[i] for i in (special.PAD_ID, special.UNK_ID, special.CLS_ID, special.SEP_ID, special.MASK_ID)] == [
         "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
     ]  # fmt: skip
-    assert kmer.NUM_SPECIAL_TOKENS == 5
+    assert special.NUM_SPECIAL_TOKENS == 5
 
 
 @pytest.mark.parametrize("k", kmer.SUPPORTED_K)
@@ -183,7 +183,7 @@ def test_tokenize_error_names_first_bad_character_and_position() -> None:
 
 
 def test_tokenize_rejects_sequence_shorter_than_k() -> None:
-    assert kmer.tokenize("ACGTAC", 6).tolist() == [kmer.CLS_ID, reference_ids("ACGTAC", 6)[1], kmer.SEP_ID]
+    assert kmer.tokenize("ACGTAC", 6).tolist() == [special.CLS_ID, reference_ids("ACGTAC", 6)[1], special.SEP_ID]
     with pytest.raises(DnabertError, match="shorter than k=6"):
         kmer.tokenize("ACGTA", 6)
     with pytest.raises(DnabertError, match="shorter than k=3"):

@@ -12,11 +12,11 @@ from torch._dynamo.utils import counters
 
 from dnabert.data.masking import mask_batch
 from dnabert.data.packing import pack_rows, place
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert import model as model_module
-from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig, attention_bias, masked_lm_loss
-from dnabert.tasks.pretrain import DnaBertLitModule, fuses_adamw
+from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertConfig, DnaBertForMaskedLM, attention_bias, masked_lm_loss
+from dnabert.tasks.pretrain import MaskedLMModule, fuses_adamw
 from tests.flex_rehearsal import compiled_flex_attention
 
 K = 3
@@ -56,7 +56,7 @@ def assert_same_loss_and_grads(first, second, atol: float = 1e-5) -> None:
 def test_key_padding_mask_equals_the_dense_mask():
     """One window per row: the broadcast (B,1,1,T) mask gives the dense mask's outputs at real tokens."""
     torch.manual_seed(0)
-    model = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT)).eval()
+    model = DnaBertForMaskedLM(DnaBertConfig(**TINY, **NO_DROPOUT)).eval()
     input_ids = batch_of([20, 9, 14])
     key_mask = input_ids != PAD_ID
     assert attention_bias(key_mask, None).shape == (3, 1, 1, 24)
@@ -70,7 +70,7 @@ def test_key_padding_mask_equals_the_dense_mask():
 
 def test_masked_only_head_gives_the_full_heads_loss_and_gradients():
     torch.manual_seed(0)
-    model = DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT))
+    model = DnaBertForMaskedLM(DnaBertConfig(**TINY, **NO_DROPOUT))
     input_ids, labels = masked_batch([24, 11, 17])
     assert_same_loss_and_grads(
         loss_and_grads(model, input_ids, labels, head_on_masked_only=False),
@@ -82,7 +82,7 @@ def test_masked_only_head_gives_the_full_heads_loss_and_gradients():
 def test_flex_attention_equals_sdpa_on_packed_rows():
     """Forward only: FlexAttention has no backward on CPU (its gradients are torch's to test, on GPU)."""
     torch.manual_seed(0)
-    config = ModelConfig(**TINY, **NO_DROPOUT)
+    config = DnaBertConfig(**TINY, **NO_DROPOUT)
     sdpa = DnaBertForMaskedLM(config).eval()
     flex = DnaBertForMaskedLM(config, attention="flex").eval()
     flex.load_state_dict(sdpa.state_dict())
@@ -99,9 +99,9 @@ def test_flex_attention_equals_sdpa_on_packed_rows():
 
 def test_flex_attention_refuses_attention_dropout():
     with pytest.raises(DnabertError, match="attention_probs_dropout_prob=0"):
-        DnaBertForMaskedLM(ModelConfig(**TINY, attention_probs_dropout_prob=0.1), attention="flex")
+        DnaBertForMaskedLM(DnaBertConfig(**TINY, attention_probs_dropout_prob=0.1), attention="flex")
     with pytest.raises(DnabertError, match="unknown"):
-        DnaBertForMaskedLM(ModelConfig(**TINY), attention="flash")
+        DnaBertForMaskedLM(DnaBertConfig(**TINY), attention="flash")
 
 
 def test_compiled_equals_eager_inductor():
@@ -111,7 +111,7 @@ def test_compiled_equals_eager_inductor():
     it), equals SDPA on the packed rows (`compiled_flex_attention` says why the kernel alone, static shapes)."""
     torch._dynamo.reset()
     counters.clear()
-    config = ModelConfig(**{**TINY, "num_hidden_layers": 1}, **NO_DROPOUT)
+    config = DnaBertConfig(**{**TINY, "num_hidden_layers": 1}, **NO_DROPOUT)
     torch.manual_seed(0)
     eager = DnaBertForMaskedLM(config)
     compiled = DnaBertForMaskedLM(config)
@@ -139,7 +139,7 @@ def test_compiled_equals_eager_inductor():
 
 def test_fused_adamw_step_equals_the_loop_implementation():
     torch.manual_seed(0)
-    models = [DnaBertForMaskedLM(ModelConfig(**TINY, **NO_DROPOUT)) for _ in range(2)]
+    models = [DnaBertForMaskedLM(DnaBertConfig(**TINY, **NO_DROPOUT)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     input_ids, labels = masked_batch([24, 11, 17])
     for model, fused in zip(models, (False, True), strict=True):
@@ -176,9 +176,9 @@ def test_lightning_cannot_clip_a_fused_optimizer_under_fp16():
 def test_module_switches_reach_the_model():
     settings = dict(k=K, model_config={**TINY, **NO_DROPOUT}, masking={"rate": 0.15, "final_rate": 0.2},
                     optim={"lr": 1e-3})
-    default = DnaBertLitModule(**settings)
+    default = MaskedLMModule(**settings)
     assert (default.packed, default.head_on_masked_only, default.model.attention) == (False, True, "sdpa")
-    levers = DnaBertLitModule(**settings, packed=True, head_on_masked_only=False, attention="flex")
+    levers = MaskedLMModule(**settings, packed=True, head_on_masked_only=False, attention="flex")
     assert (levers.packed, levers.head_on_masked_only, levers.model.attention) == (True, False, "flex")
     input_ids, labels = masked_batch([30, 7, 18, 12])
     packed_ids, plan = pack_rows(input_ids, row_tokens=32)

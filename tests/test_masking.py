@@ -17,7 +17,8 @@ from dnabert.data.masking import (
     original_mask_positions,
     whole_kmer_mask_positions,
 )
-from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, SUPPORTED_K, vocab_size
+from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
+from dnabert.data.tokenizers.special import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
 
 RATES = (0.15, 0.20)

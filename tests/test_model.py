@@ -4,11 +4,11 @@ import pytest
 import torch
 import transformers
 
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert.model import (
+    DnaBertConfig,
     DnaBertForMaskedLM,
-    ModelConfig,
     count_parameters,
     masked_lm_loss,
     packed_layout,
@@ -23,7 +23,7 @@ TINY = dict(
 
 def tiny_model(seed: int = 0) -> DnaBertForMaskedLM:
     torch.manual_seed(seed)
-    return DnaBertForMaskedLM(ModelConfig(**TINY)).eval()
+    return DnaBertForMaskedLM(DnaBertConfig(**TINY)).eval()
 
 
 def window(length: int, generator: torch.Generator) -> torch.Tensor:
@@ -76,13 +76,13 @@ def test_state_dict_keys_and_shapes_identical_both_ways():
 
 
 def test_config_round_trips_through_transformers():
-    config = ModelConfig(**TINY, hidden_dropout_prob=0.05, layer_norm_eps=1e-6)
-    assert ModelConfig.from_hf_config(config.to_hf_config()) == config
-    assert ModelConfig.from_dict(config.to_dict()) == config
+    config = DnaBertConfig(**TINY, hidden_dropout_prob=0.05, layer_norm_eps=1e-6)
+    assert DnaBertConfig.from_hf_config(config.to_hf_config()) == config
+    assert DnaBertConfig.from_dict(config.to_dict()) == config
     with pytest.raises(DnabertError, match="hidden_sise"):
-        ModelConfig.from_dict({**TINY, "hidden_sise": 3})
+        DnaBertConfig.from_dict({**TINY, "hidden_sise": 3})
     with pytest.raises(DnabertError, match="num_attention_heads"):
-        ModelConfig(**{**TINY, "num_attention_heads": 5})
+        DnaBertConfig(**{**TINY, "num_attention_heads": 5})
 
 
 def test_decoder_tied_to_word_embeddings_and_bias_shared():
@@ -130,7 +130,7 @@ def test_packed_rows_match_one_window_per_row(windows):
     """Same windows, packed two per row vs one per row: same logits, loss and gradients."""
     torch.manual_seed(0)
     # training mode for the gradients, dropout off for a deterministic comparison
-    model = DnaBertForMaskedLM(ModelConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model = DnaBertForMaskedLM(DnaBertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     unpacked = padded_batch(windows, 24)
     packed = padded_batch([torch.cat(windows[:2]), torch.cat(windows[2:])], 40)
     labels_unpacked = torch.where(unpacked > 4, unpacked.roll(1, dims=1), -100)

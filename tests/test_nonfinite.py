@@ -10,11 +10,11 @@ import torch
 from dnabert.errors import DnabertError
 from dnabert.run.checkpoints import checkpoint_is_readable, read_checkpoint
 from dnabert.run.training import build_datamodule, build_module, build_trainer, make_plan
-from dnabert.tasks.pretrain import DnaBertLitModule
+from dnabert.tasks.pretrain import MaskedLMModule
 from tests.conftest import tiny_run_overrides
 
 
-def poison_steps(module: DnaBertLitModule, steps: set[int] | None) -> None:
+def poison_steps(module: MaskedLMModule, steps: set[int] | None) -> None:
     """Make the loss NaN at the given optimiser steps (all steps when None), as a bad batch would."""
     original = module.masked_lm_outputs
 

@@ -9,9 +9,9 @@ import torch
 from dnabert.data.datamodule import GenomeDataModule
 from dnabert.data.masking import mask_batch
 from dnabert.data.packing import pack_batch, pack_rows, padding_fraction, place, plan_rows
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertForMaskedLM, ModelConfig
+from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertConfig, DnaBertForMaskedLM
 from tests.conftest import DEMO_FASTA, windows_in_rows
 
 K = 3
@@ -98,7 +98,7 @@ def loss_sum_and_grads(model: DnaBertForMaskedLM, input_ids: torch.Tensor, label
 
 def test_packed_rows_give_the_same_per_window_loss_and_gradients():
     torch.manual_seed(0)
-    model = DnaBertForMaskedLM(ModelConfig(**TINY))  # training mode; dropout off for an exact comparison
+    model = DnaBertForMaskedLM(DnaBertConfig(**TINY))  # training mode; dropout off for an exact comparison
     lengths = [30, 7, 18, 12, 30, 5]
     unpacked = one_window_per_row(lengths, seed=3)
     masked_ids, labels = mask_batch(unpacked, K, 0.3, torch.Generator().manual_seed(4))

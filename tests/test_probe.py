@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.models.dnabert.model import DnaBertConfig, DnaBertForMaskedLM
 from dnabert.run.probe import PROBE_METRICS, DownstreamProbe
 from tests.conftest import ROOT
 from tests.training_runs import assert_same_weights, final_weights, metric_by_step, run_dir, train
@@ -20,7 +20,7 @@ PROM_CORE = ROOT / "data" / "tasks" / "prom_core.tsv"
 def tiny_module() -> SimpleNamespace:
     """What the probe uses of the pretraining LightningModule: `.model` (with `encode`) and `.device`."""
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=4**6 + 5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    config = DnaBertConfig(vocab_size=4**6 + 5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=128)
     return SimpleNamespace(model=DnaBertForMaskedLM(config), device=torch.device("cpu"))
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dnabert.data.sources import SequenceDataModule, detect_format, load_table
-from dnabert.data.tokenizers.kmer import PAD_ID, kmer_text, tokenize
+from dnabert.data.tokenizers.kmer import kmer_text, tokenize
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.run.training import run
 from tests.conftest import tiny_run_overrides, windows_in_rows

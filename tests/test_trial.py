@@ -5,19 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnabert.data.tokenizers.kmer import CLS_ID, SEP_ID, ids_to_kmers, kmers_to_sequence, tokenize
+from dnabert.data.tokenizers.kmer import ids_to_kmers, kmers_to_sequence, tokenize
+from dnabert.data.tokenizers.special import CLS_ID, SEP_ID
 from dnabert.errors import DnabertError
 from dnabert.run.estimate import estimate, format_trial, train_flops_per_sequence
 from dnabert.run.trial import TrialResult, full_length_rows, run_trial
-from dnabert.tasks.pretrain import DnaBertLitModule
+from dnabert.tasks.pretrain import MaskedLMModule
 from tests.test_estimate import BERT_BASE_K6, PAPER_RUN
 
 TINY = {"vocab_size": 4101, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 64}
 
 
-def tiny_module() -> DnaBertLitModule:
-    return DnaBertLitModule(k=6, model_config=TINY, masking={"rate": 0.15, "final_rate": 0.2},
+def tiny_module() -> MaskedLMModule:
+    return MaskedLMModule(k=6, model_config=TINY, masking={"rate": 0.15, "final_rate": 0.2},
                             optim={"lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
                                    "warmup_steps": 1})
 
@@ -76,7 +77,7 @@ def test_gpu_trial_memory_is_within_the_estimate_s_range():
     from dnabert.models.dnabert.model import preset
 
     config = preset("bert_base", 6)
-    module = DnaBertLitModule(k=6, model_config=config.to_dict(), masking={"rate": 0.15, "final_rate": 0.2},
+    module = MaskedLMModule(k=6, model_config=config.to_dict(), masking={"rate": 0.15, "final_rate": 0.2},
                               optim={"lr": 4e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
                                      "warmup_steps": 1})
     result = run_trial(module, 10, 512, torch.device("cuda", 0), precision="bf16-mixed")

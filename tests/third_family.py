@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dnabert.data.tokenizers.kmer import PAD_ID
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.models.components import ConfigFromDict, mlm_logits
 from dnabert.models.family import ClassifierCard, FamilyCost, ModelFamily
 from dnabert.models.interop import load_strict, plain_state_dict, read_weights, write_replacing

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from dnabert.data.genome import Genome, GenomeSource, HeldOut
 from dnabert.data.packing import pack_batch
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID, SEP_ID, kmer_ids_from_codes
+from dnabert.data.tokenizers.kmer import kmer_ids_from_codes
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.data.windows import EpochPlan, WindowRule, Windows, WindowStream, plan_units, read_windows
 from dnabert.errors import DnabertError
 

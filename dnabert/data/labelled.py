@@ -24,15 +24,13 @@ import torch
 
 from dnabert.data.sources import _kmers_of_line, detect_format
 from dnabert.data.tokenizers.kmer import (
-    CLS_ID,
     INVALID_CODE,
-    PAD_ID,
-    SEP_ID,
     check_k,
     encode_nucleotides,
     kmer_ids_from_codes,
     kmers_to_sequence,
 )
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
 
 log = logging.getLogger("dnabert")

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dnabert.data.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, check_k
+from dnabert.data.tokenizers.kmer import check_k
 from dnabert.data.tokenizers.kmer import vocab_size as kmer_vocab_size  # mask_batch's `vocab_size` is an argument
+from dnabert.data.tokenizers.special import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS
 from dnabert.errors import DnabertError
 
 IGNORE_INDEX = -100  # the label of unmasked positions: ignored by torch.nn.functional.cross_entropy

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dnabert.data.tokenizers.kmer import PAD_ID
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
 
 

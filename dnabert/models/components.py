@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from transformers.activations import ACT2FN
 
-from dnabert.data.tokenizers.kmer import CLS_ID
+from dnabert.data.tokenizers.special import CLS_ID
 from dnabert.errors import DnabertError
 
 IGNORE_INDEX = -100

@@ -44,7 +44,7 @@ from dnabert.run.run_claim import check_output_dir
 from dnabert.run.trial import TrialResult, run_trial
 from dnabert.run.validate import validate_config
 from dnabert.run.wandb_mode import settle_wandb_mode
-from dnabert.tasks.pretrain import DnaBertLitModule
+from dnabert.tasks.pretrain import MaskedLMModule
 
 log = logging.getLogger("dnabert")
 # Performance switches in the model config group that are not architecture: module argument -> config key.
@@ -55,7 +55,7 @@ warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|afte
 # Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 # Under DDP, Lightning advises sync_dist=True for every epoch-level metric. Ours are whole-split values already: the
-# validation totals are summed over ranks (DnaBertLitModule), fine-tuning gathers the dev outputs (FineTuneModule),
+# validation totals are summed over ranks (MaskedLMModule), fine-tuning gathers the dev outputs (FineTuneModule),
 # the probe runs on rank 0 alone. The advice would only mislead a reader of the log.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True")
 
@@ -138,7 +138,7 @@ def prepare_tokenizer(cfg: DictConfig, run_dir: Path) -> None:
             cfg.tokenizer.file = str(copy)
 
 
-def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
+def build_module(cfg: DictConfig, plan: Plan) -> MaskedLMModule:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     init_from = model_cfg.pop("init_from", None)
     family = model_cfg.pop("family", DEFAULT_FAMILY)
@@ -149,7 +149,7 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
     levers = {name: model_cfg.pop(key) for name, key in MODEL_LEVERS.items() if key in model_cfg}
     masking = OmegaConf.to_container(cfg.masking, resolve=True)
     masking["switch_step"] = plan.switch_step
-    module = DnaBertLitModule(
+    module = MaskedLMModule(
         k=cfg.k,
         model_config=model_cfg,
         masking=masking,
@@ -167,7 +167,7 @@ def build_module(cfg: DictConfig, plan: Plan) -> DnaBertLitModule:
     return module
 
 
-def describe_model(module: DnaBertLitModule) -> str:
+def describe_model(module: MaskedLMModule) -> str:
     """One line in place of Lightning's layer table: the shape that matters and the levers in use."""
     config = module.model.config
     family = get_family(module.family).label

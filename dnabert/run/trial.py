@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from dnabert.data.masking import mask_batch
-from dnabert.data.tokenizers.kmer import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID, kmer_ids_from_codes
-from dnabert.tasks.pretrain import DnaBertLitModule, build_adamw
+from dnabert.data.tokenizers.kmer import kmer_ids_from_codes
+from dnabert.data.tokenizers.special import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID
+from dnabert.tasks.pretrain import MaskedLMModule, build_adamw
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -56,7 +57,7 @@ def full_length_rows(k: int, micro_batch_size: int, row_tokens: int, seed: int =
 
 
 def run_trial(
-    module: DnaBertLitModule,
+    module: MaskedLMModule,
     micro_batch_size: int,
     row_tokens: int,
     device: torch.device,

@@ -36,7 +36,8 @@ from dnabert.data.datamodule import check_pack_row_tokens
 from dnabert.data.labelled import TASK_TYPES
 from dnabert.data.masking import MASKING_MODES
 from dnabert.data.sources import FORMATS
-from dnabert.data.tokenizers.kmer import NUM_SPECIAL_TOKENS, SUPPORTED_K, vocab_size
+from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
+from dnabert.data.tokenizers.special import NUM_SPECIAL_TOKENS
 from dnabert.data.windows import LENGTH_RULES
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, FAMILIES, get_family

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from dnabert.data.tokenizers.kmer import PAD_ID
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.tasks.metrics import LOWER_IS_BETTER, split_metrics
 from dnabert.tasks.pretrain import build_adamw, derive_seed

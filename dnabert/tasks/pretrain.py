@@ -19,7 +19,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import get_linear_schedule_with_warmup
 
 from dnabert.data.masking import MaskSchedule, mask_batch
-from dnabert.data.tokenizers.kmer import PAD_ID, check_k, vocab_size
+from dnabert.data.tokenizers.kmer import check_k, vocab_size
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, build_model
 from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
@@ -61,7 +62,7 @@ def build_adamw(model: torch.nn.Module, optim: dict[str, Any], precision: str = 
     return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"], fused=fused or None)
 
 
-class DnaBertLitModule(L.LightningModule):
+class MaskedLMModule(L.LightningModule):
     """Masked-language-model pretraining of any model family (dnabert.models) on k-mer or BPE ids, with the
     DNABERT optimiser and schedules."""
 

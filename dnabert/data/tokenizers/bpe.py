@@ -47,7 +47,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from dnabert.data.datamodule import GenomeDataModule, SequenceBatch
-from dnabert.data.tokenizers.kmer import CLS_ID, NUCLEOTIDES, PAD_ID, SEP_ID, SPECIAL_TOKENS
+from dnabert.data.tokenizers.kmer import NUCLEOTIDES
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from dnabert.errors import DnabertError, command_line
 
 TOKENIZER_FILE = "tokenizer.json"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizer
 
-from dnabert.data.tokenizers.kmer import UNK_ID, vocab_tokens, write_vocab
+from dnabert.data.tokenizers.kmer import vocab_tokens, write_vocab
+from dnabert.data.tokenizers.special import UNK_ID
 from dnabert.errors import DnabertError
 
 VOCAB_FILE = "vocab.txt"

@@ -23,15 +23,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from dnabert.data.tokenizers.special import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID, SPECIAL_TOKENS
 from dnabert.errors import DnabertError, command_line
-
-PAD_ID = 0
-UNK_ID = 1
-CLS_ID = 2
-SEP_ID = 3
-MASK_ID = 4
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 
 SUPPORTED_K = (3, 4, 5, 6)
 NUCLEOTIDES = "ATCG"

@@ -42,13 +42,13 @@ class DnaBertFamily(ModelFamily):
     paper_run = dict(preset="bert_base", max_tokens=512, global_batch=2000, micro_batch=10, max_steps=120_000)
 
     def config_class(self) -> type:
-        return _model().ModelConfig
+        return _model().DnaBertConfig
 
     def model_class(self) -> type[torch.nn.Module]:
         return _model().DnaBertForMaskedLM
 
     def owns_config(self, config: Any) -> bool:
-        """Any config with BERT's attribute names (ModelConfig, transformers.BertConfig): the fallback family."""
+        """Any config with BERT's attribute names (DnaBertConfig, transformers.BertConfig): the fallback family."""
         return hasattr(config, "max_position_embeddings")
 
     def cost(self, config: Any) -> FamilyCost:

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer
 
-from dnabert.data.tokenizers.kmer import SPECIAL_TOKENS, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
+from dnabert.data.tokenizers.kmer import check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
+from dnabert.data.tokenizers.special import SPECIAL_TOKENS
 from dnabert.errors import DnabertError
-from dnabert.models.dnabert.model import DnaBertForMaskedLM, ModelConfig
+from dnabert.models.dnabert.model import DnaBertConfig, DnaBertForMaskedLM
 from dnabert.models.interop import (
     LAYOUTS,
     MULTIMOLECULE_HEAD_RENAMES,
@@ -72,7 +73,7 @@ def export_model(
     """
     if layout not in LAYOUTS:
         raise DnabertError(f"Unknown export layout {layout!r}; use one of {', '.join(LAYOUTS)}.")
-    config: ModelConfig = model.config
+    config: DnaBertConfig = model.config
     if config.vocab_size != vocab_size(k):
         raise DnabertError(
             f"The model has {config.vocab_size} vocabulary rows but k={k} needs {vocab_size(k)} (4^k + 5); "
@@ -92,7 +93,7 @@ def init_from(hf_dir: str | Path, k: int) -> DnaBertForMaskedLM:
     """A model initialised from a ``BertForMaskedLM`` directory in the original DNABERT layout (e.g. released
     DNABERT weights), to continue pretraining; its architecture comes from the directory's config.json."""
     reference = _load_original_layout(hf_dir, k)
-    model = DnaBertForMaskedLM(ModelConfig.from_hf_config(reference.config))
+    model = DnaBertForMaskedLM(DnaBertConfig.from_hf_config(reference.config))
     load_strict(model, reference.state_dict(), str(hf_dir))
     return model
 
@@ -130,14 +131,14 @@ def _load_original_layout(hf_dir: str | Path, k: int) -> BertForMaskedLM:
     return reference
 
 
-def _write_original(state_dict: dict, config: ModelConfig, k: int, out_dir: Path) -> None:
+def _write_original(state_dict: dict, config: DnaBertConfig, k: int, out_dir: Path) -> None:
     model = BertForMaskedLM(config.to_hf_config())
     load_strict(model, state_dict, "the model")
     model.save_pretrained(out_dir)
     _write_bert_tokenizer(config, k, out_dir)
 
 
-def _write_bert_tokenizer(config: ModelConfig, k: int, out_dir: Path) -> None:
+def _write_bert_tokenizer(config: DnaBertConfig, k: int, out_dir: Path) -> None:
     """The original vocab.txt and a BertTokenizer that does not lower-case (the original's did)."""
     vocab_file = write_vocab(k, out_dir / "vocab.txt")
     tokenizer = BertTokenizer(
@@ -150,7 +151,7 @@ def _write_bert_tokenizer(config: ModelConfig, k: int, out_dir: Path) -> None:
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special_tokens, indent=2) + "\n")
 
 
-def _write_multimolecule(state_dict: dict, config: ModelConfig, k: int, out_dir: Path) -> None:
+def _write_multimolecule(state_dict: dict, config: DnaBertConfig, k: int, out_dir: Path) -> None:
     multimolecule, tokenizer = _multimolecule_tokenizer(config, k)
     rows = multimolecule_rows(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))), k)
     model = multimolecule.DnaBertForMaskedLM(_multimolecule_config(multimolecule, config, len(rows)))
@@ -159,7 +160,7 @@ def _write_multimolecule(state_dict: dict, config: ModelConfig, k: int, out_dir:
     tokenizer.save_pretrained(out_dir)
 
 
-def _multimolecule_tokenizer(config: ModelConfig, k: int) -> tuple[Any, Any]:
+def _multimolecule_tokenizer(config: DnaBertConfig, k: int) -> tuple[Any, Any]:
     """The multimolecule module (imported only for this layout) and its k-mer tokenizer."""
     multimolecule = import_multimolecule()
     return multimolecule, multimolecule.DnaTokenizer(
@@ -178,7 +179,7 @@ def _multimolecule_state(state_dict: dict, rows: torch.Tensor) -> dict:
     return renamed
 
 
-def _multimolecule_config(multimolecule: Any, config: ModelConfig, vocab_rows: int, **extra: Any) -> Any:
+def _multimolecule_config(multimolecule: Any, config: DnaBertConfig, vocab_rows: int, **extra: Any) -> Any:
     return multimolecule.DnaBertConfig(
         vocab_size=vocab_rows,
         **multimolecule_encoder_fields(config),
@@ -204,7 +205,7 @@ def classifier_writer(state_dict: dict, backbone: dict, head: dict, dropout: flo
     """What writes a fine-tuned classifier (``state_dict`` under transformers' BERT names, ``head``: num_labels,
     id2label ...) into a folder: transformers' ``BertForSequenceClassification`` with the original vocabulary, or
     MultiMolecule's ``DnaBertForSequencePrediction``; ``dropout`` is the classifier's, for the original config."""
-    k, config = int(backbone["k"]), ModelConfig.from_dict(backbone["config"])
+    k, config = int(backbone["k"]), DnaBertConfig.from_dict(backbone["config"])
 
     def write(staging: Path) -> None:
         if layout == "original":
@@ -229,7 +230,7 @@ def classifier_writer(state_dict: dict, backbone: dict, head: dict, dropout: flo
     return write
 
 
-def _model_card(config: ModelConfig, k: int, layout: str, card_config: dict | None) -> str:
+def _model_card(config: DnaBertConfig, k: int, layout: str, card_config: dict | None) -> str:
     if layout == "original":
         library, usage = "transformers", (
             "from transformers import BertForMaskedLM, BertTokenizer\n\n"

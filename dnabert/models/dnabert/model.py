@@ -26,7 +26,8 @@ from torch.nn.attention.flex_attention import BlockMask
 from transformers import BertConfig
 from transformers.activations import ACT2FN
 
-from dnabert.data.tokenizers.kmer import PAD_ID, vocab_size
+from dnabert.data.tokenizers.kmer import vocab_size
+from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.components import (
     ATTENTION_BACKENDS,
@@ -50,7 +51,7 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "IGNORE_INDEX",
     "DnaBertForMaskedLM",
-    "ModelConfig",
+    "DnaBertConfig",
     "attention_bias",
     "count_parameters",
     "masked_lm_loss",
@@ -60,7 +61,7 @@ __all__ = [
 
 
 @dataclass
-class ModelConfig(ConfigFromDict):
+class DnaBertConfig(ConfigFromDict):
     """BERT hyper-parameters, field names as in ``transformers.BertConfig`` so the mapping is one-to-one."""
 
     vocab_size: int
@@ -93,7 +94,7 @@ class ModelConfig(ConfigFromDict):
         return BertConfig(**self.to_dict(), pad_token_id=PAD_ID, tie_word_embeddings=True)
 
     @classmethod
-    def from_hf_config(cls, hf_config: BertConfig) -> ModelConfig:
+    def from_hf_config(cls, hf_config: BertConfig) -> DnaBertConfig:
         return cls(**{field.name: getattr(hf_config, field.name) for field in dataclasses.fields(cls)})
 
 
@@ -104,15 +105,15 @@ _PRESETS = {
 }
 
 
-def preset(name: str, k: int) -> ModelConfig:
+def preset(name: str, k: int) -> DnaBertConfig:
     """Named model sizes; "bert_base" is the DNABERT paper's model."""
     if name not in _PRESETS:
         raise DnabertError(f"Unknown model preset {name!r}; choose one of {sorted(_PRESETS)}.")
-    return ModelConfig(vocab_size=vocab_size(k), **_PRESETS[name])
+    return DnaBertConfig(vocab_size=vocab_size(k), **_PRESETS[name])
 
 
 class Embeddings(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: DnaBertConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=PAD_ID)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -130,7 +131,7 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: DnaBertConfig) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
@@ -156,7 +157,7 @@ class SelfAttention(nn.Module):
 class ResidualOutput(nn.Module):
     """Projection, dropout, residual add and LayerNorm: BERT's ``attention.output`` and ``output`` blocks."""
 
-    def __init__(self, in_features: int, config: ModelConfig) -> None:
+    def __init__(self, in_features: int, config: DnaBertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -167,7 +168,7 @@ class ResidualOutput(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: DnaBertConfig) -> None:
         super().__init__()
         self.self = SelfAttention(config)
         self.output = ResidualOutput(config.hidden_size, config)
@@ -177,7 +178,7 @@ class Attention(nn.Module):
 
 
 class Intermediate(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: DnaBertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.activation = ACT2FN[config.hidden_act]
@@ -187,7 +188,7 @@ class Intermediate(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: DnaBertConfig) -> None:
         super().__init__()
         self.attention = Attention(config)
         self.intermediate = Intermediate(config)
@@ -201,7 +202,7 @@ class Layer(nn.Module):
 class DnaBertForMaskedLM(nn.Module):
     """BERT + MLM head; its ``state_dict()`` has the keys and shapes of ``transformers.BertForMaskedLM``."""
 
-    def __init__(self, config: ModelConfig, attention: str = "sdpa") -> None:
+    def __init__(self, config: DnaBertConfig, attention: str = "sdpa") -> None:
         """``attention``: "sdpa" (default; any device, attention dropout) or "flex" (FlexAttention for packed
         rows: block-sparse, so packed rows cost no attention over other windows; no attention dropout, hence
         it requires ``attention_probs_dropout_prob=0``). Rows with one window always use SDPA."""

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from dnabert.data.tokenizers.bpe import TOKENIZER_FILE, bpe_file, convertible, read_bpe, special_id_order
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
 from dnabert.models.interop import (

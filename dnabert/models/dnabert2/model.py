@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 from transformers.activations import ACT2FN
 
-from dnabert.data.tokenizers.kmer import CLS_ID, PAD_ID
+from dnabert.data.tokenizers.special import CLS_ID, PAD_ID
 from dnabert.errors import DnabertError
 from dnabert.models.components import (
     Bert,
