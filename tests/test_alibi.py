@@ -20,15 +20,8 @@ from benchmarks.alibi_memory import DenseAlibiDnaBert2
 from dnabert.data.packing import place, plan_rows
 from dnabert.models.components import FLEX_BLOCK, IGNORE_INDEX, flex_block_mask, packed_layout
 from dnabert.models.dnabert2.model import DnaBert2ForMaskedLM
-from tests.test_dnabert2_model import (
-    MASK,
-    PAD,
-    VOCAB,
-    assert_same_loss_and_grads,
-    loss_and_grads,
-    masked_batch,
-    tiny_model,
-)
+from tests.model_checks import assert_same_loss_and_grads, loss_and_grads
+from tests.test_dnabert2_model import MASK, PAD, VOCAB, masked_batch, tiny_model
 
 # Rows of every kind: full, padded, one real token pair, fully padded (length 0 leaves the row all [PAD]).
 LENGTHS = [40, 23, 2, 0, 31]

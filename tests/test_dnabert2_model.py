@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 from dnabert.data.packing import RowPlan, place, plan_rows
 from dnabert.errors import DnabertError
-from dnabert.models.components import IGNORE_INDEX, count_parameters, masked_lm_loss
+from dnabert.models.components import IGNORE_INDEX, count_parameters
 from dnabert.models.dnabert2 import model as model_module
 from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM, alibi_slopes, preset
-from tests.flex_rehearsal import compiled_flex_attention
+from tests.model_checks import assert_same_loss_and_grads, check_inductor_equals_eager, loss_and_grads
 
 CLS, SEP, PAD, MASK = 1, 2, 3, 4
 VOCAB = 96
@@ -52,21 +51,6 @@ def pack(input_ids: torch.Tensor) -> tuple[torch.Tensor, RowPlan]:
     """Windows packed into rows of at most 32 tokens, with DNABERT-2's [PAD] id."""
     plan = plan_rows((input_ids != PAD).sum(dim=1).numpy(), row_tokens=32)
     return place(input_ids, plan, PAD), plan
-
-
-def loss_and_grads(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **options):
-    model.zero_grad()
-    masked = labels != IGNORE_INDEX
-    loss = masked_lm_loss(model(input_ids, masked_positions=masked, **options), labels[masked])
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
-def assert_same_loss_and_grads(first, second, atol: float = 1e-5) -> None:
-    torch.testing.assert_close(second[0], first[0], atol=atol, rtol=1e-5)
-    assert first[1].keys() == second[1].keys()
-    for name, grad in first[1].items():
-        torch.testing.assert_close(second[1][name], grad, atol=atol, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
@@ -164,34 +148,15 @@ def test_flex_attention_equals_sdpa_on_packed_rows():
 
 
 def test_compiled_equals_eager_inductor():
-    """inductor, the code generator of `model.compile=true` on a GPU, here generating CPU code for a 1-layer model
-    with dynamic shapes: rows of two widths and packed rows (ALiBi restarting per window), forward and backward,
-    equal eager. FlexAttention's kernel compiled, with the packing block mask and the ALiBi score_mod, forward only
-    (torch has no CPU backward for it), equals SDPA on the packed rows (tests/flex_rehearsal.py: why the kernel
-    alone, static shapes)."""
-    torch._dynamo.reset()
-    counters.clear()
+    """A 1-layer model through inductor and FlexAttention's compiled kernel (tests/model_checks.py), with ALiBi
+    restarting per window in the packed rows and as the flex score_mod."""
     eager = tiny_model(num_hidden_layers=1)
-    compiled = tiny_model(num_hidden_layers=1)
-    compiled.compile(backend="inductor", dynamic=True)
     input_ids, labels = masked_batch([30, 7, 18, 12, 30, 5], seed=2)
     packed_ids, plan = pack(input_ids)
-    packed_labels = place(labels, plan, IGNORE_INDEX)
-    batches = [(*masked_batch([24, 11, 17]), False), (*masked_batch([13, 16], seed=1), False),
-               (packed_ids, packed_labels, True)]
-    for batch_ids, batch_labels, packed in batches:
-        assert_same_loss_and_grads(loss_and_grads(eager, batch_ids, batch_labels, packed=packed),
-                                   loss_and_grads(compiled, batch_ids, batch_labels, packed=packed), atol=1e-4)
-    assert list(compiled.state_dict()) == list(eager.state_dict())  # in-place compile: no _orig_mod. keys
-    # Compiled, without a recompile per width: the encoder of each layout, and the head after dynamo's graph break
-    # at the boolean index of the masked positions (a shape that depends on the data).
-    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])
-    flex = DnaBert2ForMaskedLM(eager.config, attention="flex").eval()
-    flex.load_state_dict(eager.state_dict())
-    masked = packed_labels != IGNORE_INDEX
-    with torch.no_grad(), compiled_flex_attention(model_module):
-        torch.testing.assert_close(flex(packed_ids, masked_positions=masked, packed=True),
-                                   eager.eval()(packed_ids, masked_positions=masked, packed=True), atol=1e-5, rtol=1e-5)
+    check_inductor_equals_eager(eager, tiny_model(num_hidden_layers=1),
+                                DnaBert2ForMaskedLM(eager.config, attention="flex"), model_module,
+                                [masked_batch([24, 11, 17]), masked_batch([13, 16], seed=1)],
+                                (packed_ids, place(labels, plan, IGNORE_INDEX)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

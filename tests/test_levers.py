@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 from dnabert.data.masking import mask_batch
 from dnabert.data.packing import pack_rows, place
 from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert import model as model_module
-from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertConfig, DnaBertForMaskedLM, attention_bias, masked_lm_loss
+from dnabert.models.dnabert.model import IGNORE_INDEX, DnaBertConfig, DnaBertForMaskedLM, attention_bias
 from dnabert.tasks.pretrain import MaskedLMModule, fuses_adamw
-from tests.flex_rehearsal import compiled_flex_attention
+from tests.model_checks import assert_same_loss_and_grads, check_inductor_equals_eager, loss_and_grads
 
 K = 3
 VOCAB = 4**K + 5
@@ -36,21 +35,6 @@ def batch_of(lengths: list[int], seed: int = 0) -> torch.Tensor:
 
 def masked_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return mask_batch(batch_of(lengths, seed), K, 0.3, torch.Generator().manual_seed(seed + 1))
-
-
-def loss_and_grads(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **options):
-    model.zero_grad()
-    masked = labels != IGNORE_INDEX
-    loss = masked_lm_loss(model(input_ids, masked_positions=masked, **options), labels[masked])
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
-def assert_same_loss_and_grads(first, second, atol: float = 1e-5) -> None:
-    torch.testing.assert_close(second[0], first[0], atol=atol, rtol=1e-5)
-    assert first[1].keys() == second[1].keys()
-    for name, grad in first[1].items():
-        torch.testing.assert_close(second[1][name], grad, atol=atol, rtol=1e-4, msg=name)
 
 
 def test_key_padding_mask_equals_the_dense_mask():
@@ -105,36 +89,17 @@ def test_flex_attention_refuses_attention_dropout():
 
 
 def test_compiled_equals_eager_inductor():
-    """inductor, the code generator of `model.compile=true` on a GPU, here generating CPU code for a 1-layer model
-    with dynamic shapes: rows of two widths and packed rows, forward and backward, equal eager (one compile per
-    layout, no recompile per width). FlexAttention's kernel compiled, forward only (torch has no CPU backward for
-    it), equals SDPA on the packed rows (`compiled_flex_attention` says why the kernel alone, static shapes)."""
-    torch._dynamo.reset()
-    counters.clear()
+    """A 1-layer model through inductor and FlexAttention's compiled kernel (tests/model_checks.py)."""
     config = DnaBertConfig(**{**TINY, "num_hidden_layers": 1}, **NO_DROPOUT)
     torch.manual_seed(0)
     eager = DnaBertForMaskedLM(config)
     compiled = DnaBertForMaskedLM(config)
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile(backend="inductor", dynamic=True)
     input_ids, labels = masked_batch([30, 7, 18, 12, 30, 5], seed=2)
     packed_ids, plan = pack_rows(input_ids, row_tokens=32)
-    packed_labels = place(labels, plan, IGNORE_INDEX)
-    batches = [(*masked_batch([24, 11, 17]), False), (*masked_batch([13, 16], seed=1), False),
-               (packed_ids, packed_labels, True)]
-    for input_ids, labels, packed in batches:
-        assert_same_loss_and_grads(loss_and_grads(eager, input_ids, labels, packed=packed),
-                                   loss_and_grads(compiled, input_ids, labels, packed=packed), atol=1e-4)
-    assert list(compiled.state_dict()) == list(eager.state_dict())  # in-place compile: no _orig_mod. keys
-    # Compiled, without a recompile per width: the encoder of each layout, and the head after dynamo's graph break
-    # at the boolean index of the masked positions (a shape that depends on the data).
-    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])
-    flex = DnaBertForMaskedLM(config, attention="flex").eval()
-    flex.load_state_dict(eager.state_dict())
-    masked = packed_labels != IGNORE_INDEX
-    with torch.no_grad(), compiled_flex_attention(model_module):
-        torch.testing.assert_close(flex(packed_ids, masked_positions=masked, packed=True),
-                                   eager.eval()(packed_ids, masked_positions=masked, packed=True), atol=1e-5, rtol=1e-5)
+    check_inductor_equals_eager(eager, compiled, DnaBertForMaskedLM(config, attention="flex"), model_module,
+                                [masked_batch([24, 11, 17]), masked_batch([13, 16], seed=1)],
+                                (packed_ids, place(labels, plan, IGNORE_INDEX)))
 
 
 def test_fused_adamw_step_equals_the_loop_implementation():
