@@ -195,3 +195,11 @@ def test_a_multimolecule_export_is_the_same_backbone_as_its_run(pretraining_run,
 def test_dnabert2_none_without_a_tokenizer_is_one_clear_error():
     with pytest.raises(DnabertError, match="tokenizer=bpe tokenizer.file="):
         resolve_backbone("none", 6, {"family": "dnabert2", **TINY, "vocab_size": 64})
+
+
+def test_kmer_family_none_without_a_k_is_one_clear_error():
+    """With tokenizer=bpe the config has no tokenizer.k: a k-mer family from scratch must say so, not guess a k."""
+    architecture = {"family": "dnabert", "hidden_size": 32, "num_attention_heads": 2}
+    with pytest.raises(DnabertError, match="model.family=dnabert reads k-mers: use tokenizer=kmer"):
+        resolve_backbone("none", None, architecture)
+    assert resolve_backbone("none", 4, architecture).config["vocab_size"] == 4**4 + 5

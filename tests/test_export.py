@@ -249,7 +249,7 @@ def test_run_continues_from_an_original_layout_export(compose_config, tmp_path):
     only then)."""
     from dnabert.run.training import build_module, make_plan
 
-    settings = ("model=tiny", f"k={K}")
+    settings = ("model=tiny", f"tokenizer.k={K}")
     cfg = compose_config(*settings)
     exported = build_module(cfg, make_plan(cfg)).model
     with torch.no_grad():  # not the weights a fresh run of the same seed starts from

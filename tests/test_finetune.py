@@ -207,7 +207,8 @@ def test_pretrained_and_none_differ_only_in_the_initial_weights(tmp_path: Path) 
     """A 'pretrained' backbone whose weights equal the random initialisation of pretrained=none must train
     number for number like it: same head, same data order, same dropout; only the weights' origin differs."""
     cfg = compose_finetune(f"task.train={small_task(tmp_path, 64)}", "task=file", "max_epochs=1", "batch_size=16",
-                           "export=false", "logger=none", f"paths.output_root={tmp_path}", *TINY_OVERRIDES, "k=3")
+                           "export=false", "logger=none", f"paths.output_root={tmp_path}", *TINY_OVERRIDES,
+                           "tokenizer.k=3")
     torch.manual_seed(7)
     random_weights = build_encoder(tiny_backbone()).state_dict()
     other = tiny_backbone(weights={key: value + 0.01 for key, value in random_weights.items()})
@@ -235,7 +236,7 @@ def finetune_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.C
     task = small_task(tmp_path, rows=160)
     command = [sys.executable, str(ROOT / "finetune.py"), "pretrained=none", "task=file", f"task.train={task}",
                "task.test_fraction=0.25", "task.dev_fraction=0.25", "seeds=[1,2]", "max_epochs=3", "batch_size=16",
-               "optim.lr=1e-3", "k=3", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
+               "optim.lr=1e-3", "tokenizer.k=3", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     return result, tmp_path / "finetune_custom" / "none"
 
@@ -339,7 +340,7 @@ def test_finetune_cli_trains_regression_and_multiclass_tasks_end_to_end(tmp_path
     table.to_csv(task := tmp_path / "task.csv", index=False)
     command = [sys.executable, str(ROOT / "finetune.py"), "pretrained=none", "task=file", f"task.train={task}",
                "task.dev_fraction=0.25", "task.test_fraction=0.25", "max_epochs=3", "batch_size=16", "optim.lr=1e-3",
-               "seed=3", "k=3", "logger=none", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
+               "seed=3", "tokenizer.k=3", "logger=none", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "finetune_custom" / "none" / "results.json").read_text())
@@ -371,7 +372,7 @@ def test_ddp_fine_tuning_equals_one_process_at_the_same_global_batch(tmp_path: P
     files = {}
     for name, rows in (("train", table[:128]), ("dev", table[128:203]), ("test", table[203:])):  # dev: 75, odd
         rows.to_csv(files.setdefault(name, tmp_path / f"{name}.tsv"), sep="\t", index=False)
-    common = ["pretrained=none", "task=file", *(f"task.{name}={path}" for name, path in files.items()), "k=3",
+    common = ["pretrained=none", "task=file", *(f"task.{name}={path}" for name, path in files.items()), "tokenizer.k=3",
               "max_epochs=3", "optim.lr=1e-3", "seed=5", "dropout=0", "model.hidden_dropout_prob=0", "export=false",
               "logger=none", *TINY_OVERRIDES]
     results = {}

@@ -10,14 +10,24 @@ import numpy as np
 import pytest
 
 from dnabert.errors import DnabertError
-from dnabert.run.report import write_report
+from dnabert.run.report import Baseline, read_baseline, write_report
 
 COLUMNS = ["epoch", "step", "lr", "mask_rate", "train/acc", "train/loss", "train/ppl", "train/sequences_seen",
            "train/tokens_per_s", "train/tokens_seen", "val/acc", "val/loss", "val/ppl"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The k-mer size in a run's .hydra/config.yaml (as Hydra saves it, unresolved): where training writes it now, where
+# runs made before it moved into the tokenizer's settings have it, and a config with only the data's copy.
+K_LAYOUTS = {
+    "tokenizer.k": "tokenizer:\n  kind: kmer\n  k: {k}\n  vocab_size: ${{vocab_size:${{tokenizer.k}}}}\n"
+                   "data:\n  k: ${{oc.select:tokenizer.k,6}}\n",
+    "top-level k (older runs)": "k: {k}\ntokenizer:\n  kind: kmer\n  vocab_size: ${{vocab_size:${{k}}}}\n"
+                                "data:\n  k: ${{k}}\n",
+    "data.k only": "data:\n  k: {k}\n",
+}
 
 
-def write_run(run_dir: Path, train_losses: list[float], val_every: int = 10, k: int | None = 6) -> Path:
+def write_run(run_dir: Path, train_losses: list[float], val_every: int = 10, k: int | None = 6,
+              k_layout: str = "tokenizer.k") -> Path:
     """A run directory laid out as training writes it: sparse CSVLogger rows (train rows, then val rows)."""
     rows = []
     for step, loss in enumerate(train_losses):
@@ -37,7 +47,7 @@ def write_run(run_dir: Path, train_losses: list[float], val_every: int = 10, k: 
         writer.writerows(rows)
     if k is not None:
         (run_dir / ".hydra").mkdir()
-        (run_dir / ".hydra" / "config.yaml").write_text(f"seed: 1\nk: {k}\ndata:\n  micro_batch_size: 10\n")
+        (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\n" + K_LAYOUTS[k_layout].format(k=k))
     return csv_path
 
 
@@ -92,6 +102,14 @@ def test_without_k_there_is_no_baseline(tmp_path):
     write_run(tmp_path, list(np.linspace(8.3, 4.0, 20)), k=None)
     markdown = write_report(tmp_path)[1].read_text()
     assert "unknown (no k" in markdown and "k unknown" in markdown
+
+
+@pytest.mark.parametrize("layout", K_LAYOUTS)
+def test_baseline_reads_k_where_runs_of_any_version_recorded_it(tmp_path, layout):
+    """k=4, not the default 6: the uniform baseline is ln(4^4) whichever key the run's config holds it under."""
+    write_run(tmp_path, list(np.linspace(5.5, 3.0, 20)), k=4, k_layout=layout)
+    assert read_baseline(tmp_path) == (4, Baseline.for_kmers(4))
+    assert "ln(4^4)" in write_report(tmp_path)[1].read_text()
 
 
 def test_metrics_found_under_other_logger_layouts(tmp_path):

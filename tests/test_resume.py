@@ -175,7 +175,8 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_ckpt_path_continues_from_it(
 
 @pytest.mark.parametrize(
     ("overrides", "setting"),
-    [(["k=5"], "k=6 (this run: k=5)"), (["model.hidden_size=64"], "model.hidden_size=32 (this run: 64)")],
+    [(["tokenizer.k=5"], "tokenizer.k=6 (this run: 5)"),
+     (["model.hidden_size=64"], "model.hidden_size=32 (this run: 64)")],
 )
 def test_checkpoint_of_another_model_is_refused_by_name(compose_config, uninterrupted: Path, tmp_path: Path,
                                                         overrides: list[str], setting: str) -> None:

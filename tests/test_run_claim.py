@@ -232,7 +232,7 @@ def test_fine_tuning_is_refused_while_its_run_directory_is_held(tmp_path: Path) 
     directory = tmp_path / "finetune_custom" / "none"
     command = [sys.executable, str(ROOT / "finetune.py"), "pretrained=none", "task=file",
                f"task.train={small_task(tmp_path, rows=48)}", "task.dev_fraction=0.25", "max_epochs=1",
-               "batch_size=16", "k=3", "export=false", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
+               "batch_size=16", "tokenizer.k=3", "export=false", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
     holder = hold_run_dir(directory)  # as another fine-tuning run of the same backbone and task would
     try:
         refused = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -28,7 +28,7 @@ def test_paper_experiment_resolves_to_the_recipe(compose_config) -> None:
     accumulation = cfg.derived.accumulate_grad_batches
     assert cfg.data.micro_batch_size * accumulation * cfg.trainer.devices * cfg.trainer.num_nodes == 2000
     assert (cfg.data.micro_batch_size, accumulation, cfg.trainer.devices) == (10, 25, 8)
-    assert cfg.max_steps == 120_000 and cfg.k == 6 and cfg.trainer.strategy == "ddp"
+    assert cfg.max_steps == 120_000 and cfg.tokenizer.k == 6 and cfg.trainer.strategy == "ddp"
     assert (cfg.model.num_hidden_layers, cfg.model.hidden_size, cfg.model.num_attention_heads,
             cfg.model.intermediate_size, cfg.model.max_position_embeddings) == (12, 768, 12, 3072, 512)
     assert cfg.derived.mask_switch_step == 100_000 and cfg.derived.vocab_size == 4101
@@ -39,7 +39,7 @@ def test_paper_experiment_resolves_to_the_recipe(compose_config) -> None:
 @pytest.mark.parametrize("k", [3, 4, 5])
 def test_other_k_paper_experiments(compose_config, k: int) -> None:
     cfg = compose_config(f"experiment=dnabert{k}_paper", "data.fasta=/x.fa")
-    assert cfg.k == k and cfg.derived.vocab_size == 4**k + 5 and cfg.global_batch_size == 2000
+    assert cfg.tokenizer.k == cfg.data.k == k and cfg.derived.vocab_size == 4**k + 5 and cfg.global_batch_size == 2000
 
 
 @pytest.mark.parametrize("k", [3, 4, 5, 6])

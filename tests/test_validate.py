@@ -35,7 +35,8 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     # top level
     (("experiment_name=a/b",), "experiment_name='a/b' becomes a folder name"),
     (("run_name=../escape",), "run_name='../escape' becomes a folder name"),
-    (("k=7",), "k=7 is not one of 3, 4, 5, 6"),
+    (("tokenizer.k=7",), "tokenizer.k=7 is not one of 3, 4, 5, 6; set tokenizer.k to a supported k-mer size"),
+    (("k=4",), "k=4 is now tokenizer.k=4 (the k-mer size is a setting of the k-mer tokenizer); use tokenizer.k=4."),
     (("seed=-1",), "seed=-1 must be in [0, 4294967295]"),
     (("global_batch_size=0",), "global_batch_size=0 must be >= 1"),
     (("max_steps=0",), "max_steps=0 must be >= 1; set the number of optimiser steps"),
@@ -82,7 +83,8 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     ((*SEQUENCES, "data.sequence_column="), "data.sequence_column='' is empty"),
     ((*SEQUENCES, "data.val_path={DIR}/val.csv"), "val.csv' does not exist"),
     # data: every corpus
-    (("data.k=5",), "data.k=5 differs from k=6"),
+    (("data.k=5",), "data.k=5 differs from tokenizer.k=6"),
+    (("experiment=dnabert2_demo", "data.k=2"), "data.k=2 is not one of 3, 4, 5, 6"),
     (("data.micro_batch_size=0",), "data.micro_batch_size=0 must be >= 1"),
     (("data.num_workers=-1",), "data.num_workers=-1 must be >= 0; use 0"),
     (("data.seed=-5",), "data.seed=-5 must be in"),
@@ -102,7 +104,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("+data.world_size=0",), "data.world_size=0 must be >= 1"),
     (("+data.start_position=-1",), "data.start_position=-1 must be >= 0"),
     # model
-    (("model.vocab_size=69",), "model.vocab_size=69 does not fit k=6 (needs 4101)"),
+    (("model.vocab_size=69",), "model.vocab_size=69 does not fit tokenizer.k=6 (needs 4101)"),
     (("model.hidden_size=0",), "model.hidden_size=0 must be >= 1"),
     (("model.num_hidden_layers=0",), "model.num_hidden_layers=0 must be >= 1"),
     (("model.num_attention_heads=0",), "model.num_attention_heads=0 must be >= 1"),
@@ -201,7 +203,7 @@ FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("num_workers=-1",), "num_workers=-1 must be >= 0"),
     (("optim.lr=-1",), "optim.lr=-1 must be > 0; set the peak learning rate"),
     (("optim.warmup_fraction=1",), "optim.warmup_fraction=1 must be in [0, 1)"),
-    (("k=2",), "k=2 is not one of 3, 4, 5, 6"),
+    (("tokenizer.k=2",), "tokenizer.k=2 is not one of 3, 4, 5, 6"),
     # tasks
     (("task.name=a/b",), "task.name='a/b' becomes a folder name"),
     (("task=file",), "task.train is not set (??? in the config); give it on the command line, task.train=..."),
@@ -350,6 +352,19 @@ def test_flex_estimate_is_accepted_without_a_trial_on_this_cpu() -> None:
 def run_train(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize(("entry", "spelling"), [("train.py", "k=4"), ("train.py", "+k=4"), ("finetune.py", "k=4")])
+def test_old_k_is_refused_with_its_new_name(tmp_path, entry: str, spelling: str) -> None:
+    """k moved into the k-mer tokenizer's settings: the old spelling (Hydra: "Key 'k' is not in struct", or with +
+    a key nothing reads) is one line naming tokenizer.k, before Hydra makes a run folder, from both entry points."""
+    result = subprocess.run([sys.executable, str(ROOT / entry), spelling, f"paths.output_root={tmp_path / 'out'}"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "dnabert: error: k=4 is now tokenizer.k=4 (the k-mer size is a setting of the k-mer tokenizer); use "
+        "tokenizer.k=4."]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

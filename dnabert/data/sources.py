@@ -191,8 +191,8 @@ def _kmer_line_sequence(line: str, k: int, path: Path, line_number: int) -> str:
         return ""
     if len(kmers[0]) != k:
         raise DnabertError(
-            f"{path} line {line_number}: k-mer {kmers[0]!r} has {len(kmers[0])} letters but k={k}; set k to the "
-            "file's k-mer size."
+            f"{path} line {line_number}: k-mer {kmers[0]!r} has {len(kmers[0])} letters but k={k}; set tokenizer.k "
+            "to the file's k-mer size."
         )
     try:
         return kmers_to_sequence(kmers)

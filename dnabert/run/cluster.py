@@ -333,7 +333,7 @@ def check_checkpoint_fits(ckpt_path: str, k: int, model_cfg: Mapping[str, Any]) 
         raise DnabertError(f"Checkpoint {ckpt_path} cannot be read ({err}). Point ckpt_path at another one.") from err
     saved = checkpoint.get("hyper_parameters", {})
     saved_model = saved.get("model_config", {})
-    differences = [f"k={saved['k']} (this run: k={k})"] if "k" in saved and saved["k"] != k else []
+    differences = [f"tokenizer.k={saved['k']} (this run: {k})"] if "k" in saved and saved["k"] != k else []
     differences += [
         f"model.{name}={saved_model[name]} (this run: {model_cfg[name]})"
         for name in SHAPE_SETTINGS

@@ -351,7 +351,7 @@ def format_trial(est: Estimate, trial: TrialResult, model_config: Any, mask_rate
 def estimate_from_config(cfg: Any, devices: int, num_nodes: int, trial: TrialResult | None = None) -> str:
     """The formatted estimate of a composed training config (`python train.py ... estimate=true`).
 
-    Reads ``model.family`` (dnabert.models.get_family), ``k`` (k-mer families), ``model``,
+    Reads ``model.family`` (dnabert.models.get_family), ``tokenizer.k`` (k-mer families), ``model``,
     ``global_batch_size``, ``max_steps``, ``data.micro_batch_size``, ``data.max_tokens`` and ``data.length_rule``;
     the GPU is the visible CUDA device unless ``estimate_gpu`` names one, the MFU ``estimate_mfu`` (default 0.4).
     A ``trial`` adds its measured memory and wall time.
@@ -362,7 +362,7 @@ def estimate_from_config(cfg: Any, devices: int, num_nodes: int, trial: TrialRes
     if family.tokenizer == "bpe":
         k = None
     else:
-        k = OmegaConf.select(cfg, "k", default=None) or OmegaConf.select(cfg, "data.k")
+        k = OmegaConf.select(cfg, "tokenizer.k", default=None) or OmegaConf.select(cfg, "data.k")
         model_values.setdefault("vocab_size", vocab_size(k))
     model_config = config_class.from_dict(
         {field: value for field, value in model_values.items() if field in config_class.__dataclass_fields__}

@@ -91,15 +91,15 @@ class Backbone:
         return f"{self.source} (k={self.k})" if self.k is not None else f"{self.source} (BPE {self.tokenizer})"
 
 
-def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
+def resolve_backbone(pretrained: str | None, k: int | None, model_cfg: dict[str, Any],
                      tokenizer_file: str | None = None, work_dir: Path | None = None) -> Backbone:
-    """`none` -> the configured architecture at random (a BPE family: with `tokenizer_file`, the BPE
-    tokenizer.json); a run directory or .ckpt -> its model (a BPE family: and the run's tokenizer.json); a
-    directory with config.json -> the family that recognises it (ModelFamily.recognises_directory; DNABERT-2: a
-    MultiMolecule export or the original release, with its tokenizer.json), else transformers' BertForMaskedLM
-    in the original DNABERT layout (released DNABERT weights, the fallback family). A BPE tokenizer with the
-    published special ids is converted into `work_dir` (the fine-tuning run directory) and used from there; the
-    imported weights fit it (dnabert.models.dnabert2.interop)."""
+    """`none` -> the configured architecture at random (a k-mer family: for k-mers of `k`, the config's
+    tokenizer.k; a BPE family: with `tokenizer_file`, the BPE tokenizer.json); a run directory or .ckpt -> its model
+    (a BPE family: and the run's tokenizer.json); a directory with config.json -> the family that recognises it
+    (ModelFamily.recognises_directory; DNABERT-2: a MultiMolecule export or the original release, with its
+    tokenizer.json), else transformers' BertForMaskedLM in the original DNABERT layout (released DNABERT weights,
+    the fallback family). A BPE tokenizer with the published special ids is converted into `work_dir` (the
+    fine-tuning run directory) and used from there; the imported weights fit it (dnabert.models.dnabert2.interop)."""
     if pretrained is None or str(pretrained).lower() == "none":
         name = model_cfg.get("family", DEFAULT_FAMILY)
         family = get_family(name)  # an unknown family is refused by name
@@ -113,6 +113,9 @@ def resolve_backbone(pretrained: str | None, k: int, model_cfg: dict[str, Any],
             config["vocab_size"] = tokenizer.vocab_size
             family.config_class().from_dict(config)  # checks the fields now, with the setting's name
             return Backbone(name, None, config, None, "none", str(tokenizer.file))
+        if k is None:
+            raise DnabertError(f"pretrained=none with model.family={name} reads k-mers: use tokenizer=kmer "
+                               "(tokenizer.k=3..6), or a BPE family with tokenizer=bpe.")
         config["vocab_size"] = vocab_size(k)
         family.config_class().from_dict(config)  # checks the fields now, with the setting's name in the message
         return Backbone(name, k, config, None, "none")
@@ -318,7 +321,8 @@ def run_finetune(cfg: DictConfig) -> Path | None:
     check_output_dir(run_dir)
     devices = resolve_device_count(cfg.trainer.accelerator, cfg.trainer.devices)
     check_launch(cfg.trainer, cfg.logger, devices, int(cfg.trainer.num_nodes))
-    backbone = resolve_backbone(cfg.pretrained, int(cfg.k), OmegaConf.to_container(cfg.model, resolve=True),
+    backbone = resolve_backbone(cfg.pretrained, OmegaConf.select(cfg, "tokenizer.k"),
+                                OmegaConf.to_container(cfg.model, resolve=True),
                                 OmegaConf.select(cfg, "tokenizer.file"), run_dir)
     default_positions, position_limit = backbone.positions
     max_positions = int(cfg.max_positions or default_positions)

@@ -122,7 +122,8 @@ def load_metrics(run_dir: Path) -> pd.DataFrame:
 
 def read_baseline(run_dir: Path) -> tuple[int | None, Baseline | None]:
     """(k, baseline) from the run's Hydra config: BPE runs (`tokenizer.kind: bpe`) by `tokenizer.vocab_size`,
-    k-mer runs by `k` (top level, or `data.k`); None where the config does not say."""
+    k-mer runs by `tokenizer.k` (runs made before it moved there: the top-level `k`), else `data.k`; None where
+    the config does not say."""
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
         return None, None
@@ -132,7 +133,8 @@ def read_baseline(run_dir: Path) -> tuple[int | None, Baseline | None]:
         config = OmegaConf.load(config_path)
         if OmegaConf.select(config, "tokenizer.kind", default="kmer") == "bpe":
             return None, Baseline.for_bpe(int(OmegaConf.select(config, "tokenizer.vocab_size")))
-        k = OmegaConf.select(config, "k", default=None) or OmegaConf.select(config, "data.k", default=None)
+        k = (OmegaConf.select(config, "tokenizer.k", default=None) or OmegaConf.select(config, "k", default=None)
+             or OmegaConf.select(config, "data.k", default=None))
     except Exception:  # an unreadable config only costs the reference lines, not the report
         return None, None
     return (int(k), Baseline.for_kmers(int(k))) if k is not None else (None, None)

@@ -150,7 +150,7 @@ def build_module(cfg: DictConfig, plan: Plan) -> MaskedLMModule:
     masking = OmegaConf.to_container(cfg.masking, resolve=True)
     masking["switch_step"] = plan.switch_step
     module = MaskedLMModule(
-        k=cfg.k,
+        k=cfg.data.k,  # tokenizer.k; BPE runs: data.k, the shortest window, which token masking does not read
         model_config=model_cfg,
         masking=masking,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
@@ -163,7 +163,7 @@ def build_module(cfg: DictConfig, plan: Plan) -> MaskedLMModule:
         **levers,
     )
     if init_from:  # weights of a saved model directory; a resumed checkpoint overwrites them afterwards
-        get_family(family).load_into(module.model, Path(init_from), cfg.k)
+        get_family(family).load_into(module.model, Path(init_from), module.k)
     return module
 
 
@@ -275,7 +275,7 @@ def probe_callbacks(cfg: DictConfig) -> list[L.Callback]:
     if uses_bpe(cfg):  # the run's BPE (prepare_tokenizer has set tokenizer.file), windows of its training length
         tokenizer = BpeWindowTokenizer(cfg.tokenizer.file)
         return [DownstreamProbe(**settings, tokenize=tokenizer.sequence_ids, max_positions=int(cfg.data.max_tokens))]
-    return [DownstreamProbe(**settings, k=int(cfg.k))]
+    return [DownstreamProbe(**settings, k=int(cfg.tokenizer.k))]
 
 
 def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:
@@ -320,7 +320,7 @@ def run(cfg: DictConfig) -> Path | None:
         log.info(describe_model(module))
     ckpt_path = resolve_ckpt_path(cfg, plan.run_dir)
     if ckpt_path:
-        check_checkpoint_fits(ckpt_path, cfg.k, cfg.model)
+        check_checkpoint_fits(ckpt_path, module.k, cfg.model)
     trainer = build_trainer(cfg, plan, resume_step=checkpoint_step(ckpt_path) if ckpt_path else 0)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return plan.run_dir

@@ -274,8 +274,11 @@ def gpu_name(value: str, cfg: DictConfig) -> str | None:
 
 
 def fits_k(value: int, cfg: DictConfig) -> str | None:
-    needed = vocab_size(cfg.k)
-    return None if value == needed else f"does not fit k={cfg.k} (needs {needed}); leave it at ${{vocab_size:${{k}}}}"
+    k = cfg.tokenizer.k
+    needed = vocab_size(k)
+    if value == needed:
+        return None
+    return f"does not fit tokenizer.k={k} (needs {needed}); leave it at ${{vocab_size:${{tokenizer.k}}}}"
 
 
 def uses_bpe(cfg: DictConfig) -> bool:
@@ -300,7 +303,12 @@ def tokenizer_size(value: int, cfg: DictConfig) -> str | None:
 
 
 def same_as_k(value: int, cfg: DictConfig) -> str | None:
-    return None if value == cfg.k else f"differs from k={cfg.k}; leave it at ${{k}}"
+    """k-mer runs read windows with the tokenizer's k; BPE runs (no tokenizer.k) keep windows of at least data.k bp,
+    which the window code checks like a k-mer size."""
+    k = OmegaConf.select(cfg, "tokenizer.k", default=None)
+    if k is None:
+        return None if value in SUPPORTED_K else f"is not one of {', '.join(map(str, SUPPORTED_K))}"
+    return None if value == k else f"differs from tokenizer.k={k}"
 
 
 def _precisions() -> tuple[Any, ...]:
@@ -315,7 +323,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("task.name", TEXT, "name the task, e.g. task.name=promoters", check=folder_name),
     Setting("experiment_name", TEXT, "pick an experiment (experiment=demo) or set experiment_name", check=folder_name),
     Setting("run_name", TEXT, "e.g. run_name=lr4e-4", check=folder_name),
-    Setting("k", INT, "set k to a supported k-mer size", choices=SUPPORTED_K),
+    # before the rows whose defaults derive from it (model.vocab_size, data.k)
+    Setting("tokenizer.k", INT, "set tokenizer.k to a supported k-mer size", choices=SUPPORTED_K),
     Setting("seed", INT, "e.g. seed=42", within=SEED),
     Setting("global_batch_size", INT, "set the sequences per optimiser step, e.g. global_batch_size=2000",
             within=AT_LEAST_1),
@@ -362,7 +371,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data.val_path", TEXT, "point it at a validation file, or null", optional=True, check=existing_path,
             on_disk=True),
     # data: what every corpus shares
-    Setting("data.k", INT, "leave data.k at ${k}", check=same_as_k),
+    Setting("data.k", INT, "leave data.k at ${oc.select:tokenizer.k,6}", check=same_as_k),
     Setting("data.micro_batch_size", INT, "e.g. data.micro_batch_size=10", within=AT_LEAST_1),
     Setting("data.num_workers", INT, "use 0 (read in the main process) or more worker processes",
             within=NON_NEGATIVE),
@@ -426,7 +435,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("optim.warmup_steps", INT, "e.g. optim.warmup_steps=10000", within=NON_NEGATIVE),
     Setting("optim.total_steps", INT, "or null (= max_steps)", optional=True, within=AT_LEAST_1),
     Setting("optim.fused", BOOL, "use true or false"),
-    # fine-tuning (configs/finetune.yaml; finetune.py shares k, seed, export, run names, model, tokenizer, optim,
+    # fine-tuning (configs/finetune.yaml; finetune.py shares seed, export, run names, model, tokenizer, optim,
     # trainer, logger and paths with pretraining)
     Setting("pretrained", TEXT, "give a pretraining run directory, a .ckpt, a transformers or MultiMolecule model "
             "directory, or none", optional=True, check=backbone, on_disk=True),
@@ -487,6 +496,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("callbacks.model_checkpoint.save_last", BOOL, "leave it true: a requeued run resumes from last.ckpt"),
     Setting("callbacks.model_checkpoint.filename", TEXT, "e.g. step-{step:07d}", check=not_blank),
 )
+
+
+# ------------------------------------------------------------------------------------------------ moved settings
+# Settings that have a new name: old name -> (new name, why it moved). A config or command line that still uses the
+# old name is refused with the new one; otherwise it would set a key that nothing reads, or fail in Hydra's words.
+MOVED_SETTINGS: dict[str, tuple[str, str]] = {
+    "k": ("tokenizer.k", "the k-mer size is a setting of the k-mer tokenizer"),
+}
+
+
+def moved_setting_message(key: str, value: Any) -> str:
+    """E.g. "k=4 is now tokenizer.k=4 (the k-mer size is ...); use tokenizer.k=4." for `key` in MOVED_SETTINGS."""
+    new_key, why = MOVED_SETTINGS[key]
+    return f"{key}={value} is now {new_key}={value} ({why}); use {new_key}={value}."
+
+
+def no_moved_settings(cfg: DictConfig) -> None:
+    """An experiment or config file of the user's may still set an old name (`k: 4` at the top level)."""
+    for key in MOVED_SETTINGS:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            raise DnabertError(moved_setting_message(key, value))
 
 
 # ------------------------------------------------------------------------------------------------ agreements
@@ -671,6 +702,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Raise one DnabertError for the first setting that is wrong or disagrees with another; files and devices are
     looked at only where the run will use them (not for estimate=true)."""
     check_here = _value(cfg, "estimate") is not True
+    no_moved_settings(cfg)
     for setting in SETTINGS:
         if setting.on_disk and not check_here:
             continue

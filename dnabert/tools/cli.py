@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dnabert.errors import DnabertError, user_message
 from dnabert.run.config import register_resolvers
-from dnabert.run.validate import SETTINGS, check_value, validate_config
+from dnabert.run.validate import MOVED_SETTINGS, SETTINGS, check_value, moved_setting_message, validate_config
 
 
 def prepare_entry_point(root: Path) -> None:
@@ -28,6 +28,7 @@ def prepare_entry_point(root: Path) -> None:
 
 def check_before_hydra(config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Everything an entry point checks on its command line before Hydra starts (and creates folders)."""
+    refuse_moved_settings(argv)
     validate_before_hydra(config_dir, config_name, argv)
     check_output_override(argv)
     check_folder_names(argv)
@@ -61,6 +62,17 @@ def last_override(argv: list[str], keys: tuple[str, ...]) -> tuple[str, str] | N
         if key in keys:
             return key, value
     return None
+
+
+def refuse_moved_settings(argv: list[str]) -> None:
+    """A setting given by its old name (dnabert.run.validate.MOVED_SETTINGS, e.g. `k=4`): one line naming the new
+    one. Hydra would refuse `k=4` in its own words, and `+k=4` would add a key that nothing reads."""
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        key = key.lstrip("+")
+        if equals and key in MOVED_SETTINGS:
+            print(f"dnabert: error: {moved_setting_message(key, value)}", file=sys.stderr)
+            sys.exit(2)
 
 
 def check_output_override(argv: list[str]) -> None:

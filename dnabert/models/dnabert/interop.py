@@ -126,7 +126,7 @@ def _load_original_layout(hf_dir: str | Path, k: int) -> BertForMaskedLM:
     if reference.config.vocab_size != vocab_size(k):
         raise DnabertError(
             f"{directory} has {reference.config.vocab_size} vocabulary rows but k={k} needs {vocab_size(k)} "
-            "(4^k + 5); set k to the model's k."
+            "(4^k + 5); set tokenizer.k to the model's k."
         )
     return reference
 
