@@ -404,8 +404,8 @@ def test_module_picks_the_first_of_equal_best_epochs() -> None:
 
 def test_finetune_cli_bad_settings_are_one_line_and_leave_no_run_folder(tmp_path: Path) -> None:
     """Checked before Hydra makes the run directory (every setting's bad case: tests/test_validate.py). Before,
-    max_epochs=0 ended in an IsADirectoryError traceback after training and optim.lr=-1 in torch's "Invalid learning
-    rate"."""
+    max_epochs=0 ended in an IsADirectoryError traceback after training, optim.lr=-1 in torch's "Invalid learning
+    rate", and no pretrained= at all named run_name, the setting that interpolates it."""
     missing_backbone = tmp_path / "outputs" / "demo" / "defualt"
     cases = [
         (["pretrained=none", "max_epochs=0"], "max_epochs=0 must be >= 1; e.g. max_epochs=3."),
@@ -414,6 +414,7 @@ def test_finetune_cli_bad_settings_are_one_line_and_leave_no_run_folder(tmp_path
         ([f"pretrained={missing_backbone}"],
          f"pretrained='{missing_backbone}' does not exist; give a pretraining run directory, a .ckpt, a transformers "
          "or MultiMolecule model directory, or none."),
+        ([], "pretrained is not set (??? in the config); give it on the command line, pretrained=..."),
     ]
     output_root = tmp_path / "runs"
     for overrides, message in cases:

@@ -30,7 +30,7 @@ from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from dnabert.data.datamodule import check_pack_row_tokens
 from dnabert.data.labelled import TASK_TYPES
@@ -671,12 +671,18 @@ def _concrete_keys(cfg: DictConfig, key: str) -> Iterator[str]:
             yield from _concrete_keys(cfg, f"{head}[{index}]{tail}")
 
 
+def _not_set(key: str) -> DnabertError:
+    return DnabertError(f"{key} is not set (??? in the config); give it on the command line, {key}=...")
+
+
 def _value(cfg: DictConfig, key: str) -> Any:
     """The resolved value at `key` as plain Python, `_ABSENT` when the config has no such key."""
     try:
         value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
     except MissingMandatoryValue as err:
-        raise DnabertError(f"{key} is not set (??? in the config); give it on the command line, {key}=...") from err
+        raise _not_set(key) from err
+    except InterpolationToMissingValueError as err:  # `key` interpolates an unset one (run_name: ${pretrained})
+        raise _not_set(str(err).splitlines()[0].rpartition("Missing mandatory value: ")[2].strip() or key) from err
     except OmegaConfBaseException as err:
         cause = err.__cause__ or err.__context__
         if isinstance(cause, DnabertError):
