@@ -22,6 +22,7 @@ from dnabert.data.datamodule import GenomeDataModule
 from dnabert.data.genome import Genome, GenomeSource
 from dnabert.errors import DnabertError, user_message
 from dnabert.run.validate import SETTINGS, validate_config
+from dnabert.tools.cli import validate_before_hydra
 from tests.conftest import DEMO_FASTA, ROOT
 
 PRETRAINING_GROUPS = ("data", "model", "tokenizer", "masking", "optim", "trainer", "logger", "callbacks", "paths",
@@ -433,3 +434,21 @@ def test_fasta_damaged_mid_run_is_a_dnabert_error_in_one_line(tmp_path) -> None:
     with pytest.raises(DnabertError) as reraised:
         from_worker.reraise()
     assert "Traceback" in str(reraised.value) and user_message(reraised.value) == message
+
+
+@pytest.mark.parametrize(("config_name", "overrides", "message"), [
+    ("train", ["model.hiden_size=3"], "model.hiden_size is not a setting of configs/train.yaml with the chosen config "
+     "groups; check its spelling (`--cfg job` prints every setting)."),
+    ("train", ["experiment=dnabert2_demo", "tokenizer.k=4"], "tokenizer.k is not a setting of configs/train.yaml"),
+    ("train", ["masking=centre"], "masking=centre names no file in configs/masking/; choose one of original, token, "
+     "whole_kmer."),
+    ("finetune", ["pretrained=none", "tsk=x"], "tsk is not a setting of configs/finetune.yaml"),
+])
+def test_misspelt_settings_and_unknown_options_are_one_line_before_hydra(config_name, overrides, message,
+                                                                        capsys) -> None:
+    """Hydra's own words for these end in exit 1 and advise `+key=value`, which adds a key nothing reads."""
+    with pytest.raises(SystemExit) as exit_info:
+        validate_before_hydra(ROOT / "configs", config_name, overrides)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dnabert: error: {message}")

@@ -4,13 +4,14 @@ and one line with exit 2 for a user mistake."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, InstantiationException, OverrideParseException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -92,20 +93,40 @@ def check_output_override(argv: list[str]) -> None:
 
 def validate_before_hydra(config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Hydra makes the run directory before any of our code runs: the whole config is composed and checked first
-    (dnabert.run.validate), so a bad setting is one line and exit 2 with no run folder left behind. Hydra's own
-    options (--cfg, -m, -cp, ...) and overrides that do not compose are left to Hydra; run() checks again."""
+    (dnabert.run.validate), so a bad setting is one line and exit 2 with no run folder left behind; so is an unknown
+    setting or config group option. Hydra's own options (--cfg, -m, -cp, ...) and other overrides that do not
+    compose are left to Hydra; run() checks again."""
     if any(arg.startswith("-") for arg in argv):
         return
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=argv)
-    except (HydraException, OmegaConfBaseException):
-        return  # Hydra reports it in its own words
-    try:
+        try:
+            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+                cfg = compose(config_name=config_name, overrides=argv)
+        except (HydraException, OmegaConfBaseException) as err:
+            problem = composition_problem(err, config_dir, config_name)
+            if problem is None:
+                return  # Hydra reports it in its own words
+            raise DnabertError(problem) from err
         validate_config(cfg)
     except DnabertError as err:
         print(f"dnabert: error: {user_message(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def composition_problem(err: BaseException, config_dir: Path, config_name: str) -> str | None:
+    """Hydra's refusal of a misspelt setting or an unknown group option, said with the fix (Hydra's own advice for
+    the first, `+key=value`, adds a key that nothing reads)."""
+    message = str(err)
+    unknown_key = re.match(r"Could not override '([^']+)'", message)
+    if unknown_key and isinstance(err.__cause__, OmegaConfBaseException) and "not in struct" in str(err.__cause__):
+        return (f"{unknown_key.group(1)} is not a setting of configs/{config_name}.yaml with the chosen config "
+                "groups; check its spelling (`--cfg job` prints every setting).")
+    unknown_option = re.search(r"Could not find '([^'/]+)/([^']+)'", message)
+    if isinstance(err, MissingConfigException) and unknown_option:
+        group, option = unknown_option.groups()
+        options = sorted(path.stem for path in (config_dir / group).glob("*.yaml"))
+        return f"{group}={option} names no file in configs/{group}/; choose one of {', '.join(options)}."
+    return None
 
 
 def check_folder_names(argv: list[str]) -> None:
