@@ -27,15 +27,15 @@ class Endless(IterableDataset):
             yield torch.zeros(2)
 
 
-def live_processes(session: int) -> list[str]:
-    """Processes of a session that still run (zombies excluded): a run's ranks and data workers share one."""
+def live_processes(sid: int) -> list[str]:
+    """Processes with this SID (setsid) that still run, zombies excluded: a run's ranks and data workers share it."""
     alive = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # ended while we looked
             continue
-        if int(fields[3]) == session and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, sid
             alive.append(stat.parent.name)
     return alive
 

@@ -2,12 +2,13 @@
 a second launch on that directory ends at once (exit 2) with one line naming the holder.
 
 Why it looks like this:
-- A POSIX record lock (`fcntl.lockf`), not a lease: the kernel drops it when its process dies, however it dies
-  (SIGKILL, the OOM killer), so a dead run never blocks the rerun or the requeue, and there is no timeout to tune.
+- A POSIX record lock (`fcntl.lockf`), not a heartbeat file with a timeout: the kernel drops it when its process
+  dies, however it dies (SIGKILL, the OOM killer), so a dead run never blocks the rerun or the requeue, and there
+  is no timeout to tune.
   NFS (v4 itself, v3 through lockd) and Lustre (mounted with `-o flock`) enforce it across nodes. Unlike `flock`,
   forked children (DataLoader workers) do not share it, so it ends with the holder, not with its last worker; and
   on Linux NFS `flock` is emulated with these locks anyway.
-- Node loss: the file server drops the lock of a client it no longer hears from (NFSv4 after its lease, 90 s by
+- Node loss: the file server drops the lock of a client it no longer hears from (NFSv4 after its grace time, 90 s by
   default; Lustre when it evicts the client); NFSv3 keeps it until that node boots again (deleting run.lock frees
   the directory). A file system without working locks (NFS mounted `nolock` without lockd, Lustre `noflock`)
   answers ENOLCK/ENOSYS: the launch stops and says so; `lock_run_dir=false` runs without this protection.
