@@ -26,10 +26,11 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: the per-c
 import torch  # noqa: E402
 
 from benchmarks.data_pipeline import BUNDLED_FASTA, timed  # noqa: E402
+from dnabert.data.bpe_training import train_bpe  # noqa: E402
 from dnabert.data.datamodule import GenomeDataModule  # noqa: E402
 from dnabert.data.genome import GenomeSource  # noqa: E402
 from dnabert.data.masking import mask_batch  # noqa: E402
-from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, save_bpe, train_bpe  # noqa: E402
+from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, save_bpe  # noqa: E402
 
 H100_DENSE_BF16 = 989e12
 

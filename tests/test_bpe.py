@@ -14,22 +14,21 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from dnabert.data.bpe_training import ensure_bpe_tokenizer, train_bpe
 from dnabert.data.datamodule import GenomeDataModule
 from dnabert.data.masking import IGNORE_INDEX, mask_batch
 from dnabert.data.tokenizers.bpe import (
     BpeWindowTokenizer,
     convert_bpe,
-    ensure_bpe_tokenizer,
     install_bpe,
     load_bpe,
-    main,
     save_bpe,
-    train_bpe,
     usable_bpe,
     windows_as_text,
 )
 from dnabert.data.tokenizers.special import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from dnabert.errors import DnabertError
+from dnabert.tools.bpe import main
 from tests.conftest import windows_in_rows
 from tests.dnabert2_release import PUBLISHED_ORDER, in_project_order, train_published_tokenizer, write_original_release
 from tests.training_runs import assert_same_weights, final_weights, metric_by_step, train

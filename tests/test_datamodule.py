@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dnabert.data.datamodule import GenomeDataModule, MicroBatchStream, SequenceBatch, collate, corpus_dataset
+from dnabert.data.datamodule import GenomeDataModule, MicroBatchStream, collate, corpus_dataset
 from dnabert.data.tokenizers.kmer import tokenize
 from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
+from dnabert.data.windows import SequenceBatch
 from dnabert.errors import DnabertError
 from tests.test_genome import parse_fasta, random_contig, write_fasta
 

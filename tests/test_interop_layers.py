@@ -94,6 +94,28 @@ def test_no_import_cycle_between_modules():
     assert not cycles, "\n".join(cycles)
 
 
+def reachable_from(module: str, edges: dict[str, set[str]]) -> set[str]:
+    """Every module `module` imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        for name in edges.get(todo.pop(), ()):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def test_tokenizers_sit_below_the_data_module():
+    """The data module's stream tokenises with them, so no tokenizer may import the stream, at any distance
+    (training a BPE tokenizer on the stream lives above it: dnabert.data.bpe_training)."""
+    edges = dnabert_edges()
+    tokenizers = [module for module in MODULES if module.startswith("dnabert.data.tokenizers")]
+    assert "dnabert.data.tokenizers.bpe" in tokenizers
+    upward = {module: sorted(reachable_from(module, edges) & {"dnabert.data.datamodule", "dnabert.data.bpe_training"})
+              for module in tokenizers}
+    assert not any(upward.values()), upward
+
+
 @pytest.mark.parametrize("source, problem", [
     ("from dnabert.run.training import run\n", "imports dnabert.run.training"),
     ("def late():\n    from dnabert.tools import export\n", "imports dnabert.tools.export"),

@@ -19,7 +19,6 @@ import functools
 import logging
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,22 +31,21 @@ from dnabert.data.genome import Genome, GenomeSource, HeldOut
 from dnabert.data.packing import pack_batch
 from dnabert.data.tokenizers.kmer import kmer_ids_from_codes
 from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID
-from dnabert.data.windows import EpochPlan, WindowRule, Windows, WindowStream, plan_units, read_windows
+from dnabert.data.windows import (
+    EpochPlan,
+    SequenceBatch,
+    WindowRule,
+    Windows,
+    WindowStream,
+    plan_units,
+    read_windows,
+)
 from dnabert.errors import DnabertError
 
 if TYPE_CHECKING:
     import datasets
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SequenceBatch:
-    """Sequences ready to tokenise: codes (n, L) uint8 valid up to `lengths`, and where each row came from."""
-
-    codes: np.ndarray
-    lengths: np.ndarray
-    window: np.ndarray  # (n, 4) int64: genome_index, contig_index, start, end
 
 
 class SequenceSource(Protocol):

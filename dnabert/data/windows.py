@@ -488,6 +488,15 @@ def _grouped(keys: np.ndarray, fetch) -> Windows:
     return Windows.concatenate(parts).take(np.argsort(np.concatenate(order), kind="stable"))
 
 
+@dataclass
+class SequenceBatch:
+    """Sequences ready to tokenise: codes (n, L) uint8 valid up to `lengths`, and where each row came from."""
+
+    codes: np.ndarray
+    lengths: np.ndarray
+    window: np.ndarray  # (n, 4) int64: genome_index, contig_index, start, end
+
+
 def read_windows(genomes: list[Genome], windows: Windows) -> tuple[np.ndarray, np.ndarray]:
     """Nucleotide codes (n, longest) of the windows (reverse-complemented where asked) and their lengths.
 

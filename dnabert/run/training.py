@@ -17,7 +17,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, ensure_bpe_tokenizer, install_bpe, read_bpe
+from dnabert.data.bpe_training import ensure_bpe_tokenizer
+from dnabert.data.tokenizers.bpe import BpeWindowTokenizer, install_bpe, read_bpe
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, get_family
 from dnabert.models.components import count_parameters
@@ -125,7 +126,7 @@ def prepare_tokenizer(cfg: DictConfig, run_dir: Path) -> None:
         sample_data = build_datamodule(cfg, with_tokenizer=False)
         if not hasattr(sample_data, "sources"):
             raise DnabertError("tokenizer=bpe trains on genomes (data.fasta or data.genomes); for another corpus "
-                               "train one with `python -m dnabert.data.tokenizers.bpe train` and set tokenizer.file.")
+                               "train one with `python -m dnabert.tools.bpe train` and set tokenizer.file.")
         path = ensure_bpe_tokenizer(sample_data, int(cfg.tokenizer.train_bp), int(cfg.tokenizer.vocab_size),
                                     cfg.paths.cache_dir, report=log.info)
         with open_dict(cfg):

@@ -1,11 +1,9 @@
-"""BPE tokenizer for DNABERT-2-style runs: train it from the configured genomes, cache it, tokenise windows.
+"""BPE tokenizer for DNABERT-2-style runs: read, check and convert tokenizer files, tokenise windows.
+
+Training one on the genomes (and its cache) is dnabert.data.bpe_training, which reads the pretraining stream; this
+module sits below the data module so that the stream's tokenizer never imports the stream.
 
 Why it looks like this:
-- The training text is the start of the pretraining stream itself (`WindowDataModule.window_source`: the
-  training split of every genome, mixed by weight, cut by the same seed), read until `train_bp` bp. The
-  tokenizer sees the corpus in the proportions the model will, never a held-out region, and the same seed gives
-  the same text and so the same file. Sample windows are TRAINING_WINDOW_BP long, the length of the sequences of
-  the released DNABERT-2 corpus (DNABERT_2 #149).
 - HF `tokenizers` BPE with the Whitespace pre-tokenizer and the five special tokens, as in the authors' script
   (DNABERT_2 #74); each window is one word, so merges never cross windows.
 - Special ids are the k-mer vocabulary's, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 (dnabert.data.tokenizers.kmer),
@@ -15,47 +13,36 @@ Why it looks like this:
   DNA string keeps its token ids, and `install_bpe` writes the converted file into the run directory that uses
   it; the imported weights swap the same rows (dnabert.models.dnabert2.interop). `load_bpe` refuses any other
   layout, and a published-order file too, naming the conversion: the data path never sees two sets of ids.
-- Training on first use (`ensure_bpe_tokenizer`) caches the result under a key of the settings and the genomes'
-  identity (files, sizes, mtimes, contig choice, weights, held-out split), like the interval cache: a second run,
-  a requeued job or another DDP rank reuses it (one process trains while the others wait on a file lock).
 - The data path (`BpeWindowTokenizer.collate`) tokenises windows in the dataloader workers, one thread each
   (TOKENIZERS_PARALLELISM=false: workers are the parallelism), and cuts each to `max_tokens`.
 
-Command line:
-    python -m dnabert.data.tokenizers.bpe train --fasta human.fa --fasta mouse.fa:0.5 --train-bp 100000000 --out tok/
-    python -m dnabert.data.tokenizers.bpe convert DNABERT-2-117M/ --out tok/
+Command line (dnabert.tools.bpe):
+    python -m dnabert.tools.bpe train --fasta human.fa --fasta mouse.fa:0.5 --train-bp 100000000 --out tok/
+    python -m dnabert.tools.bpe convert DNABERT-2-117M/ --out tok/
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from dnabert.data.datamodule import GenomeDataModule, SequenceBatch
 from dnabert.data.tokenizers.kmer import NUCLEOTIDES
 from dnabert.data.tokenizers.special import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
-from dnabert.errors import DnabertError, command_line
+from dnabert.data.windows import SequenceBatch
+from dnabert.errors import DnabertError
 
 TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_VOCAB_SIZE = 4096  # DNABERT-2
-TRAINING_WINDOW_BP = 1000  # sample windows: the length of the released DNABERT-2 corpus's sequences
-_READ_CHUNK = 1024  # windows read from the stream at once
-_CACHE_VERSION = 1  # bump when training or the file layout changes
 _LETTERS = np.frombuffer(NUCLEOTIDES.encode("ascii"), dtype=np.uint8)  # code -> ASCII letter
 
 
@@ -78,44 +65,6 @@ def new_bpe_tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def training_texts(data: GenomeDataModule, train_bp: int, report: Callable[[str], None]) -> Iterator[str]:
-    """The first `train_bp` bp of the data module's seeded training stream, as windows of TRAINING_WINDOW_BP."""
-    source = data.window_source(dataclasses.replace(data.rule, window_bp=TRAINING_WINDOW_BP))
-    seen, first, next_report, started = 0, 0, train_bp / 10, time.monotonic()
-    while seen < train_bp:
-        batch = source.read(first, _READ_CHUNK)
-        first += _READ_CHUNK
-        for text in windows_as_text(batch.codes, batch.lengths):
-            text = text[: train_bp - seen]
-            seen += len(text)
-            yield text
-            if seen >= train_bp:
-                break
-        if seen >= next_report:
-            elapsed = time.monotonic() - started
-            report(f"  read {seen:,} of {train_bp:,} bp ({seen / train_bp:.0%}) in {elapsed:.1f} s")
-            next_report += train_bp / 10
-
-
-def train_bpe(data: GenomeDataModule, train_bp: int, vocab_size: int = DEFAULT_VOCAB_SIZE,
-              report: Callable[[str], None] = print) -> Tokenizer:
-    """Train the BPE tokenizer on the start of `data`'s training stream (deterministic for its seed)."""
-    if train_bp < 1 or vocab_size <= len(SPECIAL_TOKENS) + len(NUCLEOTIDES):
-        raise DnabertError(
-            f"tokenizer.train_bp={train_bp} and tokenizer.vocab_size={vocab_size}: the budget must be positive and "
-            f"the vocabulary larger than the {len(SPECIAL_TOKENS)} special tokens and 4 nucleotides."
-        )
-    tokenizer = new_bpe_tokenizer()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=list(NUCLEOTIDES))
-    started = time.monotonic()
-    report(f"Training a BPE tokenizer (vocabulary {vocab_size:,}) on {train_bp:,} bp of the stream ...")
-    tokenizer.train_from_iterator(training_texts(data, train_bp, report), trainer=trainer)
-    elapsed = time.monotonic() - started
-    report(f"  trained {tokenizer.get_vocab_size():,} tokens in {elapsed:.1f} s ({train_bp / elapsed:,.0f} bp/s)")
-    return tokenizer
-
-
 def save_bpe(tokenizer: Tokenizer, out_dir: Path) -> Path:
     """Write out_dir/tokenizer.json (+ transformers' config files, so AutoTokenizer loads the folder)."""
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
@@ -123,59 +72,6 @@ def save_bpe(tokenizer: Tokenizer, out_dir: Path) -> Path:
                                            sep_token=sep, mask_token=mask)
     hf_tokenizer.save_pretrained(str(out_dir))
     return out_dir / TOKENIZER_FILE
-
-
-def mean_bp_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> float:
-    """Average token length on `texts`: windows of window_bp bp give about window_bp / this many tokens."""
-    encodings = tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
-    return sum(map(len, texts)) / max(sum(len(encoding.ids) for encoding in encodings), 1)
-
-
-def cache_key(data: GenomeDataModule, train_bp: int, vocab_size: int) -> str:
-    """What decides the trained file: the settings, the stream's seed and cut, and the genomes' identity."""
-    genomes = []
-    for source in data.sources:
-        files = []
-        for path in source.fasta_paths:
-            if not path.is_file():
-                raise DnabertError(f"FASTA file {path} does not exist; check the genome's `fasta` setting.")
-            stat = path.stat()
-            files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
-        genomes.append([source.name, source.weight, source.include, source.exclude, files])
-    identity = {
-        "version": _CACHE_VERSION, "vocab_size": vocab_size, "train_bp": train_bp, "window_bp": TRAINING_WINDOW_BP,
-        "seed": data.seed, "length_rule": data.rule.length_rule, "k": data.k,
-        "reverse_complement": data.reverse_complement, "genomes": genomes,
-        "held_out": [data.val_fraction, data.val_block_size, data.val_contigs, data.split_seed],
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def ensure_bpe_tokenizer(data: GenomeDataModule, train_bp: int, vocab_size: int, cache_dir: str | Path,
-                         report: Callable[[str], None] = print) -> Path:
-    """The cached tokenizer.json for these settings and genomes, trained first if absent."""
-    directory = Path(cache_dir).expanduser() / "tokenizers" / f"bpe-{cache_key(data, train_bp, vocab_size)}"
-    path = directory / TOKENIZER_FILE
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another rank training the same file: wait, then reuse it
-            if path.is_file():
-                report(f"BPE tokenizer: {path} (cached)")
-                return path
-            tokenizer = train_bpe(data, train_bp, vocab_size, report)
-            partial = directory.with_name(directory.name + f".partial-{os.getpid()}")
-            save_bpe(tokenizer, partial)
-            for written in partial.iterdir():  # the files appear whole or not at all
-                os.replace(written, directory / written.name)
-            partial.rmdir()
-    except OSError as err:
-        raise DnabertError(
-            f"cannot write the BPE tokenizer cache in {directory} ({err.strerror}); set paths.cache_dir to a "
-            "writable folder, or train one with `python -m dnabert.data.tokenizers.bpe train` and set tokenizer.file."
-        ) from err
-    report(f"BPE tokenizer: {path}")
-    return path
 
 
 def bpe_file(file: str | Path) -> Path:
@@ -224,13 +120,13 @@ def _require_project_ids(path: Path, tokenizer: Tokenizer) -> None:
     if order is None:
         raise DnabertError(
             f"{_special_ids_message(path, tokenizer)}. Train one with "
-            "`python -m dnabert.data.tokenizers.bpe train` or set tokenizer.file=null."
+            "`python -m dnabert.tools.bpe train` or set tokenizer.file=null."
         )
     if order != tuple(range(len(order))):
         raise DnabertError(
             f"{_special_ids_message(path, tokenizer)} (the published DNABERT-2 tokenizer numbers them differently). "
             "train.py and finetune.py convert it themselves when it is tokenizer.file or in a pretrained= directory; "
-            f"to use it elsewhere, convert it: `python -m dnabert.data.tokenizers.bpe convert {path} --out DIR`."
+            f"to use it elsewhere, convert it: `python -m dnabert.tools.bpe convert {path} --out DIR`."
         )
 
 
@@ -249,7 +145,7 @@ def _renumbered(path: Path, tokenizer: Tokenizer) -> tuple[Tokenizer, tuple[int,
         raise DnabertError(
             f"{_special_ids_message(path, tokenizer)}, and only a tokenizer whose five special tokens hold ids 0..4 "
             "(in any order, as the published DNABERT-2 one) can be converted. Train one with "
-            "`python -m dnabert.data.tokenizers.bpe train`."
+            "`python -m dnabert.tools.bpe train`."
         )
     new_id = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     content = json.loads(tokenizer.to_str())
@@ -366,50 +262,7 @@ class BpeWindowTokenizer:
         return {"input_ids": torch.from_numpy(input_ids), "window": torch.from_numpy(batch.window)}
 
 
-def _parse_genome(text: str) -> dict:
-    """`PATH` or `PATH:WEIGHT` -> a data.genomes entry named after the file."""
-    path, separator, weight = text.rpartition(":")
-    try:
-        share = float(weight) if separator else 1.0
-    except ValueError:
-        path, share = text, 1.0
-    if not separator:
-        path = text
-    return {"name": Path(path).name.split(".")[0], "fasta": path, "weight": share}
-
-
-@command_line
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dnabert.data.tokenizers.bpe train`: a tokenizer.json from FASTA files, weighted like a run;
-    `convert`: a published-order tokenizer.json with this project's special ids."""
-    parser = argparse.ArgumentParser(prog="python -m dnabert.data.tokenizers.bpe", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a BPE tokenizer on windows sampled from the genomes")
-    train.add_argument("--fasta", action="append", required=True, metavar="PATH[:WEIGHT]",
-                       help="a genome FASTA and its share of the stream (default 1); repeat for several genomes")
-    train.add_argument("--out", type=Path, required=True, help="folder for tokenizer.json (+ transformers config)")
-    train.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    train.add_argument("--train-bp", type=float, default=1e8, help="bp of sampled windows to train on")
-    train.add_argument("--seed", type=int, default=0, help="the stream's seed (data.seed of the run)")
-    train.add_argument("--val-fraction", type=float, default=0.01, help="held out as in the run (data.val_fraction)")
-    convert = commands.add_parser("convert", help="renumber a tokenizer's special ids (the published DNABERT-2 order) "
-                                  "to this project's, keeping every other token's id")
-    convert.add_argument("file", type=Path, help="tokenizer.json or its folder")
-    convert.add_argument("--out", type=Path, required=True, help="folder for tokenizer.json (+ transformers config)")
-    args = parser.parse_args(argv)
-    if args.command == "convert":
-        tokenizer, order = convert_bpe(args.file)
-        print(f"wrote {save_bpe(tokenizer, args.out)} (new special id i = old id {list(order)}[i])")
-        return 0
-    data = GenomeDataModule([_parse_genome(text) for text in args.fasta], seed=args.seed,
-                            val_fraction=args.val_fraction, num_workers=0)
-    tokenizer = train_bpe(data, int(args.train_bp), args.vocab_size)
-    path = save_bpe(tokenizer, args.out)
-    sample = list(training_texts(data, min(int(args.train_bp), 1_000_000), lambda _: None))
-    print(f"  {mean_bp_per_token(tokenizer, sample):.2f} bp per token on average (size data.window_bp with it)")
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command's former home
+    print("dnabert: error: the tokenizer command moved; run `python -m dnabert.tools.bpe train|convert ...` "
+          "(or `dnabert-bpe`) with the same arguments.", file=sys.stderr)
+    sys.exit(2)
