@@ -16,7 +16,7 @@ from dnabert.data.labelled import LabelSpace
 from dnabert.data.tokenizers.kmer import check_k
 from dnabert.errors import DnabertError
 from dnabert.models import build_model, family_of_checkpoint, get_family
-from dnabert.models.family import ClassifierCard
+from dnabert.models.family import ClassifierCard, ModelFamily
 from dnabert.models.interop import (
     COMPILED_PREFIX,
     LAYOUTS,
@@ -98,6 +98,24 @@ def load_classifier_checkpoint(path: Path) -> tuple[torch.nn.Module, dict, Any]:
     classifier = SequenceClassifier(encoder, labels.num_outputs)
     state = {key.removeprefix("classifier."): value for key, value in content["state_dict"].items()}
     load_strict(classifier, state, str(path))
+    return classifier, backbone, labels
+
+
+# The reverse of CLASSIFIER_RENAMES (the pooler's prefix before the backbone's, which contains it).
+CLASSIFIER_IMPORT_RENAMES = (("bert.pooler.", "pooler."), ("bert.", "backbone.bert."), ("classifier.", "classifier."))
+
+
+def load_classifier_directory(directory: Path, family: ModelFamily) -> tuple[torch.nn.Module, dict, Any]:
+    """Rebuild a fine-tuned classifier from its export (``export_classifier``'s folder, e.g. a seed's hf_model/):
+    ``(classifier, backbone, labels)`` as ``load_classifier_checkpoint`` gives them."""
+    backbone, state_dict, head = family.import_classifier(Path(directory))
+    if head.get("problem_type") == "regression":
+        labels = LabelSpace("regression")
+    else:
+        labels = LabelSpace("classification", tuple(head["id2label"][index] for index in sorted(head["id2label"])))
+    classifier = SequenceClassifier(family.build_encoder(backbone["config"]), labels.num_outputs)
+    load_strict(classifier, {prefix_renamed(key, CLASSIFIER_IMPORT_RENAMES): value
+                             for key, value in state_dict.items()}, str(directory))
     return classifier, backbone, labels
 
 
