@@ -145,7 +145,9 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, int | None
     try:
         content = read_checkpoint(path)
     except Exception as err:  # any unpickling failure means the same to the user: not a usable file
-        raise DnabertError(f"Cannot read checkpoint {path} ({err}); is it a complete Lightning .ckpt file?") from err
+        # torch's messages run over many lines (the weights-only advice); the type says enough for one line
+        raise DnabertError(f"Cannot read checkpoint {path} ({type(err).__name__}); is it a complete Lightning .ckpt "
+                           "file?") from err
     if not isinstance(content, dict) or "state_dict" not in content or "hyper_parameters" not in content:
         raise DnabertError(f"{path} is not a dnabert Lightning checkpoint (no state_dict/hyper_parameters).")
     hyper_parameters = plain(content["hyper_parameters"])
