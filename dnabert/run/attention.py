@@ -137,7 +137,7 @@ def plot_layer(maps: AttentionMaps, index: int, stem: Path) -> list[Path]:
 
 def _heat_map(figure, axis, values: np.ndarray, sequence: str, detailed: bool) -> None:
     """Bases on both axes: letters when they fit (at most 60 bases on the large panel), else positions."""
-    image = axis.imshow(values, cmap="viridis", interpolation="nearest", vmin=0, vmax=max(float(values.max()), 1e-9))
+    image = axis.imshow(values, cmap="viridis", interpolation="nearest")  # the panel's own range: small contrasts show
     length = len(sequence)
     if detailed and length <= 60:
         ticks = np.arange(length)
@@ -148,7 +148,9 @@ def _heat_map(figure, axis, values: np.ndarray, sequence: str, detailed: bool) -
         ticks = np.arange(0, length, step)
         axis.set_xticks(ticks, [str(tick + 1) for tick in ticks], fontsize=7)
         axis.set_yticks(ticks, [str(tick + 1) for tick in ticks], fontsize=7)
+    colorbar = figure.colorbar(image, ax=axis, shrink=0.8 if detailed else 0.7)
+    colorbar.ax.tick_params(labelsize=7 if detailed else 6)
     if detailed:
         axis.set_xlabel("attended base (key)")
         axis.set_ylabel("attending base (query)")
-        figure.colorbar(image, ax=axis, shrink=0.8, label="attention probability")
+        colorbar.set_label("attention probability")

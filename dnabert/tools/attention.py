@@ -24,7 +24,7 @@ def records_of(argument: str, input_format: str, count: int) -> list[SequenceRec
         return list(islice(SequenceSource(Path(argument), input_format).records(), count))
     sequence = argument.upper()
     if not sequence.isalpha() or set(sequence) - set("ACGT"):
-        raise DnabertError(f"{argument[:40]!r} is neither a file nor a sequence of A/C/G/T.")
+        raise DnabertError(f"{argument[:60]!r} is neither an existing file nor a sequence of A/C/G/T.")
     return [SequenceRecord("sequence", sequence)]
 
 
