@@ -95,19 +95,21 @@ def brute_force(run: Path, sequence: str, max_positions: int) -> dict[str, np.nd
 
 
 def test_every_level_equals_a_brute_force_computation_with_windows(run: Path, fasta: Path, tmp_path: Path) -> None:
-    """max_positions 16: the 30 k-mers of "long" take 3 windows, "short" and "mid" fit one."""
-    got = {level: embedded(run, fasta, tmp_path / f"{level}.parquet", "--level", level, "--max-positions", "16")
+    """max_positions 20 (rows padded to 24): the 30 k-mers of "long" take 3 windows of 18, the 18 of "mid" and
+    the 10 of "short" one."""
+    window = ["--max-positions", "20"]
+    got = {level: embedded(run, fasta, tmp_path / f"{level}.parquet", "--level", level, *window)
            for level in ("token", "nucleotide")}
-    got["mean"] = embedded(run, fasta, tmp_path / "mean.parquet", "--max-positions", "16")
-    got["cls"] = embedded(run, fasta, tmp_path / "cls.parquet", "--pool", "cls", "--max-positions", "16")
+    got["mean"] = embedded(run, fasta, tmp_path / "mean.parquet", *window)
+    got["cls"] = embedded(run, fasta, tmp_path / "cls.parquet", "--pool", "cls", *window)
     for index, sequence in enumerate(SEQUENCES.values()):
-        expected = brute_force(run, sequence, 16)
+        expected = brute_force(run, sequence, 20)
         assert got["token"][index].shape == (len(sequence) - K + 1, 32)
         assert got["nucleotide"][index].shape == (len(sequence), 32)
         for name, values in expected.items():
             np.testing.assert_allclose(got[name][index].squeeze(), values, atol=2e-5, rtol=1e-5, err_msg=name)
     metadata = _parquet_metadata(tmp_path / "cls.parquet")
-    assert metadata["pool"] == "cls" and metadata["sequences"] == 3 and metadata["max_positions"] == 16
+    assert metadata["pool"] == "cls" and metadata["sequences"] == 3 and metadata["max_positions"] == 20
 
 
 def _parquet_metadata(path: Path) -> dict:

@@ -371,8 +371,10 @@ def tokenise(model: LoadedModel, records: list[SequenceRecord]) -> TokenisedBatc
     try:
         ids = model.tokenize([record.sequence for record in records])
     except DnabertError as err:  # a sequence shorter than k: name it
-        short = next(record.id for record in records if len(record.sequence) < (model.backbone.k or 1))
-        raise DnabertError(f"sequence {short!r}: {err}") from err
+        short = [record.id for record in records if len(record.sequence) < (model.backbone.k or 1)]
+        if not short:
+            raise
+        raise DnabertError(f"sequence {short[0]!r}: {err}") from err
     windows = [token_windows(row, model.max_positions) for row in ids]
     batch = collate_windows([(rows, torch.zeros(())) for rows in windows])
     width = window_width(model.max_positions)
@@ -393,12 +395,14 @@ def token_spans(model: LoadedModel, ids: np.ndarray, length: int) -> tuple[np.nd
     return ends - model.token_lengths[ids], ends
 
 
-def tokens_over_windows(hidden: torch.Tensor, rows: Sequence[int], starts: Sequence[int], count: int) -> torch.Tensor:
-    """(count, H): each token's vector, the mean over the windows (rows of `hidden`, [CLS] first) that hold it."""
+def tokens_over_windows(hidden: torch.Tensor, rows: Sequence[int], starts: Sequence[int], count: int,
+                        window: int) -> torch.Tensor:
+    """(count, H): each token's vector, the mean over the windows (rows of `hidden`, [CLS] first, at most `window`
+    tokens between [CLS] and [SEP]) that hold it."""
     sums = hidden.new_zeros(count, hidden.shape[-1])
     seen = hidden.new_zeros(count)
     for row, start in zip(rows, starts, strict=True):
-        width = min(hidden.shape[1] - 2, count - start)
+        width = min(window, count - start)
         sums[start:start + width] += hidden[row, 1:1 + width]
         seen[start:start + width] += 1
     return sums / seen[:, None]
@@ -433,7 +437,7 @@ def embed(model: LoadedModel, batch: TokenisedBatch, level: str, pool: str) -> l
     outputs = []
     for index, (record, ids, starts) in enumerate(zip(batch.records, batch.ids, batch.starts, strict=True)):
         rows = torch.nonzero(batch.sequence_index == index).flatten().tolist()
-        tokens = tokens_over_windows(hidden, rows, starts, len(ids)).numpy()
+        tokens = tokens_over_windows(hidden, rows, starts, len(ids), window_width(model.max_positions)).numpy()
         if level == "nucleotide":
             tokens = nucleotide_vectors(tokens, *token_spans(model, ids, len(record.sequence)), len(record.sequence))
         outputs.append(tokens)
