@@ -118,6 +118,13 @@ def _parquet_metadata(path: Path) -> dict:
     return json.loads(pq.ParquetFile(path).metadata.metadata[b"dnabert"])
 
 
+def _row_groups(path: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    return [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)]
+
+
 def test_a_sequence_that_fits_gives_the_same_vectors_windowed_or_not(run: Path, tmp_path: Path) -> None:
     source = tmp_path / "one.txt"
     source.write_text(SEQUENCES["mid"] + "\n")
@@ -149,6 +156,8 @@ def test_rows_are_written_batch_by_batch_whatever_the_batch_size(run: Path, tmp_
         assert a.shape == (len(sequence), 32)
         np.testing.assert_allclose(a, b, atol=1e-5)
         np.testing.assert_allclose(a, c, atol=1e-5)
+    batches = [sequences[:3], sequences[3:6], sequences[6:]]  # one row group per batch, a row per base
+    assert _row_groups(tmp_path / "table.parquet") == [sum(map(len, batch)) for batch in batches]
     index = pd.read_csv(tmp_path / "four.ids.tsv", sep="\t", dtype={"id": str})
     assert list(index["id"]) == [str(i) for i in range(7)] and index["rows"].tolist() == [len(s) for s in sequences]
     metadata = json.loads((tmp_path / "four.json").read_text())
