@@ -83,3 +83,5 @@ def test_predict_refuses_what_is_not_a_fine_tuned_model(tmp_path: Path, capsys: 
     assert predict.main([str(tmp_path), str(sequences), str(tmp_path / "out.csv")]) == 2
     assert "is not a fine-tuned model" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+    assert predict.main([str(tmp_path), str(sequences), str(tmp_path / "out.npy")]) == 2  # before any model loads
+    assert capsys.readouterr().err == f"dnabert: error: {tmp_path / 'out.npy'}: name the output *.parquet or *.csv.\n"

@@ -470,7 +470,12 @@ class StagedOutput:
         for path in self.paths:
             if path.is_dir():
                 raise DnabertError(f"{path} is a directory; name an output file.")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DnabertError(f"Cannot create {path.parent} ({err.strerror}); choose another output.") from err
+            if not os.access(path.parent, os.W_OK):
+                raise DnabertError(f"{path.parent} is not writable; choose another output.")
 
     def staging(self, path: Path) -> Path:
         return path.with_name(path.name + ".partial")
@@ -493,11 +498,7 @@ def _fixed_size(vectors: np.ndarray) -> pa.Array:
 class TableWriter:
     """Appends Arrow tables, one per batch, to a parquet or csv file (by the output's suffix)."""
 
-    SUFFIXES = (".parquet", ".csv")
-
     def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
-        if path.suffix not in self.SUFFIXES:
-            raise DnabertError(f"{path}: write a .parquet or .csv file.")
         self.path, self.metadata = path, metadata
         self.output = StagedOutput(path)
         self.writer: Any = None
@@ -536,8 +537,6 @@ class EmbeddingTable:
     one row per position (`id`, `position`, `embedding`), positions from 0."""
 
     def __init__(self, path: Path, level: str, metadata: dict[str, Any]) -> None:
-        if path.suffix != ".parquet":
-            raise DnabertError(f"{path}: embeddings are written as .parquet or .npy.")
         self.level = level
         self.table = TableWriter(path, metadata)
 
@@ -566,9 +565,7 @@ class EmbeddingArray:
     after sequence), `<stem>.ids.tsv` (id, first row, rows) and `<stem>.json` (the metadata). Rows are appended to
     the file as they come; the header, written last, gives the final shape."""
 
-    def __init__(self, path: Path, level: str, metadata: dict[str, Any]) -> None:
-        if path.suffix != ".npy":
-            raise DnabertError(f"{path}: embeddings are written as .parquet or .npy.")
+    def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
         self.path, self.metadata = path, metadata
         self.ids_path, self.json_path = path.with_suffix(".ids.tsv"), path.with_suffix(".json")
         self.output = StagedOutput(path, self.ids_path, self.json_path)
@@ -607,8 +604,21 @@ class EmbeddingArray:
         self.output.discard()
 
 
+EMBEDDING_OUTPUTS = (".parquet", ".npy")
+PREDICTION_OUTPUTS = (".parquet", ".csv")
+
+
+def check_output(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """An output file name with one of `suffixes` (checked before a model loads)."""
+    path = Path(path)
+    if path.suffix not in suffixes:
+        raise DnabertError(f"{path}: name the output {' or '.join(f'*{suffix}' for suffix in suffixes)}.")
+    return path
+
+
 def embedding_writer(path: Path, level: str, metadata: dict[str, Any]) -> EmbeddingTable | EmbeddingArray:
-    return (EmbeddingArray if Path(path).suffix == ".npy" else EmbeddingTable)(Path(path), level, metadata)
+    path = check_output(path, EMBEDDING_OUTPUTS)
+    return EmbeddingArray(path, metadata) if path.suffix == ".npy" else EmbeddingTable(path, level, metadata)
 
 
 PER_NUCLEOTIDE_RULE = ("base j: the mean of the vectors of the tokens whose span holds it (k-mers: the up to k "
@@ -641,8 +651,9 @@ def write_embeddings(model: LoadedModel, source: SequenceSource, out: Path, leve
 def write_predictions(model: LoadedModel, source: SequenceSource, out: Path, batch_size: int) -> tuple[list[Path], int]:
     """The classifier's label and class probabilities (regression: its value) per record, into `out`."""
     labels = model.labels
-    table = TableWriter(Path(out), {**describe(model), "task_type": labels.task_type, "labels": list(labels.names),
-                                    "windows": WINDOW_RULE})
+    metadata = {**describe(model), "task_type": labels.task_type, "labels": list(labels.names),
+                "windows": WINDOW_RULE}
+    table = TableWriter(check_output(out, PREDICTION_OUTPUTS), metadata)
 
     def write(batch: TokenisedBatch) -> None:
         outputs = predict(model, batch)

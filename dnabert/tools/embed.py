@@ -13,11 +13,13 @@ from collections.abc import Sequence
 
 from dnabert.errors import command_line
 from dnabert.run.inference import (
+    EMBEDDING_OUTPUTS,
     INPUT_FORMATS,
     LEVELS,
     NON_ACGT,
     POOLS,
     SequenceSource,
+    check_output,
     load_backbone,
     resolve_device,
     write_embeddings,
@@ -55,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--level sequence: mean over the tokens (default) or the [CLS] state")
     add_input_arguments(parser)
     args = parser.parse_args(argv)
+    check_output(args.out, EMBEDDING_OUTPUTS)
     source = SequenceSource(args.input, args.input_format, args.sequence_column, args.id_column, args.non_acgt)
     model = load_backbone(args.model, resolve_device(args.device), args.max_positions)
     paths, count = write_embeddings(model, source, args.out, args.level, args.pool, args.batch_size)

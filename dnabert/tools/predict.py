@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dnabert.errors import command_line
-from dnabert.run.inference import SequenceSource, load_classifier, resolve_device, write_predictions
+from dnabert.run.inference import (
+    PREDICTION_OUTPUTS,
+    SequenceSource,
+    check_output,
+    load_classifier,
+    resolve_device,
+    write_predictions,
+)
 from dnabert.tools.embed import add_input_arguments
 
 
@@ -26,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", help="out.csv or out.parquet: id, label, probability_<class> (regression: prediction)")
     add_input_arguments(parser)
     args = parser.parse_args(argv)
+    check_output(args.out, PREDICTION_OUTPUTS)
     source = SequenceSource(args.input, args.input_format, args.sequence_column, args.id_column, args.non_acgt)
     model = load_classifier(args.model, resolve_device(args.device), args.max_positions)
     paths, count = write_predictions(model, source, Path(args.out), args.batch_size)
