@@ -252,3 +252,28 @@ def test_a_family_outside_the_package_embeds_through_its_interface(fasta: Path, 
         expected = [token_vectors[max(0, j - K + 1):j + 1].mean(axis=0) for j in range(len(sequence))]
         np.testing.assert_allclose(base_vectors, np.stack(expected), atol=1e-6)
     assert [vector.shape for vector in pooled] == [(1, 16)] * 3
+
+
+def test_the_released_dnabert2_layout_embeds_with_its_tokenizer_converted(tmp_path: Path) -> None:
+    """A directory laid out like zhihan1996/DNABERT-2-117M (published special ids [CLS]=1 [SEP]=2 [PAD]=3): the
+    pooled vector equals the released model's own mean over `[CLS] tokens [SEP]` on the published ids."""
+    from tokenizers import Tokenizer
+
+    from tests.dnabert2_release import train_published_tokenizer, write_original_release
+
+    published = train_published_tokenizer(list(pd.read_csv(ROOT / "data" / "tasks" / "prom_core.tsv",
+                                                           sep="\t")["sequence"][:200]), 48, tmp_path / "pub.json")
+    torch.manual_seed(1)
+    released = build_model("dnabert2", dict(vocab_size=48, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=48, pad_token_id=3, cls_token_id=1)).eval()
+    release = write_original_release(released, tmp_path / "release", published)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(SEQUENCES.values()) + "\n")
+    pooled = embedded(release, source, tmp_path / "pooled.parquet")
+    for sequence, vector in zip(SEQUENCES.values(), pooled, strict=True):
+        row = torch.tensor([Tokenizer.from_file(str(published)).encode(sequence).ids])  # [CLS]=1 ... [SEP]=2
+        assert row[0, 0] == 1 and row[0, -1] == 2
+        with torch.no_grad():
+            expected = released.encode(row)[0].mean(dim=0).numpy()
+        np.testing.assert_allclose(vector[0], expected, atol=1e-5)
+    assert _parquet_metadata(tmp_path / "pooled.parquet")["tokenizer"] == f"{release / 'tokenizer.json'} (converted)"

@@ -20,6 +20,7 @@ What the command lines of dnabert.tools.embed, .predict and .attention share:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
@@ -46,7 +47,7 @@ from dnabert.data.labelled import (
     window_starts,
     window_width,
 )
-from dnabert.data.tokenizers.bpe import load_bpe
+from dnabert.data.tokenizers.bpe import TOKENIZER_FILE, load_bpe
 from dnabert.data.tokenizers.kmer import INVALID_CODE, encode_nucleotides
 from dnabert.data.tokenizers.special import PAD_ID
 from dnabert.errors import DnabertError
@@ -299,7 +300,10 @@ def load_backbone(pretrained: str, device: torch.device, max_positions: int | No
         backbone = resolve_backbone(pretrained, None, {}, None, Path(work))
         encoder = build_encoder(backbone)
         load_weights(encoder, backbone)
-        return _prepared(backbone, encoder, device, max_positions)
+        model = _prepared(backbone, encoder, device, max_positions)
+        if backbone.tokenizer and Path(backbone.tokenizer).is_relative_to(work):  # what the metadata names
+            model.backbone = dataclasses.replace(backbone, tokenizer=f"{Path(pretrained) / TOKENIZER_FILE} (converted)")
+        return model
 
 
 def load_classifier(path: str | Path, device: torch.device, max_positions: int | None = None) -> LoadedModel:
