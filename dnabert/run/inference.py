@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -87,7 +89,7 @@ class SequenceSource:
     sequence_column: str = "sequence"
     id_column: str | None = None
     non_acgt: str = "error"
-    skipped: int = 0
+    skipped: int = field(default=0, init=False)
     count: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -117,8 +119,6 @@ class SequenceSource:
 
     def _columns(self) -> list[str]:
         if self._table_suffix() == ".parquet":
-            import pyarrow.parquet as pq
-
             parquet = pq.ParquetFile(self.path)
             self.count = parquet.metadata.num_rows
             return parquet.schema_arrow.names
@@ -139,8 +139,6 @@ class SequenceSource:
 
     @contextlib.contextmanager
     def _csv_reader(self, columns: list[str] | None) -> Iterator[Any]:
-        import pyarrow.csv as pacsv
-
         delimiter = TABLE_SUFFIXES[self._table_suffix()]
         convert = pacsv.ConvertOptions(include_columns=columns,
                                        column_types={name: pa.string() for name in columns or ()})
@@ -168,8 +166,6 @@ class SequenceSource:
     def _table_rows(self) -> Iterator[tuple[str, str]]:
         columns = [self.sequence_column] + ([self.id_column] if self.id_column else [])
         if self._table_suffix() == ".parquet":
-            import pyarrow.parquet as pq
-
             batches = pq.ParquetFile(self.path).iter_batches(batch_size=1024, columns=columns)
             yield from self._rows_of(batches)
         else:
@@ -511,13 +507,9 @@ class TableWriter:
         if self.writer is None:
             staging = self.output.staging(self.path)
             if self.path.suffix == ".parquet":
-                import pyarrow.parquet as pq
-
                 schema = table.schema.with_metadata({"dnabert": json.dumps(self.metadata)})
                 self.writer = pq.ParquetWriter(staging, schema)
             else:
-                import pyarrow.csv as pacsv
-
                 self.writer = pacsv.CSVWriter(staging, table.schema)
         self.writer.write_table(table)
 
