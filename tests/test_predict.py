@@ -12,10 +12,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from tokenizers import trainers
 
+from dnabert.data.labelled import LabelSpace
 from dnabert.data.tokenizers.bpe import new_bpe_tokenizer, save_bpe
 from dnabert.data.tokenizers.kmer import NUCLEOTIDES
 from dnabert.data.tokenizers.special import SPECIAL_TOKENS
-from dnabert.run.finetuning import run_finetune
+from dnabert.run.finetuning import Backbone, build_encoder, run_finetune, tokenizer_for
+from dnabert.run.inference import LoadedModel, SequenceSource, tokenise, write_predictions
+from dnabert.tasks.finetune import SequenceClassifier
 from dnabert.tools import predict
 from tests.conftest import ROOT
 
@@ -85,3 +88,24 @@ def test_predict_refuses_what_is_not_a_fine_tuned_model(tmp_path: Path, capsys: 
     assert not (tmp_path / "out.csv").exists()
     assert predict.main([str(tmp_path), str(sequences), str(tmp_path / "out.npy")]) == 2  # before any model loads
     assert capsys.readouterr().err == f"dnabert: error: {tmp_path / 'out.npy'}: name the output *.parquet or *.csv.\n"
+
+
+def test_a_regression_model_writes_its_value_per_sequence(tmp_path: Path) -> None:
+    """One output, no classes: `id`, `prediction` (the logit averaged over the windows), in input order."""
+    config = dict(vocab_size=69, max_position_embeddings=16, **TINY)
+    backbone = Backbone("dnabert", 3, config, None, "test")
+    torch.manual_seed(0)
+    classifier = SequenceClassifier(build_encoder(backbone), 1).eval()
+    model = LoadedModel(backbone, classifier, tokenizer_for(backbone), None, 16, torch.device("cpu"),
+                        LabelSpace("regression"))
+    source = tmp_path / "in.txt"
+    sequences = ["ACGTACGTACGTACGTACGTAC", "GGCCAATT"]  # 20 k-mers: two windows of 14; 6 k-mers: one
+    source.write_text("\n".join(sequences) + "\n")
+    write_predictions(model, SequenceSource(source), tmp_path / "out.csv", batch_size=2)
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == ["id", "prediction"] and table["id"].tolist() == [0, 1]
+    batch = tokenise(model, list(SequenceSource(source).records()))
+    assert batch.input_ids.shape[0] == 3  # the windows
+    with torch.no_grad():
+        expected = classifier(batch.input_ids, batch.sequence_index, 2)[:, 0].numpy()
+    np.testing.assert_allclose(table["prediction"].to_numpy(), expected, rtol=1e-6)
