@@ -333,7 +333,10 @@ def _seed_checkpoint(seed_dir: Path) -> Path:
     if results.is_file():
         return seed_dir / "checkpoints" / json.loads(results.read_text())["best_checkpoint"]
     found = sorted((seed_dir / "checkpoints").glob("best-*.ckpt"))
-    if len(found) != 1:
+    if not found:
+        raise DnabertError(f"{seed_dir} is not a fine-tuned model (no checkpoints/best-*.ckpt): pass a seed folder "
+                           "of a finetune.py run (seed_<n>/), its hf_model/ or a fine-tuning checkpoint (.ckpt).")
+    if len(found) > 1:
         raise DnabertError(f"{seed_dir} has {len(found)} checkpoints/best-*.ckpt and no results.json; pass the "
                            ".ckpt to use.")
     return found[0]
