@@ -27,6 +27,10 @@ head on masked positions only; FlexAttention. How ALiBi reaches the attention, b
 - ``attention="sdpa"``, packed rows or per-row ``position_ids``: ALiBi depends on the row, so the bias is a dense
   (B, heads, T, T) tensor (as MultiMolecule's), computed in float32 then cast to the attention's dtype.
 
+Inside ``components.recording_attention`` (reading a model: ``ModelFamily.attention_probabilities``) the two SDPA
+forms are computed eagerly, ALiBi and padding included, and each layer keeps its probabilities; FlexAttention has
+no such path.
+
 bf16 autocast and torch.compile (dynamic shapes) are tested on CPU; tests/test_alibi.py proves every form equal
 to the dense bias and that the one-window SDPA path allocates no (B, heads, T, T) tensor.
 """
