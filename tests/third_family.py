@@ -2,7 +2,10 @@
 
 A convolutional masked LM over k-mers (embeddings + one gated 1-D convolution + LayerNorm, a linear MLM head),
 with its own config, export (config.json + model.safetensors), import and FLOPs. tests/test_third_family.py runs
-pretraining, resume, the probe, fine-tuning, export and the estimate with it through the command lines.
+pretraining, resume, the probe, fine-tuning, export and the estimate with it through the command lines;
+tests/test_embed.py its embeddings. It keeps ModelFamily's defaults for `attention_probabilities` (it has no
+attention: the attention command refuses it with a DnabertError) and `import_classifier` (its fine-tuned exports
+are not read back; predictions come from the seed folder's checkpoint).
 """
 
 from __future__ import annotations

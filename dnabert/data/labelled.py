@@ -228,13 +228,22 @@ def token_windows(ids: np.ndarray, max_positions: int) -> list[np.ndarray]:
     """`[CLS] ids [SEP]` rows no longer than `max_positions`: one row when it fits, else windows that overlap by
     half a window, the last one ending at the sequence's end (every token is seen, none twice in a row more than
     needed). The model averages the windows' predictions."""
-    width = max_positions - 2
-    if width < 1:
-        raise DnabertError(f"max_positions={max_positions} leaves no room for tokens between [CLS] and [SEP].")
-    length = len(ids)
-    starts = [0] if length <= width else sorted(set(range(0, length - width, max(width // 2, 1))) | {length - width})
+    width = window_width(max_positions)
     cls, sep = np.array([CLS_ID]), np.array([SEP_ID])
-    return [np.concatenate((cls, ids[start:start + width], sep)).astype(np.int64) for start in starts]
+    return [np.concatenate((cls, ids[start:start + width], sep)).astype(np.int64)
+            for start in window_starts(len(ids), width)]
+
+
+def window_width(max_positions: int) -> int:
+    """Tokens of a sequence per window: the positions less [CLS] and [SEP]."""
+    if max_positions - 2 < 1:
+        raise DnabertError(f"max_positions={max_positions} leaves no room for tokens between [CLS] and [SEP].")
+    return max_positions - 2
+
+
+def window_starts(length: int, width: int) -> list[int]:
+    """Where `token_windows` starts each window of a sequence of `length` tokens (the index of its first token)."""
+    return [0] if length <= width else sorted(set(range(0, length - width, max(width // 2, 1))) | {length - width})
 
 
 @dataclass

@@ -7,8 +7,9 @@ is here is the part of the training contract that does not depend on the archite
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -134,6 +135,35 @@ def flex_attention_for(device: torch.device):
     if _COMPILED_FLEX is None:
         _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
     return _COMPILED_FLEX
+
+
+def eager_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                    scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``scaled_dot_product_attention`` computes without dropout, step by step so that the probabilities
+    exist: ``softmax(q k^T * scale + mask) v``, in float32. ``mask``: boolean (True where a query may attend, as
+    SDPA's) or an additive bias. Returns (context in the value's dtype, probabilities (B, heads, T, T) float32)."""
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = (query.float() @ key.float().transpose(-2, -1)) * scale
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    probabilities = scores.softmax(dim=-1)
+    return (probabilities @ value.float()).to(value.dtype), probabilities
+
+
+@contextlib.contextmanager
+def recording_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within it, each attention module of ``model`` that offers its probabilities (an attribute ``recorded``,
+    None otherwise) computes them with ``eager_attention`` and appends them, layer after layer, to the list this
+    yields; its output is the one SDPA gives. For reading a model (``ModelFamily.attention_probabilities``), not
+    for training: the T x T probabilities are materialised."""
+    modules = [module for module in model.modules() if hasattr(module, "recorded")]
+    recorded: list[torch.Tensor] = []
+    for module in modules:
+        module.recorded = recorded
+    try:
+        yield recorded
+    finally:
+        for module in modules:
+            module.recorded = None
 
 
 def init_bert_weights(module: nn.Module, std: float) -> None:

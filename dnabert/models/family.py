@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from dnabert.errors import DnabertError
+
 
 @dataclass(frozen=True)
 class ClassifierCard:
@@ -92,6 +94,22 @@ class ModelFamily(ABC):
     def cost(self, config: Any) -> FamilyCost:
         """Parameter counts and activation bytes of a config, for the compute estimate."""
 
+    def attention_probabilities(self, model: torch.nn.Module, input_ids: torch.Tensor,
+                                attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per layer, the (B, heads, T, T) float32 attention probabilities of one forward (rows: queries), for
+        reading a model. The default serves a model whose attention modules follow
+        `components.recording_attention`'s contract (an attribute `recorded`: DNABERT, DNABERT-2 with its ALiBi
+        bias); a model without attention is refused with a DnabertError."""
+        # Imported here: components loads transformers' activations, which most commands never need.
+        from dnabert.models.components import recording_attention
+
+        with torch.no_grad(), recording_attention(model) as recorded:
+            model.encode(input_ids, attention_mask=attention_mask)
+        if not recorded:
+            raise DnabertError(f"model family {self.name} ({self.label}) has no attention probabilities to show; "
+                               "use an attention model (DNABERT, DNABERT-2).")
+        return recorded
+
     def preset(self, name: str, k: int | None, vocab_size: int | None) -> Any:
         """A named model size (the estimate CLI's `--preset`)."""
         raise NotImplementedError(f"model family {self.name} has no presets")
@@ -120,6 +138,13 @@ class ModelFamily(ABC):
     def recognises_directory(self, config_json: dict[str, Any]) -> bool:
         """Whether a model directory's config.json is this family's (`pretrained=` of fine-tuning)."""
         return False
+
+    def import_classifier(self, directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+        """A fine-tuned classifier written by `classifier_writer` (its default layout), read back: (backbone
+        `{"family", "k", "config", "tokenizer"}`, state dict under transformers' BERT names, head `{"num_labels",
+        "id2label", "problem_type"}`). Default: not offered (the seed folder's checkpoint always reads back)."""
+        raise DnabertError(f"{directory}: fine-tuned {self.label} exports cannot be read back; pass the seed folder "
+                           "or its checkpoints/best-*.ckpt instead.")
 
     @abstractmethod
     def import_directory(self, directory: Path, k: int | None) -> torch.nn.Module:

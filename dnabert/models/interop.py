@@ -146,6 +146,14 @@ def multimolecule_encoder_fields(config: Any) -> dict[str, Any]:
     )
 
 
+def classifier_head(config_json: dict[str, Any]) -> dict[str, Any]:
+    """The head of a fine-tuned classifier's config.json, as ``classifier_writer`` got it: num_labels, id2label
+    (class names by id; JSON keeps its keys as strings), problem_type."""
+    id2label = {int(index): str(name) for index, name in (config_json.get("id2label") or {}).items()}
+    return {"num_labels": int(config_json.get("num_labels") or len(id2label)), "id2label": id2label,
+            "problem_type": config_json.get("problem_type")}
+
+
 def card_json_section(title: str, values: object) -> str:
     """A model card's section that shows a (Hydra) config as JSON: the training or fine-tuning settings."""
     return f"## {title}\n\n```json\n{json.dumps(plain(values), indent=2, default=str)}\n```\n"

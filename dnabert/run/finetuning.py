@@ -148,6 +148,17 @@ def resolve_backbone(pretrained: str | None, k: int | None, model_cfg: dict[str,
     return Backbone(family.name, matching[0], model.config.to_dict(), model.state_dict(), str(path))
 
 
+def window_positions(backbone: Backbone, requested: int | None) -> int:
+    """Tokens per window ([CLS]/[SEP] included): `requested` (`max_positions`), else the backbone's default, never
+    beyond its hard limit."""
+    default_positions, position_limit = backbone.positions
+    max_positions = int(requested or default_positions)
+    if position_limit is not None and max_positions > position_limit:
+        raise DnabertError(f"max_positions={max_positions} exceeds the backbone's {position_limit} positions; "
+                           "lower it or leave it unset.")
+    return max_positions
+
+
 def build_encoder(backbone: Backbone) -> torch.nn.Module:
     """The family's encoder, randomly initialised (global RNG), without its MLM head (fine-tuning never uses it)."""
     return get_family(backbone.family).build_encoder(backbone.config)
@@ -324,11 +335,7 @@ def run_finetune(cfg: DictConfig) -> Path | None:
     backbone = resolve_backbone(cfg.pretrained, OmegaConf.select(cfg, "tokenizer.k"),
                                 OmegaConf.to_container(cfg.model, resolve=True),
                                 OmegaConf.select(cfg, "tokenizer.file"), run_dir)
-    default_positions, position_limit = backbone.positions
-    max_positions = int(cfg.max_positions or default_positions)
-    if position_limit is not None and max_positions > position_limit:
-        raise DnabertError(f"max_positions={max_positions} exceeds the backbone's {position_limit} positions; "
-                           "lower it or leave it null.")
+    max_positions = window_positions(backbone, cfg.max_positions)
     data = load_task(cfg.task, backbone, max_positions)
     seeds = seeds_of(cfg)
     log.info("fine-tune %s on task %s (%s, %d outputs; train %d, dev %d, test %d sequences), backbone %s, "

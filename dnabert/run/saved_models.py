@@ -16,7 +16,7 @@ from dnabert.data.labelled import LabelSpace
 from dnabert.data.tokenizers.kmer import check_k
 from dnabert.errors import DnabertError
 from dnabert.models import build_model, family_of_checkpoint, get_family
-from dnabert.models.family import ClassifierCard
+from dnabert.models.family import ClassifierCard, ModelFamily
 from dnabert.models.interop import (
     COMPILED_PREFIX,
     LAYOUTS,
@@ -101,6 +101,24 @@ def load_classifier_checkpoint(path: Path) -> tuple[torch.nn.Module, dict, Any]:
     return classifier, backbone, labels
 
 
+# The reverse of CLASSIFIER_RENAMES (the pooler's prefix before the backbone's, which contains it).
+CLASSIFIER_IMPORT_RENAMES = (("bert.pooler.", "pooler."), ("bert.", "backbone.bert."), ("classifier.", "classifier."))
+
+
+def load_classifier_directory(directory: Path, family: ModelFamily) -> tuple[torch.nn.Module, dict, Any]:
+    """Rebuild a fine-tuned classifier from its export (``export_classifier``'s folder, e.g. a seed's hf_model/):
+    ``(classifier, backbone, labels)`` as ``load_classifier_checkpoint`` gives them."""
+    backbone, state_dict, head = family.import_classifier(Path(directory))
+    if head.get("problem_type") == "regression":
+        labels = LabelSpace("regression")
+    else:
+        labels = LabelSpace("classification", tuple(head["id2label"][index] for index in sorted(head["id2label"])))
+    classifier = SequenceClassifier(family.build_encoder(backbone["config"]), labels.num_outputs)
+    load_strict(classifier, {prefix_renamed(key, CLASSIFIER_IMPORT_RENAMES): value
+                             for key, value in state_dict.items()}, str(directory))
+    return classifier, backbone, labels
+
+
 def _classifier_card(card: ClassifierCard, layout: str, labels: LabelSpace, card_config: dict | None) -> str:
     classes = ", ".join(labels.names) if labels.names else "one regression output"
     sections = [
@@ -127,7 +145,9 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, int | None
     try:
         content = read_checkpoint(path)
     except Exception as err:  # any unpickling failure means the same to the user: not a usable file
-        raise DnabertError(f"Cannot read checkpoint {path} ({err}); is it a complete Lightning .ckpt file?") from err
+        # torch's messages run over many lines (the weights-only advice); the type says enough for one line
+        raise DnabertError(f"Cannot read checkpoint {path} ({type(err).__name__}); is it a complete Lightning .ckpt "
+                           "file?") from err
     if not isinstance(content, dict) or "state_dict" not in content or "hyper_parameters" not in content:
         raise DnabertError(f"{path} is not a dnabert Lightning checkpoint (no state_dict/hyper_parameters).")
     hyper_parameters = plain(content["hyper_parameters"])

@@ -44,8 +44,12 @@ def mean_pooled_embeddings(backbone: nn.Module, input_ids: torch.Tensor, sequenc
     over its windows. Used by the probe: an MLM never trains [CLS], so its state says little before fine-tuning."""
     real = input_ids != PAD_ID
     hidden = backbone.encode(input_ids, attention_mask=real).float()
-    per_window = (hidden * real[..., None]).sum(dim=1) / real.sum(dim=1, keepdim=True).clamp(min=1)
-    return average_by_sequence(per_window, sequence_index, num_sequences)
+    return average_by_sequence(window_means(hidden, real), sequence_index, num_sequences)
+
+
+def window_means(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(W, H): each window's mean hidden state over its real tokens ([CLS] and [SEP] included, padding not)."""
+    return (hidden * real[..., None]).sum(dim=1) / real.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 class Pooler(nn.Module):

@@ -80,6 +80,10 @@ class DnaBertFamily(ModelFamily):
                   f'(e.g. "{kmer_text("GATTACAGATTACA", k)}") with the bundled tokenizer')
         return ClassifierCard(f"DNABERT k={k}", "k-mer", tokens, model_class)
 
+    def import_classifier(self, directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+        """The original layout (the default export); MultiMolecule's is refused."""
+        return _interop().import_classifier(Path(directory))
+
     def import_directory(self, directory: Path, k: int | None) -> torch.nn.Module:
         return _interop().init_from(directory, k)
 

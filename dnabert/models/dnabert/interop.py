@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizer
 
-from dnabert.data.tokenizers.kmer import check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
+from dnabert.data.tokenizers.kmer import SUPPORTED_K, check_k, kmer_text, vocab_size, vocab_tokens, write_vocab
 from dnabert.data.tokenizers.special import SPECIAL_TOKENS
 from dnabert.errors import DnabertError
 from dnabert.models.dnabert.model import DnaBertConfig, DnaBertForMaskedLM
@@ -32,11 +32,13 @@ from dnabert.models.interop import (
     LAYOUTS,
     MULTIMOLECULE_HEAD_RENAMES,
     card_json_section,
+    classifier_head,
     import_multimolecule,
     load_strict,
     multimolecule_encoder_fields,
     plain_state_dict,
     prefix_renamed,
+    read_weights,
     write_replacing,
 )
 
@@ -228,6 +230,22 @@ def classifier_writer(state_dict: dict, backbone: dict, head: dict, dropout: flo
             tokenizer.save_pretrained(staging)
 
     return write
+
+
+def import_classifier(directory: Path) -> tuple[dict, dict, dict]:
+    """A fine-tuned classifier in the original layout (transformers' ``BertForSequenceClassification``, what
+    ``classifier_writer`` writes by default) read back: (backbone, state dict, head); see
+    ``ModelFamily.import_classifier``."""
+    config_json = json.loads((directory / "config.json").read_text())
+    if "BertForSequenceClassification" not in (config_json.get("architectures") or []):
+        raise DnabertError(f"{directory} is not a BertForSequenceClassification export (architectures "
+                           f"{config_json.get('architectures')}); pass the seed folder or its checkpoint instead.")
+    config = DnaBertConfig.from_hf_config(BertConfig.from_pretrained(directory))
+    k = next((candidate for candidate in SUPPORTED_K if vocab_size(candidate) == config.vocab_size), None)
+    if k is None:
+        raise DnabertError(f"{directory}: vocabulary of {config.vocab_size} rows is not a DNABERT k-mer vocabulary.")
+    backbone = {"family": "dnabert", "k": k, "config": config.to_dict(), "tokenizer": None}
+    return backbone, read_weights(directory), classifier_head(config_json)
 
 
 def _model_card(config: DnaBertConfig, k: int, layout: str, card_config: dict | None) -> str:

@@ -38,6 +38,7 @@ from dnabert.models.components import (
     attention_bias,
     check_attention_backend,
     count_parameters,
+    eager_attention,
     flex_attention_for,
     flex_block_mask,
     init_bert_weights,
@@ -138,6 +139,7 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
+        self.recorded: list[torch.Tensor] | None = None  # a list: probabilities wanted (recording_attention)
 
     def _split_heads(self, projected: torch.Tensor) -> torch.Tensor:
         batch, length, hidden = projected.shape
@@ -145,7 +147,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
         query, key, value = (self._split_heads(layer(hidden)) for layer in (self.query, self.key, self.value))
-        if isinstance(mask, BlockMask):
+        if self.recorded is not None:
+            if isinstance(mask, BlockMask):
+                raise DnabertError("Attention probabilities need one window per row on attention=sdpa, not packed "
+                                   "rows on FlexAttention.")
+            context, probabilities = eager_attention(query, key, value, mask)
+            self.recorded.append(probabilities)
+        elif isinstance(mask, BlockMask):
             context = flex_attention_for(hidden.device)(query, key, value, block_mask=mask)
         else:
             context = F.scaled_dot_product_attention(

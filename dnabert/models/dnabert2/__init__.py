@@ -95,6 +95,9 @@ class DnaBert2Family(ModelFamily):
     def recognises_directory(self, config_json: dict[str, Any]) -> bool:
         return _interop().is_dnabert2_directory(config_json)
 
+    def import_classifier(self, directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+        return _interop().import_dnabert2_classifier(Path(directory))
+
     def import_directory(self, directory: Path, k: int | None) -> torch.nn.Module:
         return _interop().init_from_dnabert2(directory)
 

@@ -30,6 +30,7 @@ from dnabert.models.dnabert2.model import DnaBert2Config, DnaBert2ForMaskedLM
 from dnabert.models.interop import (
     MULTIMOLECULE_HEAD_RENAMES,
     card_json_section,
+    classifier_head,
     import_multimolecule,
     load_strict,
     multimolecule_encoder_fields,
@@ -299,6 +300,22 @@ def _dnabert2_model_card(config: DnaBert2Config, card_config: dict | None) -> st
     if card_config:
         sections.append(card_json_section("Training", card_config))
     return "\n".join(sections)
+
+
+def import_dnabert2_classifier(directory: Path) -> tuple[dict, dict, dict]:
+    """A fine-tuned ``DnaBert2ForSequencePrediction`` directory (``dnabert2_classifier_writer``'s) read back:
+    (backbone with the directory's tokenizer.json, state dict under transformers' BERT names, head)."""
+    config_json = json.loads((directory / "config.json").read_text())
+    if "DnaBert2ForSequencePrediction" not in (config_json.get("architectures") or []):
+        raise DnabertError(f"{directory} is not a DnaBert2ForSequencePrediction export; pass the seed folder or its "
+                           "checkpoint instead.")
+    config, state_dict = _read_dnabert2_directory(directory)
+    head_names = tuple((new, old) for old, new in MULTIMOLECULE_HEAD_RENAMES)
+    state_dict = {prefix_renamed(key, head_names): value for key, value in state_dict.items()
+                  if not key.startswith("cls.")}  # the MLM decoder _read_dnabert2_directory ties in
+    backbone = {"family": "dnabert2", "k": None, "config": config.to_dict(),
+                "tokenizer": str(directory / TOKENIZER_FILE)}
+    return backbone, state_dict, classifier_head(config_json)
 
 
 def dnabert2_classifier_writer(state_dict: dict, backbone: dict, head: dict, layout: str) -> Callable[[Path], None]:

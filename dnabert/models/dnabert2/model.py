@@ -27,6 +27,10 @@ head on masked positions only; FlexAttention. How ALiBi reaches the attention, b
 - ``attention="sdpa"``, packed rows or per-row ``position_ids``: ALiBi depends on the row, so the bias is a dense
   (B, heads, T, T) tensor (as MultiMolecule's), computed in float32 then cast to the attention's dtype.
 
+Inside ``components.recording_attention`` (reading a model: ``ModelFamily.attention_probabilities``) the two SDPA
+forms are computed eagerly, ALiBi and padding included, and each layer keeps its probabilities; FlexAttention has
+no such path.
+
 bf16 autocast and torch.compile (dynamic shapes) are tested on CPU; tests/test_alibi.py proves every form equal
 to the dense bias and that the one-window SDPA path allocates no (B, heads, T, T) tensor.
 """
@@ -54,6 +58,7 @@ from dnabert.models.components import (
     attending_keys,
     attention_bias,
     check_attention_backend,
+    eager_attention,
     flex_attention_for,
     flex_block_mask,
     init_bert_weights,
@@ -88,15 +93,27 @@ class KeyPaddedAlibi:
         key_flag = torch.where(attendable, 0.0, -channel).to(alibi.dtype)
         return cls(alibi, query_channels, F.pad(key_flag[:, None, :, None], (0, extra - 1)))
 
+    def widen(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, heads, T, head size) query/key/value with the extra channels (the value's are zeros)."""
+        extra = self.query_channels.shape[-1]
+        return (torch.cat([query, self.query_channels.expand(*query.shape[:-1], extra)], dim=-1),
+                torch.cat([key, self.key_channels.expand(*key.shape[:-1], extra)], dim=-1),
+                F.pad(value, (0, extra)))
+
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float) -> torch.Tensor:
-        """SDPA over (B, heads, T, head size) query/key/value widened by the extra channels; the same result."""
-        head_size, extra = query.shape[-1], self.query_channels.shape[-1]
-        context = F.scaled_dot_product_attention(
-            torch.cat([query, self.query_channels.expand(*query.shape[:-1], extra)], dim=-1),
-            torch.cat([key, self.key_channels.expand(*key.shape[:-1], extra)], dim=-1),
-            F.pad(value, (0, extra)), attn_mask=self.alibi, dropout_p=dropout_p, scale=head_size**-0.5,
-        )
+        """SDPA over query/key/value widened by the extra channels; the same result as without them."""
+        head_size = query.shape[-1]
+        context = F.scaled_dot_product_attention(*self.widen(query, key, value), attn_mask=self.alibi,
+                                                 dropout_p=dropout_p, scale=head_size**-0.5)
         return context[..., :head_size]
+
+    def probabilities(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``attend``'s context computed eagerly, with the probabilities (ALiBi included; padding keys get 0)."""
+        head_size = query.shape[-1]
+        context, probabilities = eager_attention(*self.widen(query, key, value), self.alibi, scale=head_size**-0.5)
+        return context[..., :head_size], probabilities
 
 
 # What each layer's attention gets: a dense additive float bias (packed rows on SDPA), the shared ALiBi bias with
@@ -201,6 +218,7 @@ class SelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
+        self.recorded: list[torch.Tensor] | None = None  # a list: probabilities wanted (recording_attention)
 
     def forward(self, hidden: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
         """``bias``: see ``AttentionBias``."""
@@ -208,7 +226,9 @@ class SelfAttention(nn.Module):
         qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, width // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head size)
         dropout_p = self.dropout_prob if self.training else 0.0
-        if isinstance(bias, tuple):
+        if self.recorded is not None:
+            context = self._recorded_attention(query, key, value, bias)
+        elif isinstance(bias, tuple):
             block_mask, score_mod = bias
             context = flex_attention_for(hidden.device)(query, key, value, score_mod=score_mod, block_mask=block_mask)
         elif isinstance(bias, KeyPaddedAlibi):
@@ -217,6 +237,19 @@ class SelfAttention(nn.Module):
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype),
                                                      dropout_p=dropout_p)
         return context.transpose(1, 2).flatten(2)
+
+    def _recorded_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            bias: AttentionBias) -> torch.Tensor:
+        """The eager path of ``recording_attention``: the same context, its probabilities appended."""
+        if isinstance(bias, tuple):
+            raise DnabertError("Attention probabilities need attention=sdpa; FlexAttention computes them inside "
+                               "its kernel only.")
+        if isinstance(bias, KeyPaddedAlibi):
+            context, probabilities = bias.probabilities(query, key, value)
+        else:
+            context, probabilities = eager_attention(query, key, value, bias)
+        self.recorded.append(probabilities)
+        return context
 
 
 class SelfOutput(nn.Module):
