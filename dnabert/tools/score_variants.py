@@ -16,22 +16,24 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from dnabert.data.genome import Reference
 from dnabert.data.vcf import read_vcf
 from dnabert.errors import DnabertError, command_line
-from dnabert.run.finetuning import resolve_backbone
-from dnabert.run.variants import SCORED, STATUSES, VariantScore, VariantScorer
+
+if TYPE_CHECKING:
+    import torch
+
+    from dnabert.run.variants import VariantScore
 
 OUTPUT_SUFFIXES = (".tsv", ".parquet")
 
 
 def resolve_device(name: str) -> torch.device:
     """`auto`: the first GPU when there is one, else the CPU; any other torch device name as it is."""
+    import torch  # with the model: a bad file is reported without waiting seconds for torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -45,6 +47,8 @@ def resolve_device(name: str) -> torch.device:
 
 def write_scores(rows: Sequence[VariantScore], out: Path) -> None:
     """The rows as a TSV (tab-separated, a header line, an empty score where unscored) or a Parquet table."""
+    import pandas as pd  # at the end only: a bad file is reported without waiting for pandas
+
     table = pd.DataFrame({
         "chrom": [row.variant.chrom for row in rows], "pos": [row.variant.pos for row in rows],
         "id": [row.variant.id for row in rows], "ref": [row.variant.ref for row in rows],
@@ -61,9 +65,9 @@ def write_scores(rows: Sequence[VariantScore], out: Path) -> None:
         raise DnabertError(f"cannot write {out} ({err.strerror}); choose a writable place.") from err
 
 
-def summary(rows: Sequence[VariantScore]) -> str:
+def summary(rows: Sequence[VariantScore], scored: str) -> str:
     counts = Counter(row.status for row in rows)
-    parts = [f"{counts.pop(SCORED, 0):,} scored"] + [f"{count:,} {status}" for status, count in counts.most_common()]
+    parts = [f"{counts.pop(scored, 0):,} scored"] + [f"{count:,} {status}" for status, count in counts.most_common()]
     return f"{len(rows):,} records: " + ", ".join(parts)
 
 
@@ -93,7 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if str(args.backbone).lower() == "none":
         raise DnabertError("backbone none has random weights and no trained MLM head to score with; give a "
                            "pretraining run directory, a .ckpt or a model directory.")
-    device = resolve_device(args.device)
     reference = Reference(args.reference)
     variants = read_vcf(args.variants)
     contigs = {variant.chrom for variant in variants}
@@ -101,13 +104,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DnabertError(f"no contig of {args.variants} ({', '.join(sorted(contigs)[:3])} ...) is in "
                            f"{args.reference} ({', '.join(list(reference.lengths)[:3])} ...); give the reference "
                            "the VCF was called against, or rename the contigs (e.g. bcftools annotate --rename-chrs).")
+    device = resolve_device(args.device)
+    # Imported once the inputs are known to be good: Lightning and transformers take seconds to import.
+    from tqdm import tqdm
+
+    from dnabert.run.finetuning import resolve_backbone  # Lightning, through the fine-tuning runner
+    from dnabert.run.variants import SCORED, STATUSES, VariantScorer  # torch
+
     with tempfile.TemporaryDirectory() as work_dir:  # a released DNABERT-2 tokenizer is converted here
         backbone = resolve_backbone(args.backbone, None, {}, work_dir=Path(work_dir))
         scorer = VariantScorer.from_backbone(backbone, args.max_positions)
         with tqdm(total=len(variants), unit="variant", desc="scoring", file=sys.stderr, disable=None) as bar:
             rows = scorer.score(reference, variants, args.reverse_complement, args.batch_size, device, bar.update)
     write_scores(rows, out)
-    print(f"{summary(rows)}; wrote {out}")
+    print(f"{summary(rows, SCORED)}; wrote {out}")
     unscored = [status for status in dict.fromkeys(row.status for row in rows) if status != SCORED]
     for status in unscored:
         print(f"  {status}: {STATUSES[status]}")
