@@ -16,17 +16,15 @@ import pandas as pd
 import pytest
 import torch
 from Bio import bgzf
-from sklearn.metrics import roc_auc_score
 from tokenizers import trainers
 
+from benchmarks.variant_motif import motif_auroc
 from dnabert.data.genome import Reference
-from dnabert.data.masking import mask_batch
 from dnabert.data.tokenizers.bpe import new_bpe_tokenizer, save_bpe
-from dnabert.data.tokenizers.kmer import encode_nucleotides, kmer_ids_from_codes, vocab_size
+from dnabert.data.tokenizers.kmer import vocab_size
 from dnabert.data.tokenizers.special import SPECIAL_TOKENS
-from dnabert.data.vcf import Variant, read_vcf
+from dnabert.data.vcf import Variant
 from dnabert.models import DEFAULT_FAMILY, FAMILIES, get_family
-from dnabert.models.components import IGNORE_INDEX, masked_lm_loss
 from dnabert.run.finetuning import Backbone
 from dnabert.run.variants import SCORED, VariantScorer
 from dnabert.tools.score_variants import main
@@ -281,67 +279,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, exported_backbone: Pat
         assert message in capsys.readouterr().err
 
 
-def motif_genome(seed: int) -> tuple[str, np.ndarray]:
-    """20 kb of random sequence with a fixed 10 bp motif planted at 500 places (no overlaps): the sequence and
-    which bases lie in a motif."""
-    rng = np.random.default_rng(seed)
-    letters = rng.choice(list("ACGT"), 20_000)
-    motif = rng.choice(list("ACGT"), 10)
-    starts = rng.choice(np.arange(0, 20_000 - 10, 12), 500, replace=False)
-    in_motif = np.zeros(20_000, dtype=bool)
-    for start in starts:
-        letters[start:start + 10] = motif
-        in_motif[start:start + 10] = True
-    return "".join(letters), in_motif
-
-
-def pretrain_on(sequence: str, k: int, positions: int, steps: int, seed: int) -> torch.nn.Module:
-    """A tiny BERT pretrained in-process on random windows of the sequence, whole-k-mer masking at 30%."""
-    torch.manual_seed(seed)
-    family = get_family(DEFAULT_FAMILY)
-    model = family.build(dict(vocab_size=vocab_size(k), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                              intermediate_size=64, max_position_embeddings=positions, hidden_dropout_prob=0.0,
-                              attention_probs_dropout_prob=0.0))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
-    codes, width = encode_nucleotides(sequence), positions - 2 + k - 1
-    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        starts = rng.integers(0, len(sequence) - width, 32)
-        ids = kmer_ids_from_codes(codes[starts[:, None] + np.arange(width)], k)
-        ids = torch.from_numpy(np.pad(ids, ((0, 0), (1, 0)), constant_values=2))
-        ids = torch.nn.functional.pad(ids, (0, 1), value=3)
-        masked, labels = mask_batch(ids, k, 0.3, generator)
-        where = labels != IGNORE_INDEX
-        loss = masked_lm_loss(model(masked, masked_positions=where), labels[where])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model.eval()
-
-
-def motif_variants(sequence: str, in_motif: np.ndarray, seed: int) -> list[tuple]:
-    """100 SNVs inside motifs (LABEL=1) and 100 in the background (LABEL=0), each to a random other base."""
-    rng = np.random.default_rng(seed + 1)
-    records = []
-    for label, pool in ((1, np.flatnonzero(in_motif)), (0, np.flatnonzero(~in_motif))):
-        for position in np.sort(rng.choice(pool, 100, replace=False)):
-            ref = sequence[position]
-            alt = str(rng.choice([base for base in "ACGT" if base != ref]))
-            records.append(("chrS", int(position) + 1, f"v{position}", ref, alt, f"LABEL={label}"))
-    return records
-
-
 def test_motif_breaking_variants_score_below_neutral_ones(tmp_path: Path) -> None:
-    """End to end: pretrain on a genome with a planted motif, export, score with the command line: SNVs that break
-    the motif get lower log-likelihood ratios than SNVs in random background (AUROC well above 0.5)."""
-    sequence, in_motif = motif_genome(seed=0)
-    model = pretrain_on(sequence, k=3, positions=32, steps=1000, seed=0)
-    exported = get_family(DEFAULT_FAMILY).export(model, tmp_path / "hf_model", None, 3, None, None)
-    fasta = write_fasta(tmp_path / "motif.fa", {"chrS": sequence})
-    vcf = write_vcf(tmp_path / "motif.vcf", motif_variants(sequence, in_motif, seed=0))
-    assert main([str(exported), str(fasta), str(vcf), str(tmp_path / "scores.tsv")]) == 0
-    table = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
-    assert (table["status"] == SCORED).all()
-    labels = [int(variant.info["LABEL"]) for variant in read_vcf(vcf)]
-    auroc = roc_auc_score(labels, -table["score"])
+    """End to end (benchmarks/variant_motif.py): pretrain on a genome with a planted motif, export, score with the
+    command line: SNVs that break the motif get lower log-likelihood ratios than SNVs in random background."""
+    auroc = motif_auroc(seed=0, directory=tmp_path)
     assert auroc > 0.8, auroc
