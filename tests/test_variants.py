@@ -10,12 +10,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from Bio import bgzf
+from hydra import compose, initialize_config_dir
+from sklearn.metrics import roc_auc_score
 from tokenizers import trainers
 
 from benchmarks.variant_motif import motif_auroc
@@ -23,11 +26,14 @@ from dnabert.data.genome import Reference
 from dnabert.data.tokenizers.bpe import new_bpe_tokenizer, save_bpe
 from dnabert.data.tokenizers.kmer import vocab_size
 from dnabert.data.tokenizers.special import SPECIAL_TOKENS
-from dnabert.data.vcf import Variant
+from dnabert.data.vcf import Variant, read_vcf
+from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, FAMILIES, get_family
 from dnabert.run.finetuning import Backbone
+from dnabert.run.probe import VariantProbe
+from dnabert.run.training import probe_callbacks
 from dnabert.run.variants import SCORED, VariantScorer
-from dnabert.tools.score_variants import main
+from dnabert.tools.score_variants import main, scorer_for
 from tests.conftest import ROOT
 
 THIRD_FAMILY = "tests.third_family:FAMILY"
@@ -117,7 +123,7 @@ def reverse_complement(text: str) -> str:
 def test_kmer_scores_equal_a_brute_force_sum_over_every_kmer(tmp_path: Path, family: str) -> None:
     k, positions = 3, 16
     backbone = kmer_backbone(family, k, positions)
-    scorer = VariantScorer.from_backbone(backbone)
+    scorer = scorer_for(backbone)
     model = scorer.model
     contigs = {"c1": random_dna(80, 1), "short": random_dna(9, 2)}
     reference = Reference(write_fasta(tmp_path / "g.fa", contigs))
@@ -198,7 +204,7 @@ def test_bpe_scores_equal_a_brute_force_sum_over_same_length_tokens(tmp_path: Pa
 def test_reverse_complement_scores_are_strand_symmetric(tmp_path: Path) -> None:
     """With --reverse-complement, a variant scores the same as its mirror image on the reverse-complement genome."""
     backbone = kmer_backbone(k=4, positions=20)
-    scorer = VariantScorer.from_backbone(backbone)
+    scorer = scorer_for(backbone)
     sequence = random_dna(90, 5)
     forward = Reference(write_fasta(tmp_path / "f.fa", {"c": sequence}))
     backward = Reference(write_fasta(tmp_path / "r.fa", {"c": reverse_complement(sequence)}))
@@ -284,3 +290,41 @@ def test_motif_breaking_variants_score_below_neutral_ones(tmp_path: Path) -> Non
     command line: SNVs that break the motif get lower log-likelihood ratios than SNVs in random background."""
     auroc = motif_auroc(seed=0, directory=tmp_path)
     assert auroc > 0.8, auroc
+
+
+def test_variant_probe_logs_the_auroc_of_the_scores_and_leaves_the_model_as_found(tmp_path: Path) -> None:
+    backbone = kmer_backbone(k=3, positions=16)
+    scorer = scorer_for(backbone)
+    sequence = random_dna(300, 11)
+    fasta = write_fasta(tmp_path / "g.fa", {"c1": sequence})
+    records = [("c1", pos, f"v{pos}", sequence[pos - 1], "ACGT"[("ACGT".index(sequence[pos - 1]) + 1) % 4],
+                f"LABEL={pos % 2}") for pos in range(20, 280, 13)]
+    vcf = write_vcf(tmp_path / "labelled.vcf", [*records, ("c1", 5, "indel", sequence[4], "AT", "LABEL=1"),
+                                                ("c1", 6, "unlabelled", sequence[5], "A", ".")])
+    probe = VariantProbe(str(vcf), str(fasta), k=3, max_positions=16)
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(model=scorer.model.train(), device=torch.device("cpu"),
+                             log_dict=lambda metrics, rank_zero_only: logged.update(metrics))
+    probe.on_validation_epoch_end(SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=1), module)
+    assert scorer.model.training  # left as found
+    rows = scorer.score(Reference(fasta), [Variant(c, p, i, r, a) for c, p, i, r, a, _ in records])
+    expected = roc_auc_score([pos % 2 for _, pos, *_ in records], [-row.score for row in rows])
+    assert logged["probe/variant_auroc"] == pytest.approx(expected)
+    assert logged["probe/variant_scored"] == pytest.approx(len(records) / (len(records) + 1))  # the indel
+    write_vcf(tmp_path / "one_class.vcf", [record[:5] + ("LABEL=1",) for record in records])
+    with pytest.raises(DnabertError, match="INFO LABEL=1"):
+        VariantProbe(str(tmp_path / "one_class.vcf"), str(fasta), k=3)
+
+
+def test_the_run_builds_the_variant_probe_from_its_settings(tmp_path: Path) -> None:
+    sequence = random_dna(300, 11)
+    fasta = write_fasta(tmp_path / "g.fa", {"c1": sequence})
+    vcf = write_vcf(tmp_path / "labelled.vcf", [("c1", pos, ".", sequence[pos - 1], "ACGT"[pos % 4], f"CLASS={pos % 2}")
+                                                for pos in range(20, 280, 13) if sequence[pos - 1] != "ACGT"[pos % 4]])
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"probe.variants.vcf={vcf}", f"probe.variants.reference={fasta}",
+                                                      "probe.variants.label=CLASS", "data.max_tokens=64",
+                                                      "probe.path=null"])
+    (probe,) = probe_callbacks(cfg)
+    assert isinstance(probe, VariantProbe)
+    assert (probe.k, probe.max_positions, len(probe.variants)) == (cfg.tokenizer.k, 64, len(read_vcf(vcf)))

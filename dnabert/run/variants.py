@@ -40,7 +40,6 @@ from dnabert.data.tokenizers.kmer import INVALID_CODE, NUCLEOTIDES, encode_nucle
 from dnabert.data.tokenizers.special import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID
 from dnabert.data.vcf import Variant
 from dnabert.errors import DnabertError
-from dnabert.run.finetuning import Backbone, build_masked_lm
 
 SCORED = "scored"
 # Why a record has no score: the status column's values, in the order they are checked.
@@ -189,16 +188,6 @@ class VariantScorer:
         self.model = model
         self.sites: KmerSites | BpeSites = (KmerSites(k, positions - 2) if k is not None
                                             else BpeSites(str(tokenizer_file), positions - 2))
-
-    @classmethod
-    def from_backbone(cls, backbone: Backbone, positions: int | None = None) -> VariantScorer:
-        """A scorer for what `pretrained=` names; `positions` defaults to the backbone's window and may not
-        exceed its hard limit."""
-        default, limit = backbone.positions
-        positions = positions or default
-        if limit is not None and positions > limit:
-            raise DnabertError(f"--max-positions {positions} exceeds the model's {limit} positions; lower it.")
-        return cls(build_masked_lm(backbone), positions, backbone.k, backbone.tokenizer)
 
     def site(self, variant: Variant, reference: Reference) -> Site | tuple[str, str]:
         """The variant's forward-strand context, or (status, note) when it cannot be scored."""

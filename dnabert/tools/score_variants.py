@@ -25,7 +25,8 @@ from dnabert.errors import DnabertError, command_line
 if TYPE_CHECKING:
     import torch
 
-    from dnabert.run.variants import VariantScore
+    from dnabert.run.finetuning import Backbone
+    from dnabert.run.variants import VariantScore, VariantScorer
 
 OUTPUT_SUFFIXES = (".tsv", ".parquet")
 
@@ -43,6 +44,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DnabertError(f"--device {name}: this machine has no CUDA GPU; use --device cpu (or auto).")
     return device
+
+
+def scorer_for(backbone: Backbone, positions: int | None = None) -> VariantScorer:
+    """A scorer for what `pretrained=` names (its MLM head included); `positions` defaults to the backbone's
+    window and may not exceed its hard limit."""
+    from dnabert.run.finetuning import build_masked_lm  # Lightning, through the fine-tuning runner
+    from dnabert.run.variants import VariantScorer  # torch
+
+    default, limit = backbone.positions
+    positions = positions or default
+    if limit is not None and positions > limit:
+        raise DnabertError(f"--max-positions {positions} exceeds the model's {limit} positions; lower it.")
+    return VariantScorer(build_masked_lm(backbone), positions, backbone.k, backbone.tokenizer)
 
 
 def write_scores(rows: Sequence[VariantScore], out: Path) -> None:
@@ -109,11 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from dnabert.run.finetuning import resolve_backbone  # Lightning, through the fine-tuning runner
-    from dnabert.run.variants import SCORED, STATUSES, VariantScorer  # torch
+    from dnabert.run.variants import SCORED, STATUSES  # torch
 
     with tempfile.TemporaryDirectory() as work_dir:  # a released DNABERT-2 tokenizer is converted here
         backbone = resolve_backbone(args.backbone, None, {}, work_dir=Path(work_dir))
-        scorer = VariantScorer.from_backbone(backbone, args.max_positions)
+        scorer = scorer_for(backbone, args.max_positions)
         with tqdm(total=len(variants), unit="variant", desc="scoring", file=sys.stderr, disable=None) as bar:
             rows = scorer.score(reference, variants, args.reverse_complement, args.batch_size, device, bar.update)
     write_scores(rows, out)
