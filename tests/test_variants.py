@@ -231,7 +231,7 @@ def exported_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return family.export(model, tmp_path_factory.mktemp("model") / "hf_model", None, 3, None, None)
 
 
-def test_rows_that_cannot_be_scored_say_why_and_bgzip_and_parquet_read_the_same(
+def test_rows_that_cannot_be_scored_say_why_and_bgzip_inputs_and_parquet_give_the_same_rows(
         tmp_path: Path, exported_backbone: Path) -> None:
     sequence = random_dna(200, 7)
     sequence = sequence[:149] + "N" + sequence[150:]
@@ -252,7 +252,10 @@ def test_rows_that_cannot_be_scored_say_why_and_bgzip_and_parquet_read_the_same(
     plain = write_vcf(tmp_path / "v.vcf", records)
     packed = write_vcf(tmp_path / "v.vcf.gz", records, bgzip=True)
     assert main([str(exported_backbone), str(fasta), str(plain), str(tmp_path / "plain.tsv")]) == 0
-    assert main([str(exported_backbone), str(fasta), str(packed), str(tmp_path / "packed.parquet")]) == 0
+    packed_fasta = tmp_path / "g.fa.gz"
+    with bgzf.BgzfWriter(str(packed_fasta), "wb") as handle:
+        handle.write(fasta.read_bytes())
+    assert main([str(exported_backbone), str(packed_fasta), str(packed), str(tmp_path / "packed.parquet")]) == 0
     table = pd.read_csv(tmp_path / "plain.tsv", sep="\t")
     assert list(table.columns) == ["chrom", "pos", "id", "ref", "alt", "score", "status", "note"]
     assert dict(zip(table["id"], table["status"], strict=True)) == {

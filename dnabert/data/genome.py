@@ -391,11 +391,7 @@ class Reference:
         self._file = _FastaFile(path, Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
         self._contigs = _contigs_of([self._file], path.name)
         self.path = path
-
-    @property
-    def lengths(self) -> dict[str, int]:
-        """Contig name -> length in bp, in file order."""
-        return {name: contig.length for name, contig in self._contigs.items()}
+        self.lengths = {name: contig.length for name, contig in self._contigs.items()}  # in file order
 
     def codes(self, contig: str, start: int, end: int) -> np.ndarray:
         """Nucleotide codes (uint8, INVALID_CODE for N and other letters) of [start, end) of one contig."""
