@@ -331,3 +331,25 @@ def test_the_run_builds_the_variant_probe_from_its_settings(tmp_path: Path) -> N
     (probe,) = probe_callbacks(cfg)
     assert isinstance(probe, VariantProbe)
     assert (probe.k, probe.max_positions, len(probe.variants)) == (cfg.tokenizer.k, 64, len(read_vcf(vcf)))
+
+
+def test_a_bpe_model_directory_scores_through_the_command_line_as_in_process(tmp_path: Path) -> None:
+    tokenizer_file = tiny_bpe(tmp_path)
+    bpe_family = next(family for family in FAMILIES.values() if family.tokenizer == "bpe")
+    model = sharpened(bpe_family.build(dict(vocab_size=48, hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, intermediate_size=48)), 0)
+    exported = bpe_family.export(model, tmp_path / "model", None, None, tokenizer_file, None)
+    sequence = random_dna(120, 3)
+    fasta = write_fasta(tmp_path / "g.fa", {"c1": sequence})
+    records = [("c1", pos, f"v{pos}", sequence[pos - 1], "ACGT"[("ACGT".index(sequence[pos - 1]) + 1) % 4], ".")
+               for pos in (10, 60, 100)]
+    vcf = write_vcf(tmp_path / "v.vcf", records)
+    argv = [str(exported), str(fasta), str(vcf), str(tmp_path / "out.tsv"), "--max-positions", "10",
+            "--reverse-complement"]
+    assert main(argv) == 0
+    table = pd.read_csv(tmp_path / "out.tsv", sep="\t")
+    rows = VariantScorer(model, 10, tokenizer_file=str(tokenizer_file)).score(
+        Reference(fasta), read_vcf(vcf), reverse_complement=True)
+    expected = [row.score if row.score is not None else math.nan for row in rows]
+    np.testing.assert_allclose(table["score"].to_numpy(dtype=float), expected, atol=1e-5)
+    assert table["status"].tolist() == [row.status for row in rows] and SCORED in table["status"].tolist()
