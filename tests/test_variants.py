@@ -30,7 +30,7 @@ from dnabert.data.vcf import Variant, read_vcf
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, FAMILIES, get_family
 from dnabert.run.finetuning import Backbone
-from dnabert.run.probe import VariantProbe
+from dnabert.run.probe import DownstreamProbe, VariantProbe
 from dnabert.run.training import probe_callbacks
 from dnabert.run.variants import SCORED, VariantScorer
 from dnabert.tools.score_variants import main, scorer_for
@@ -331,6 +331,15 @@ def test_the_run_builds_the_variant_probe_from_its_settings(tmp_path: Path) -> N
     (probe,) = probe_callbacks(cfg)
     assert isinstance(probe, VariantProbe)
     assert (probe.k, probe.max_positions, len(probe.variants)) == (cfg.tokenizer.k, 64, len(read_vcf(vcf)))
+    tokenizer_file = tiny_bpe(tmp_path)  # a BPE run: beside the promoter probe, with the run's tokenizer
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=dnabert2_demo", f"tokenizer.file={tokenizer_file}",
+                                                      f"probe.variants.vcf={vcf}", f"probe.variants.reference={fasta}",
+                                                      "probe.variants.label=CLASS"])
+    promoter, variants = probe_callbacks(cfg)
+    assert isinstance(promoter, DownstreamProbe) and isinstance(variants, VariantProbe)
+    assert (variants.k, variants.tokenizer_file, variants.max_positions) == (None, str(tokenizer_file),
+                                                                            cfg.data.max_tokens)
 
 
 def test_a_bpe_model_directory_scores_through_the_command_line_as_in_process(tmp_path: Path) -> None:
