@@ -57,6 +57,11 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
     (("probe.batch_size=0",), "probe.batch_size=0 must be >= 1"),
     (("probe.sequence_column=' '",), "probe.sequence_column=' ' is empty"),
     (("probe.label_column=",), "probe.label_column='' is empty"),
+    (("probe.variants.vcf={DIR}/none.vcf",), "none.vcf' does not exist"),
+    (("probe.variants.reference={NOT_FASTA}",), "does not start with a '>' header line"),
+    (("probe.variants.label=",), "probe.variants.label='' is empty"),
+    (("probe.variants.max_variants=2",), "probe.variants.max_variants=2 must be >= 4"),
+    (("probe.variants.batch_size=0",), "probe.variants.batch_size=0 must be >= 1"),
     # paths
     (("paths.root_dir=",), "paths.root_dir='' is empty; point it at the dnabert checkout"),
     (("paths.output_root=' '",), "paths.output_root=' ' is empty"),
@@ -186,6 +191,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
      "model.attention='flex' cannot train on a CPU (trainer.accelerator=cpu): torch's FlexAttention has no backward"),
     (("experiment=dnabert2_demo", "masking=whole_kmer", "masking.final_rate_steps=100"),
      "with tokenizer=bpe use masking=token"),
+    (("probe.variants.vcf={CSV}",), "needs its reference: set probe.variants.reference"),
     (("+trainer.max_steps=5",), "trainer.max_steps is set by dnabert from max_steps"),
     (("+trainer.gradient_clip=1",), "trainer.gradient_clip is not a Lightning Trainer argument"),
 ]

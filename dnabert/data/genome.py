@@ -382,6 +382,24 @@ class Genome:
         return "\n".join(lines)
 
 
+class Reference:
+    """A whole FASTA read by contig name and position, without the interval scan or the contig choice of `Genome`:
+    what variant scoring needs (any contig a VCF names). Plain or bgzip, checked and indexed as `Genome` does."""
+
+    def __init__(self, fasta: str | Path, cache_dir: str | Path | None = None) -> None:
+        path = Path(fasta).expanduser()
+        self._file = _FastaFile(path, Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
+        self._contigs = _contigs_of([self._file], path.name)
+        self.path = path
+        self.lengths = {name: contig.length for name, contig in self._contigs.items()}  # in file order
+
+    def codes(self, contig: str, start: int, end: int) -> np.ndarray:
+        """Nucleotide codes (uint8, INVALID_CODE for N and other letters) of [start, end) of one contig."""
+        if end <= start:
+            return np.zeros(0, dtype=np.uint8)
+        return encode_nucleotides(_read_stretch(self._file, self._contigs[contig], start, end - start))
+
+
 def _contigs_of(files: list[_FastaFile], genome_name: str) -> dict[str, _Contig]:
     contigs: dict[str, _Contig] = {}
     for file_index, fasta in enumerate(files):

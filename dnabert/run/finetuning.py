@@ -164,6 +164,17 @@ def build_encoder(backbone: Backbone) -> torch.nn.Module:
     return get_family(backbone.family).build_encoder(backbone.config)
 
 
+def build_masked_lm(backbone: Backbone) -> torch.nn.Module:
+    """The family's masked-LM model with the backbone's weights, MLM head included, in eval mode (zero-shot
+    scoring, dnabert.run.variants). `pretrained=none` has no trained head to ask: refused."""
+    if backbone.weights is None:
+        raise DnabertError("a backbone of random weights (none) has no trained MLM head to score with; give a "
+                           "pretraining run directory, a .ckpt or an exported model directory.")
+    model = get_family(backbone.family).build(backbone.config)
+    model.load_state_dict(backbone.weights, strict=True)
+    return model.eval()
+
+
 def load_weights(encoder: torch.nn.Module, backbone: Backbone) -> None:
     """Copy the pretrained encoder weights in (the MLM head's are left out, as the encoder has none)."""
     if backbone.weights is None:

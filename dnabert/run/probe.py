@@ -28,6 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, matthews_corrcoef, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from dnabert.data.genome import Reference
 from dnabert.data.labelled import (
     Tokenize,
     collate_windows,
@@ -37,11 +38,14 @@ from dnabert.data.labelled import (
     split_rows,
     windowed_set,
 )
+from dnabert.data.vcf import read_vcf
 from dnabert.errors import DnabertError
+from dnabert.run.variants import VariantScorer
 from dnabert.tasks.finetune import mean_pooled_embeddings
 
 log = logging.getLogger("dnabert")
 PROBE_METRICS = ("probe/mcc", "probe/auroc", "probe/acc")
+VARIANT_PROBE_METRICS = ("probe/variant_auroc", "probe/variant_scored")
 
 
 class DownstreamProbe(L.Callback):
@@ -120,3 +124,46 @@ class DownstreamProbe(L.Callback):
         self.last_seconds = time.perf_counter() - start
         pl_module.log_dict(metrics, rank_zero_only=True)
         log.debug("probe on %s at step %d: %s (%.2f s)", self.name, trainer.global_step, metrics, self.last_seconds)
+
+
+class VariantProbe(L.Callback):
+    """Zero-shot variant scoring of labelled SNVs at every validation (dnabert.run.variants): the AUROC of
+    -score for the variants labelled 1 (expected damaging: they should score low) against those labelled 0, logged
+    as `probe/variant_auroc`. Rank 0 only, eval mode, no global RNG; the model's mode is left as found."""
+
+    def __init__(self, vcf: str, reference: str, label: str = "LABEL", max_variants: int = 1000, seed: int = 0,
+                 batch_size: int = 64, k: int | None = None, tokenizer_file: str | None = None,
+                 max_positions: int = 512) -> None:
+        if (k is None) == (tokenizer_file is None):
+            raise ValueError("VariantProbe needs exactly one of k and tokenizer_file")
+        variants = [variant for variant in read_vcf(vcf) if label in variant.info]
+        labels = np.array([variant.info[label] for variant in variants])
+        if not len(variants) or not np.isin(labels, ("0", "1")).all() or len(set(labels)) < 2:
+            raise DnabertError(f"probe.variants.vcf={vcf}: the probe needs records with INFO {label}=1 (expected "
+                               f"damaging) and {label}=0 (neutral), both; set probe.variants.label to the INFO key "
+                               "that holds them.")
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(variants))[:max_variants])
+        self.variants = [variants[index] for index in chosen]
+        self.targets = labels[chosen].astype(int)
+        self.reference = Reference(reference)
+        self.batch_size, self.k, self.tokenizer_file, self.max_positions = batch_size, k, tokenizer_file, max_positions
+        self.last_seconds = 0.0
+
+    def score(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """The AUROC over the scored variants (NaN while they hold one class only); the fraction scored."""
+        scorer = VariantScorer(model, self.max_positions, self.k, self.tokenizer_file)
+        rows = scorer.score(self.reference, self.variants, batch_size=self.batch_size, device=device)
+        scored = np.array([row.score is not None for row in rows])
+        scores = -np.array([row.score for row, ok in zip(rows, scored, strict=True) if ok], dtype=np.float64)
+        targets = self.targets[scored]
+        auroc = float(roc_auc_score(targets, scores)) if len(set(targets)) == 2 else float("nan")
+        return {"probe/variant_auroc": auroc, "probe/variant_scored": float(scored.mean())}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        start = time.perf_counter()
+        metrics = self.score(pl_module.model, pl_module.device)
+        self.last_seconds = time.perf_counter() - start
+        pl_module.log_dict(metrics, rank_zero_only=True)
+        log.debug("variant probe at step %d: %s (%.2f s)", trainer.global_step, metrics, self.last_seconds)

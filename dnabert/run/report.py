@@ -30,8 +30,8 @@ import pandas as pd  # noqa: E402
 from dnabert.errors import DnabertError  # noqa: E402
 
 LOSS_METRICS = ("train/loss", "val/loss")
-# The downstream probe (dnabert/run/probe.py), logged at each validation when probe.path is set.
-PROBE_METRICS = ("probe/mcc", "probe/auroc", "probe/acc")
+# The downstream probes (dnabert/run/probe.py), logged at each validation when probe.path / probe.variants.vcf is set.
+PROBE_METRICS = ("probe/mcc", "probe/auroc", "probe/acc", "probe/variant_auroc")
 # A run whose loss never went more than this fraction below the uniform baseline has not learnt anything.
 FLAT_FRACTION = 0.05
 # ... unless it is still falling by more than this fraction of the baseline: then it is merely early.
@@ -242,9 +242,10 @@ def plot_curves(metrics: pd.DataFrame, baseline: Baseline | None, path: Path) ->
     if baseline is not None and baseline.end_state is not None:
         acc_axis.axhline(baseline.end_state[1], color="grey", linestyle=":", linewidth=1,
                          label=f"DNABERT-2 authors' end {baseline.end_state[1]:.0%}")
-    draw(probe_axis, PROBE_METRICS, "downstream probe (frozen embeddings)")
+    draw(probe_axis, PROBE_METRICS, "downstream probes")
     if not any(len(series(metrics, name)) for name in PROBE_METRICS):
-        probe_axis.text(0.5, 0.5, "no probe logged (set probe.path)", ha="center", transform=probe_axis.transAxes)
+        probe_axis.text(0.5, 0.5, "no probe logged (set probe.path or probe.variants.vcf)", ha="center",
+                        transform=probe_axis.transAxes)
     draw(lr_axis, ("lr",), "learning rate")
     draw(mask_axis, ("mask_rate",), "mask rate")
     lr_axis.set_ylim(bottom=0)

@@ -265,18 +265,27 @@ def run_plugins(num_nodes: int, devices: int) -> list:
 
 
 def probe_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The downstream probe when `probe.path` names a labelled file (the demo's bundled promoter task)."""
+    """The downstream probe when `probe.path` names a labelled file (the demo's bundled promoter task), and the
+    variant probe when `probe.variants.vcf` names a VCF of labelled SNVs."""
     probe_cfg = cfg.get("probe")
-    if not probe_cfg or not probe_cfg.get("path"):
+    settings = OmegaConf.to_container(probe_cfg, resolve=True) if probe_cfg else {}
+    variants = settings.pop("variants", None) or {}
+    if not settings.get("path") and not variants.get("vcf"):
         return []
     # Imported for runs with a probe only: scikit-learn's import adds about a second to every start otherwise.
-    from dnabert.run.probe import DownstreamProbe
+    from dnabert.run.probe import DownstreamProbe, VariantProbe
 
-    settings = OmegaConf.to_container(probe_cfg, resolve=True)
-    if uses_bpe(cfg):  # the run's BPE (prepare_tokenizer has set tokenizer.file), windows of its training length
-        tokenizer = BpeWindowTokenizer(cfg.tokenizer.file)
-        return [DownstreamProbe(**settings, tokenize=tokenizer.sequence_ids, max_positions=int(cfg.data.max_tokens))]
-    return [DownstreamProbe(**settings, k=int(cfg.tokenizer.k))]
+    bpe = uses_bpe(cfg)  # the run's BPE (prepare_tokenizer has set tokenizer.file), windows of its training length
+    callbacks: list[L.Callback] = []
+    if settings.get("path"):
+        tokenizer = BpeWindowTokenizer(cfg.tokenizer.file) if bpe else None
+        callbacks.append(DownstreamProbe(**settings, tokenize=tokenizer.sequence_ids, max_positions=int(
+            cfg.data.max_tokens)) if bpe else DownstreamProbe(**settings, k=int(cfg.tokenizer.k)))
+    if variants.get("vcf"):  # contexts of the run's window length, the positions the model trains on
+        tokens = {"tokenizer_file": str(cfg.tokenizer.file)} if bpe else {"k": int(cfg.tokenizer.k)}
+        callbacks.append(VariantProbe(**variants, seed=int(settings["seed"]), **tokens,
+                                      max_positions=int(cfg.data.max_tokens)))
+    return callbacks
 
 
 def estimate_trial(cfg: DictConfig, plan: Plan) -> TrialResult | None:

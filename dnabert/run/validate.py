@@ -352,6 +352,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("probe.batch_size", INT, "e.g. probe.batch_size=256", within=AT_LEAST_1),
     Setting("probe.sequence_column", TEXT, "name the column holding the sequences", check=not_blank),
     Setting("probe.label_column", TEXT, "name the column holding the labels", check=not_blank),
+    Setting("probe.variants.vcf", TEXT, "point it at a VCF of labelled SNVs, or null for no variant probe",
+            optional=True, check=existing_file, on_disk=True),
+    Setting("probe.variants.reference", TEXT, "point it at the FASTA the VCF refers to", optional=True,
+            check=fasta_file, on_disk=True),
+    Setting("probe.variants.label", TEXT, "name the INFO key holding 1 or 0", check=not_blank),
+    Setting("probe.variants.max_variants", INT, "e.g. probe.variants.max_variants=1000", within=Range(4)),
+    Setting("probe.variants.batch_size", INT, "e.g. probe.variants.batch_size=64", within=AT_LEAST_1),
     # data: genomes (configs/data/demo.yaml, grch38.yaml, mixed_demo.yaml)
     Setting("data.fasta", TEXT, _TO_FASTA, optional=True, check=fasta_file, on_disk=True),
     Setting("data.genomes", LIST, "list genomes as {name, fasta, weight}, or set data.fasta"),
@@ -636,6 +643,12 @@ def bpe_masks_tokens(cfg: DictConfig) -> None:
                            "masking=token.")
 
 
+def variant_probe_has_reference(cfg: DictConfig) -> None:
+    if cfg.probe.variants.vcf and not cfg.probe.variants.reference:
+        raise DnabertError(f"probe.variants.vcf={cfg.probe.variants.vcf} needs its reference: set "
+                           "probe.variants.reference to the FASTA the VCF refers to.")
+
+
 def one_genome_source(cfg: DictConfig) -> None:
     if not cfg.data.fasta and not cfg.data.genomes:
         raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
@@ -653,6 +666,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("model.attention", "trainer.accelerator"), flex_trains_on_a_gpu),
     Agreement(("tokenizer.kind", "masking.mode"), bpe_masks_tokens),
     Agreement(("data.fasta", "data.genomes"), one_genome_source, on_this_machine=True),
+    Agreement(("probe.variants.vcf", "probe.variants.reference"), variant_probe_has_reference),
     Agreement(("task.dev", "task.test", "task.dev_fraction", "task.test_fraction"), task_has_train_and_dev),
     Agreement(("selection_metric", "task.type"), selection_fits_task),
 )
