@@ -36,6 +36,7 @@ from dnabert.data.datamodule import check_pack_row_tokens
 from dnabert.data.labelled import TASK_TYPES
 from dnabert.data.masking import MASKING_MODES
 from dnabert.data.sources import FORMATS
+from dnabert.data.suites import LAYOUTS
 from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.data.tokenizers.special import NUM_SPECIAL_TOKENS
 from dnabert.data.windows import LENGTH_RULES
@@ -50,7 +51,7 @@ from dnabert.run.config import (
     runs_on_gpu,
 )
 from dnabert.run.estimate import GPU_PEAK_FLOPS, peak_flops_for
-from dnabert.tasks.metrics import SELECTION_METRICS, selection_metric
+from dnabert.tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, SELECTION_METRICS, selection_metric
 
 # What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
 # readable; fix its permissions"), or None when the value is fine.
@@ -316,6 +317,42 @@ def _precisions() -> tuple[Any, ...]:
     return ("auto", *(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal)))
 
 
+def text_list(value: list, cfg: DictConfig) -> str | None:
+    return None if all(isinstance(name, str) and name for name in value) else "must list names (text)"
+
+
+def recipe_datasets(value: str | list, cfg: DictConfig) -> str | None:
+    if value == "all" or (isinstance(value, list) and not text_list(value, cfg)):
+        return None
+    return "must be all or a list of the suite's dataset names"
+
+
+def published_scores(value: dict, cfg: DictConfig) -> str | None:
+    for model, scores in value.items():
+        if not isinstance(scores, dict) or not all(_is_kind(v, NUMBER) for v in scores.values()):
+            return f"entry {model!r} must map dataset names to numbers"
+    return None
+
+
+SUITE_RECIPES = ("dnabert2", "dnabert", "none")  # the presets of configs/suite/*.yaml, or none (finetune.py's)
+
+
+def suite_recipe_rows(recipe: str) -> tuple[Setting, ...]:
+    """The rows of one recipe's preset blocks (configs/suite/*.yaml, suite.recipes.<recipe>)."""
+    key = f"suite.recipes.{recipe}"
+    return (
+        Setting(key, LIST, "list preset blocks {datasets, lr, global_batch_size, ...}"),
+        Setting(f"{key}.*.datasets", (str, list), "e.g. datasets: [H3, H4] or all", check=recipe_datasets),
+        Setting(f"{key}.*.lr", NUMBER, "e.g. lr: 3.0e-5", within=POSITIVE),
+        Setting(f"{key}.*.global_batch_size", INT, "e.g. global_batch_size: 32", within=AT_LEAST_1),
+        Setting(f"{key}.*.max_positions", INT, "or null (the backbone's)", optional=True, within=Range(3)),
+        Setting(f"{key}.*.max_epochs", INT, "e.g. max_epochs: 3", within=AT_LEAST_1),
+        Setting(f"{key}.*.max_train_steps", INT, "or null", optional=True, within=AT_LEAST_1),
+        Setting(f"{key}.*.warmup_steps", INT, "or null (optim.warmup_fraction)", optional=True, within=NON_NEGATIVE),
+        Setting(f"{key}.*.eval_every_n_steps", INT, "or null (every epoch)", optional=True, within=AT_LEAST_1),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ the table
 _TO_FASTA = "point it at a FASTA file, e.g. data.fasta=/data/GRCh38.fa"
 SETTINGS: tuple[Setting, ...] = (
@@ -442,6 +479,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seeds", LIST, "give distinct seeds, e.g. seeds=[1,2,3], or null (one run with seed)", optional=True,
             check=distinct_seeds),
     Setting("max_epochs", INT, "e.g. max_epochs=3", within=AT_LEAST_1),
+    Setting("max_train_steps", INT, "or null (max_epochs decide)", optional=True, within=AT_LEAST_1),
+    Setting("warmup_steps", INT, "or null (optim.warmup_fraction)", optional=True, within=NON_NEGATIVE),
+    Setting("eval_every_n_steps", INT, "or null (every epoch)", optional=True, within=AT_LEAST_1),
     Setting("batch_size", INT, "sequences per optimiser step per device, e.g. batch_size=32", within=AT_LEAST_1),
     Setting("freeze_backbone", BOOL, "use true (a linear probe) or false"),
     Setting("dropout", NUMBER, "e.g. dropout=0.1", within=PROBABILITY),
@@ -463,6 +503,34 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("task.type", TEXT, "auto tells regression from non-integer labels", choices=TASK_TYPES),
     Setting("task.sequence_column", TEXT, "name the column holding the sequences", check=not_blank),
     Setting("task.label_column", TEXT, "name the column holding the labels", check=not_blank),
+    # benchmark suites (configs/suite.yaml, configs/suite/*.yaml)
+    Setting("suite_dir", TEXT, "point it at a writable folder", check=not_blank),
+    Setting("recipe", TEXT, "pick whose fine-tuning preset", choices=SUITE_RECIPES),
+    Setting("datasets", LIST, "e.g. datasets=[prom_300_all], or null (all)", optional=True, check=text_list),
+    Setting("groups", LIST, "e.g. groups=[prom_core], or null (all)", optional=True, check=text_list),
+    Setting("max_retries", INT, "reruns of a collapsed seed, e.g. max_retries=2", within=NON_NEGATIVE),
+    Setting("pair", INT, "one job's index, e.g. pair=0, or null (every pair)", optional=True, within=NON_NEGATIVE),
+    Setting("summarise", BOOL, "use true or false"),
+    Setting("suite.name", TEXT, "name the suite", check=folder_name),
+    Setting("suite.layout", TEXT, "how the suite's files are laid out", choices=LAYOUTS),
+    Setting("suite.data_dir", TEXT, "point it at the suite's folder (python -m dnabert.tools.fetch_suite)",
+            check=existing_path, on_disk=True),
+    Setting("suite.dev_fraction", NUMBER, "the share of train held out for dev where no dev file exists",
+            within=OPEN_FRACTION),
+    Setting("suite.test_fraction", NUMBER, "the share of train held out for test where no test file exists",
+            within=PROBABILITY),
+    Setting("suite.datasets", LIST, "list the datasets as {name, group, path, metric}"),
+    Setting("suite.datasets.*.name", TEXT, "name every dataset", check=folder_name),
+    Setting("suite.datasets.*.group", TEXT, "give every dataset a group", check=not_blank),
+    Setting("suite.datasets.*.path", TEXT, "give every dataset its path under suite.data_dir", check=not_blank),
+    Setting("suite.datasets.*.metric", TEXT, "the headline metric",
+            choices=(*CLASSIFICATION_METRICS, *REGRESSION_METRICS)),
+    *suite_recipe_rows("dnabert2"),
+    *suite_recipe_rows("dnabert"),
+    Setting("suite.published.source", TEXT, "name where the published scores come from, or null", optional=True,
+            check=not_blank),
+    Setting("suite.published.scale", NUMBER, "100 for scores given in percent, else 1", within=POSITIVE),
+    Setting("suite.published.models", (dict,), "map model names to {dataset: score}", check=published_scores),
     # trainer (configs/trainer/*.yaml)
     Setting("trainer.accelerator", TEXT, "use cpu, gpu or auto",
             choices=("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))),
