@@ -356,8 +356,9 @@ def suite_recipe_rows(recipe: str) -> tuple[Setting, ...]:
 # ------------------------------------------------------------------------------------------------ the table
 _TO_FASTA = "point it at a FASTA file, e.g. data.fasta=/data/GRCh38.fa"
 SETTINGS: tuple[Setting, ...] = (
-    # top level (configs/train.yaml); fine-tuning names its experiment after task.name, which comes first
+    # top level (configs/train.yaml); fine-tuning (suites) names its experiment after task.name (suite.name), first
     Setting("task.name", TEXT, "name the task, e.g. task.name=promoters", check=folder_name),
+    Setting("suite.name", TEXT, "name the suite (suite.py names its experiment after it)", check=folder_name),
     Setting("experiment_name", TEXT, "pick an experiment (experiment=demo) or set experiment_name", check=folder_name),
     Setting("run_name", TEXT, "e.g. run_name=lr4e-4", check=folder_name),
     # before the rows whose defaults derive from it (model.vocab_size, data.k)
@@ -511,7 +512,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_retries", INT, "reruns of a collapsed seed, e.g. max_retries=2", within=NON_NEGATIVE),
     Setting("pair", INT, "one job's index, e.g. pair=0, or null (every pair)", optional=True, within=NON_NEGATIVE),
     Setting("summarise", BOOL, "use true or false"),
-    Setting("suite.name", TEXT, "name the suite", check=folder_name),
     Setting("suite.layout", TEXT, "how the suite's files are laid out", choices=LAYOUTS),
     Setting("suite.data_dir", TEXT, "point it at the suite's folder (python -m dnabert.tools.fetch_suite)",
             check=existing_path, on_disk=True),
