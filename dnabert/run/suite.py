@@ -31,7 +31,7 @@ from dnabert.run.config import declared_device_count
 from dnabert.run.finetuning import run_finetune
 from dnabert.run.suite_report import SUITE_FILE, write_json, write_suite_card
 from dnabert.run.suite_stats import collapse_reason
-from dnabert.run.validate import validate_config
+from dnabert.run.validate import suite_selection, validate_config
 
 log = logging.getLogger("dnabert")
 
@@ -55,20 +55,9 @@ def all_datasets(cfg: DictConfig) -> list[SuiteDataset]:
 
 
 def selected_datasets(cfg: DictConfig) -> list[SuiteDataset]:
-    """The suite's datasets, narrowed by `datasets=` (names) and `groups=`; an unknown name is refused."""
-    known = all_datasets(cfg)
-    for setting, names, choices in (("datasets", cfg.datasets, [d.name for d in known]),
-                                    ("groups", cfg.groups, list(dict.fromkeys(d.group for d in known)))):
-        unknown = [name for name in names or () if name not in choices]
-        if unknown:
-            raise DnabertError(f"{setting}={list(unknown)}: not in suite {cfg.suite.name}; choose from "
-                               f"{', '.join(choices)}.")
-    chosen = [d for d in known if (not cfg.datasets or d.name in cfg.datasets)
-              and (not cfg.groups or d.group in cfg.groups)]
-    if not chosen:
-        raise DnabertError(f"datasets={cfg.datasets} and groups={cfg.groups} select no dataset of suite "
-                           f"{cfg.suite.name}; loosen one of them.")
-    return chosen
+    """The suite's datasets that `datasets=` (names) and `groups=` select (dnabert.run.validate.suite_selection)."""
+    chosen = suite_selection(cfg)
+    return [dataset for dataset in all_datasets(cfg) if dataset.name in chosen]
 
 
 def suite_pairs(cfg: DictConfig) -> list[tuple[SuiteDataset, int]]:
@@ -172,10 +161,7 @@ def run_suite(cfg: DictConfig) -> Path:
     validate_config(cfg)
     suite_dir = Path(cfg.suite_dir)
     pairs = suite_pairs(cfg)
-    if cfg.pair is not None:
-        if cfg.pair >= len(pairs):
-            raise DnabertError(f"pair={cfg.pair}: suite {cfg.suite.name} has {len(pairs)} pairs with these "
-                               f"settings (datasets x seeds); use pair=range(0,{len(pairs)}).")
+    if cfg.pair is not None:  # one job of a sweep (validate_config checked the index)
         pairs = [pairs[cfg.pair]]
     write_json(suite_dir / SUITE_FILE, describe_suite(cfg))
     data_dir = Path(str(cfg.suite.data_dir)).expanduser()

@@ -709,6 +709,31 @@ def one_genome_source(cfg: DictConfig) -> None:
         raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
 
 
+def suite_selection(cfg: DictConfig) -> list[str]:
+    """The names of the suite's datasets that `datasets=` and `groups=` select; an unknown name or an empty
+    selection is refused (dnabert.run.suite runs what this returns)."""
+    rows = cfg.suite.datasets
+    for setting, names, choices in (("datasets", cfg.datasets, [row.name for row in rows]),
+                                    ("groups", cfg.groups, list(dict.fromkeys(row.group for row in rows)))):
+        unknown = [name for name in names or () if name not in choices]
+        if unknown:
+            raise DnabertError(f"{setting}={unknown} not in suite {cfg.suite.name}; choose from {', '.join(choices)}.")
+    chosen = [row.name for row in rows if (not cfg.datasets or row.name in cfg.datasets)
+              and (not cfg.groups or row.group in cfg.groups)]
+    if not chosen:
+        raise DnabertError(f"datasets={list(cfg.datasets)} and groups={list(cfg.groups)} select no dataset of suite "
+                           f"{cfg.suite.name} together; loosen one of them.")
+    return chosen
+
+
+def pair_in_suite(cfg: DictConfig) -> None:
+    """`pair=` counts the (dataset, seed) jobs dataset by dataset, seed by seed."""
+    count = len(suite_selection(cfg)) * len(cfg.seeds)
+    if cfg.pair is not None and cfg.pair >= count:
+        raise DnabertError(f"pair={cfg.pair}: suite {cfg.suite.name} has {count} pairs with these settings (datasets "
+                           f"x seeds); use pair=0..{count - 1}, e.g. 'pair=range(0,{count})' with -m.")
+
+
 AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("trainer",), trainer_arguments),
     Agreement(("trainer.accelerator", "trainer.devices"), devices_available, on_this_machine=True),
@@ -723,6 +748,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("data.fasta", "data.genomes"), one_genome_source, on_this_machine=True),
     Agreement(("task.dev", "task.test", "task.dev_fraction", "task.test_fraction"), task_has_train_and_dev),
     Agreement(("selection_metric", "task.type"), selection_fits_task),
+    Agreement(("pair", "seeds", "datasets", "groups", "suite.datasets"), pair_in_suite),
 )
 
 

@@ -51,6 +51,8 @@ def fetch_file(entry: dict[str, Any], out_dir: Path, accept_unknown: bool, archi
                 raise ValueError(f"SHA256 hash of {archive} ({got}) does not match the known hash {known}")
             target.with_suffix(target.suffix + ".part").replace(target)
         else:
+            print(f"{entry['save']}: from {url}", flush=True)
+            pooch.get_logger().setLevel("WARNING")  # its own "Downloading ..." line would repeat the one above
             pooch.retrieve(url, known_hash=f"sha256:{known}" if known else None, fname=target.name,
                            path=target.parent, progressbar=False)
     except ValueError as err:  # pooch's checksum mismatch
