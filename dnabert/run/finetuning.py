@@ -280,7 +280,9 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
     trainer_cfg.pop("val_every_n_steps", None)
     trainer_cfg.update(
         devices=devices, precision=auto_precision(str(cfg.trainer.precision), cfg.trainer.accelerator),
-        max_epochs=int(cfg.max_epochs), max_steps=max_steps, **evaluation_schedule(cfg, max_steps),
+        # max_steps ends the run (max_epochs x steps per epoch, or max_train_steps): Lightning counts an epoch twice
+        # when it resumes from the checkpoint that the end-of-epoch dev evaluation saved, and would stop early.
+        max_epochs=-1, max_steps=max_steps, **evaluation_schedule(cfg, max_steps),
         use_distributed_sampler=True, default_root_dir=str(seed_dir),
         callbacks=[best, StepProgressBar(), *cluster_callbacks(str(seed_dir))],
         logger=loggers or False, plugins=run_plugins(cfg.trainer.num_nodes, devices),
