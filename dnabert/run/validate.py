@@ -334,12 +334,15 @@ def published_scores(value: dict, cfg: DictConfig) -> str | None:
     return None
 
 
-SUITE_RECIPES = ("dnabert2", "dnabert", "none")  # the presets of configs/suite/*.yaml, or none (finetune.py's)
+def known_recipe(value: str, cfg: DictConfig) -> str | None:
+    """A preset of the suite's config (suite.recipes: the authors' names), or none (finetune.py's settings)."""
+    choices = [*OmegaConf.select(cfg, "suite.recipes", default={}), "none"]
+    return None if value in choices else f"is not one of {', '.join(choices)}"
 
 
-def suite_recipe_rows(recipe: str) -> tuple[Setting, ...]:
-    """The rows of one recipe's preset blocks (configs/suite/*.yaml, suite.recipes.<recipe>)."""
-    key = f"suite.recipes.{recipe}"
+def suite_recipe_rows() -> tuple[Setting, ...]:
+    """The rows of every recipe's preset blocks (configs/suite/*.yaml, suite.recipes.<recipe>: a list of blocks)."""
+    key = "suite.recipes.*"
     return (
         Setting(key, LIST, "list preset blocks {datasets, lr, global_batch_size, ...}"),
         Setting(f"{key}.*.datasets", (str, list), "e.g. datasets: [H3, H4] or all", check=recipe_datasets),
@@ -506,7 +509,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("task.label_column", TEXT, "name the column holding the labels", check=not_blank),
     # benchmark suites (configs/suite.yaml, configs/suite/*.yaml)
     Setting("suite_dir", TEXT, "point it at a writable folder", check=not_blank),
-    Setting("recipe", TEXT, "pick whose fine-tuning preset", choices=SUITE_RECIPES),
+    Setting("recipe", TEXT, "pick whose fine-tuning preset (suite.recipes), or none", check=known_recipe),
     Setting("datasets", LIST, "e.g. datasets=[prom_300_all], or null (all)", optional=True, check=text_list),
     Setting("groups", LIST, "e.g. groups=[prom_core], or null (all)", optional=True, check=text_list),
     Setting("max_retries", INT, "reruns of a collapsed seed, e.g. max_retries=2", within=NON_NEGATIVE),
@@ -525,8 +528,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("suite.datasets.*.path", TEXT, "give every dataset its path under suite.data_dir", check=not_blank),
     Setting("suite.datasets.*.metric", TEXT, "the headline metric",
             choices=(*CLASSIFICATION_METRICS, *REGRESSION_METRICS)),
-    *suite_recipe_rows("dnabert2"),
-    *suite_recipe_rows("dnabert"),
+    *suite_recipe_rows(),
     Setting("suite.published.source", TEXT, "name where the published scores come from, or null", optional=True,
             check=not_blank),
     Setting("suite.published.scale", NUMBER, "100 for scores given in percent, else 1", within=POSITIVE),
@@ -754,7 +756,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
 
 # ------------------------------------------------------------------------------------------------ the walk
 def _concrete_keys(cfg: DictConfig, key: str) -> Iterator[str]:
-    """The keys `key` names in cfg: itself, or one per list entry for each `*`."""
+    """The keys `key` names in cfg: itself, or one per list entry (or group entry) for each `*`."""
     head, star, tail = key.partition(".*")
     if not star:
         yield key
@@ -763,6 +765,9 @@ def _concrete_keys(cfg: DictConfig, key: str) -> Iterator[str]:
     if isinstance(entries, ListConfig):
         for index in range(len(entries)):
             yield from _concrete_keys(cfg, f"{head}[{index}]{tail}")
+    elif isinstance(entries, DictConfig):
+        for name in entries:
+            yield from _concrete_keys(cfg, f"{head}.{name}{tail}")
 
 
 def _not_set(key: str) -> DnabertError:
