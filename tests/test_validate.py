@@ -260,6 +260,7 @@ SUITE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("datasets=[H3,H5]",), "datasets=['H5'] not in suite gue; choose from H3, H3K14ac"),
     (("groups=[emp]", "datasets=[tf_0]"), "select no dataset of suite gue together; loosen one of them"),
     (("datasets=[H3]", "seeds=[1,2]", "pair=2"), "pair=2: suite gue has 2 pairs with these settings"),
+    (("trainer.devices=2",), "suite.py trains each (dataset, seed) on one device, not 2"),
     (("suite.published.source=",), "suite.published.source='' is empty"),
     (("suite.published.scale=0",), "suite.published.scale=0 must be > 0"),
     (("suite.published.models={{DNABERT-2: {{H3: high}}}}",), "entry 'DNABERT-2' must map dataset names to numbers"),

@@ -15,6 +15,7 @@ that are finished.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dnabert.data.suites import dataset_files
 from dnabert.errors import DnabertError
-from dnabert.run.config import declared_device_count
 from dnabert.run.finetuning import run_finetune
 from dnabert.run.suite_report import SUITE_FILE, write_json, write_suite_card
 from dnabert.run.suite_stats import collapse_reason
@@ -36,7 +36,7 @@ from dnabert.run.validate import suite_selection, validate_config
 log = logging.getLogger("dnabert")
 
 RETRY_SEED_STEP = 1000  # a retry's seed: far from the configured ones, the same in every run of the suite
-# A recipe block's keys and the finetune.py setting each one sets (global_batch_size is divided by the devices).
+# A recipe block's keys and the finetune.py setting each one sets (and global_batch_size: batch_size, one device).
 PRESET_SETTINGS = {"lr": "optim.lr", "max_positions": "max_positions", "max_epochs": "max_epochs",
                    "max_train_steps": "max_train_steps", "warmup_steps": "warmup_steps",
                    "eval_every_n_steps": "eval_every_n_steps"}
@@ -75,20 +75,15 @@ def preset(cfg: DictConfig, dataset: SuiteDataset) -> dict[str, Any]:
                            f"{', '.join([*cfg.suite.recipes, 'none'])}.")
     for block in blocks:
         if block.datasets == "all" or dataset.name in block.datasets:
-            world = declared_device_count(cfg.trainer.accelerator, cfg.trainer.devices) * int(cfg.trainer.num_nodes)
-            if block.global_batch_size % world:
-                raise DnabertError(f"suite {cfg.suite.name}, recipe {cfg.recipe}: the global batch of "
-                                   f"{block.global_batch_size} does not divide over {world} devices; use a device "
-                                   "count that divides it.")
             settings = {setting: block[key] for key, setting in PRESET_SETTINGS.items()}
-            return {**settings, "batch_size": block.global_batch_size // world}
+            return {**settings, "batch_size": block.global_batch_size}  # one device per pair (validate.py)
     raise DnabertError(f"suite {cfg.suite.name}, recipe {cfg.recipe} has no preset for dataset {dataset.name}.")
 
 
 def pair_config(cfg: DictConfig, dataset: SuiteDataset, files: dict[str, Path], run_seed: int,
                 run_dir: Path) -> DictConfig:
     """finetune.py's config for one job: the suite's settings, the dataset as the task, the preset, one seed."""
-    pair = cfg.copy()
+    pair = copy.deepcopy(cfg)
     with open_dict(pair):
         pair.task = {"name": dataset.name, "train": str(files["train"]),
                      "dev": str(files["dev"]) if "dev" in files else None,

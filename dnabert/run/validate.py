@@ -736,6 +736,15 @@ def pair_in_suite(cfg: DictConfig) -> None:
                            f"x seeds); use pair=0..{count - 1}, e.g. 'pair=range(0,{count})' with -m.")
 
 
+def one_device_per_pair(cfg: DictConfig) -> None:
+    """A suite's pairs decide retries on the results of the one before: every pair trains in one process."""
+    devices = declared_device_count(cfg.trainer.accelerator, cfg.trainer.devices) * cfg.trainer.num_nodes
+    if devices > 1:
+        raise DnabertError(f"suite.py trains each (dataset, seed) on one device, not {devices} (trainer.devices="
+                           f"{cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}); set trainer.devices=1 "
+                           "and run pairs side by side as SLURM jobs (-m hydra/launcher=slurm 'pair=range(0,N)').")
+
+
 AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("trainer",), trainer_arguments),
     Agreement(("trainer.accelerator", "trainer.devices"), devices_available, on_this_machine=True),
@@ -751,6 +760,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("task.dev", "task.test", "task.dev_fraction", "task.test_fraction"), task_has_train_and_dev),
     Agreement(("selection_metric", "task.type"), selection_fits_task),
     Agreement(("pair", "seeds", "datasets", "groups", "suite.datasets"), pair_in_suite),
+    Agreement(("pair", "trainer.devices", "trainer.num_nodes"), one_device_per_pair),
 )
 
 
