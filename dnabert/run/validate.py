@@ -364,6 +364,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("suite.name", TEXT, "name the suite (suite.py names its experiment after it)", check=folder_name),
     Setting("experiment_name", TEXT, "pick an experiment (experiment=demo) or set experiment_name", check=folder_name),
     Setting("run_name", TEXT, "e.g. run_name=lr4e-4", check=folder_name),
+    Setting("suite_dir", TEXT, "point it at a writable folder (suite.py's paths.output_dir derives from it)",
+            check=not_blank),
     # before the rows whose defaults derive from it (model.vocab_size, data.k)
     Setting("tokenizer.k", INT, "set tokenizer.k to a supported k-mer size", choices=SUPPORTED_K),
     Setting("seed", INT, "e.g. seed=42", within=SEED),
@@ -508,7 +510,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("task.sequence_column", TEXT, "name the column holding the sequences", check=not_blank),
     Setting("task.label_column", TEXT, "name the column holding the labels", check=not_blank),
     # benchmark suites (configs/suite.yaml, configs/suite/*.yaml)
-    Setting("suite_dir", TEXT, "point it at a writable folder", check=not_blank),
     Setting("recipe", TEXT, "pick whose fine-tuning preset (suite.recipes), or none", check=known_recipe),
     Setting("datasets", LIST, "e.g. datasets=[prom_300_all], or null (all)", optional=True, check=text_list),
     Setting("groups", LIST, "e.g. groups=[prom_core], or null (all)", optional=True, check=text_list),
