@@ -110,7 +110,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {group} | {percent(g['mean'])} | {g['datasets']} |" for group, g in results["groups"].items()]
     average = f"{percent(results['average'])} over {results['average_over']} of {len(results['datasets'])} datasets"
     lines += ["", f"Suite average: {average}."]
-    lines += [f"Published average, {model}: {percent(value)}." for model, value in results["published_average"].items()]
+    lines += [f"Published average over the same datasets, {model}: {percent(value)}."
+              for model, value in results["published_average"].items()]
     lines += ["", f"Collapsed ({len(results['collapsed'])}):"]
     lines += [f"- {c['dataset']} seed {c['seed']}: " + "; ".join(c["tries"])
               for c in results["collapsed"]] or ["- none"]
@@ -133,16 +134,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     models = list(dict.fromkeys(m for e in results["datasets"].values() for m in e["published"]))
     width = 0.8 / (1 + len(models))
     figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(names) * (1 + len(models)) ** 0.5 + 2), 4.5))
+    labelled = set()
     for index, name in enumerate(names):
         entry = results["datasets"][name]
-        if entry["mean"] is not None:
-            axes.bar(index, 100 * entry["mean"], width, yerr=100 * (entry["sd"] or 0), capsize=2, color="C0",
-                     label="this backbone" if index == 0 else None)
-        for offset, model in enumerate(models, start=1):
-            if model in entry["published"]:
-                axes.bar(index + offset * width, 100 * entry["published"][model], width, color=f"C{offset}",
-                         label=model if index == 0 else None)
-    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=60, ha="right", fontsize=7)
+        bars = [("this backbone", 0, entry["mean"], entry["sd"])] if entry["mean"] is not None else []
+        bars += [(model, offset, entry["published"][model], None) for offset, model in enumerate(models, start=1)
+                 if model in entry["published"]]
+        for label, offset, value, spread in bars:
+            axes.bar(index + offset * width, 100 * value, width, yerr=None if spread is None else 100 * spread,
+                     capsize=2, color=f"C{offset}", label=None if label in labelled else label)
+            labelled.add(label)
+    axes.set_xticks([i + len(models) * width / 2 for i in range(len(names))], names, rotation=60, ha="right",
+                    fontsize=7)
     axes.set_ylabel("score x 100 (test; mean ± sd over seeds)")
     axes.set_title(f"{results['suite']}: {Path(results['pretrained']).name} vs published")
     axes.legend(fontsize=7)
