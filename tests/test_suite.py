@@ -106,3 +106,30 @@ def test_a_bad_suite_setting_is_one_line_before_anything_starts(tmp_path: Path) 
         f"dnabert: error: datasets=['{LEARNABLE}', '{COLLAPSING}'] and groups=['prom_300'] select no dataset of "
         "suite gue together; loosen one of them."]
     assert not outputs.exists()
+
+
+def test_the_recipes_give_each_dataset_its_script_settings(tmp_path: Path) -> None:
+    """The finetune.py settings a pair gets: DNABERT-2's run_dnabert2.sh for mouse TF (1000 steps at most, 30 warm-up
+    steps, 30 tokens) and DNABERT's run_dnabert1.sh for covid (9 epochs, global batch 8 x 4 GPUs x 4 accumulation);
+    recipe=none keeps the command line's."""
+    from hydra import compose, initialize_config_dir
+
+    from dnabert.run.suite import SuiteDataset, pair_config
+
+    def settings(recipe: str, dataset: SuiteDataset) -> dict:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose(config_name="suite", overrides=["suite=gue", f"suite.data_dir={tmp_path}", f"recipe={recipe}",
+                                                          "pretrained=none", "max_epochs=1"])
+        pair = pair_config(cfg, dataset, {"train": tmp_path / "train.csv", "dev": tmp_path / "dev.csv"}, 1001,
+                           tmp_path / "run")
+        keys = ("max_epochs", "max_train_steps", "warmup_steps", "eval_every_n_steps", "max_positions", "batch_size")
+        return {key: pair[key] for key in keys} | {"lr": pair.optim.lr, "seeds": list(pair.seeds),
+                                                   "test": pair.task.test, "dir": pair.paths.output_dir}
+
+    mouse = SuiteDataset("mouse_0", "tf_mouse", "mouse/0", "mcc")
+    assert settings("dnabert2", mouse) == {"max_epochs": 5, "max_train_steps": 1000, "warmup_steps": 30,
+                                           "eval_every_n_steps": 200, "max_positions": 30, "batch_size": 32,
+                                           "lr": 3e-5, "seeds": [1001], "test": None, "dir": str(tmp_path / "run")}
+    covid = settings("dnabert", SuiteDataset("covid", "virus", "virus/covid", "f1"))
+    assert (covid["max_epochs"], covid["batch_size"], covid["max_positions"]) == (9, 128, 512)
+    assert settings("none", mouse)["max_epochs"] == 1 and settings("none", mouse)["warmup_steps"] is None
