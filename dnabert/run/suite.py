@@ -69,11 +69,7 @@ def preset(cfg: DictConfig, dataset: SuiteDataset) -> dict[str, Any]:
     """The finetune.py settings of the recipe's block for this dataset ({} for recipe=none)."""
     if cfg.recipe == "none":
         return {}
-    blocks = cfg.suite.recipes.get(cfg.recipe)
-    if blocks is None:
-        raise DnabertError(f"recipe={cfg.recipe}: suite {cfg.suite.name} has no such preset; use one of "
-                           f"{', '.join([*cfg.suite.recipes, 'none'])}.")
-    for block in blocks:
+    for block in cfg.suite.recipes[cfg.recipe]:  # a recipe of this suite (dnabert.run.validate.known_recipe)
         if block.datasets == "all" or dataset.name in block.datasets:
             settings = {setting: block[key] for key, setting in PRESET_SETTINGS.items()}
             return {**settings, "batch_size": block.global_batch_size}  # one device per pair (validate.py)
