@@ -48,7 +48,7 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p"}
 HYDRA_FLAGS = {"--resolve", "-m", "--multirun"}
 SHELL_SEPARATORS = {"&&", "||", ";", "|"}
 REDIRECTIONS = {"<", ">", ">>", "2>"}
-CONFIG_NAMES = {"train.py": "train", "finetune.py": "finetune"}
+CONFIG_NAMES = {"train.py": "train", "finetune.py": "finetune", "suite.py": "suite"}
 
 
 @dataclass(frozen=True)

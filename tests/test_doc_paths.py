@@ -23,6 +23,7 @@ FILE_NAME = re.compile(r"(?<![\w./<>-])([\w*-]+\.(?:py|md|yaml|sh|tsv))\b(?![\w/
 # Named on purpose although they are not in the repository.
 ALLOWED = {
     "report.md", "overrides.yaml", "summary.md",  # written by a run (or by the GPU benchmark session)
+    "results.md", "compare.md",  # written by suite.py / dnabert.tools.suite_summary and suite_compare
     "train.tsv", "dev.tsv", "test.tsv", "my_task.tsv", "configs/data/my_species.yaml",  # users' files
 }
 

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dnabert"
-ENTRY_POINTS = ("train", "finetune")
+ENTRY_POINTS = ("train", "finetune", "suite")
 # Lower number = lower layer; a module may import its own layer or a lower one. `dnabert` itself (errors) is the base.
 LAYERS = {"dnabert": 0, "dnabert.data": 1, "dnabert.models": 2, "dnabert.tasks": 3, "dnabert.run": 4,
           "dnabert.tools": 5}

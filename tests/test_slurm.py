@@ -8,6 +8,7 @@ with an uninterrupted run: weights, run directory, wandb run, metrics history.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -152,6 +153,29 @@ def test_hydra_submitit_launcher_runs_a_sweep_job(slurm: dict[str, str], tmp_pat
         assert f"#SBATCH {line}" in script
     task_logs = "".join(p.read_text() for p in (outputs / "demo" / "multirun" / ".submitit").rglob("*_log.*"))
     assert "Starting with 2 processes" in task_logs and "Training from step 0 " in task_logs
+
+
+def test_suite_sweep_runs_one_job_per_pair_and_summarises_when_it_returns(slurm: dict[str, str],
+                                                                        tmp_path: Path) -> None:
+    """`python suite.py -m hydra/launcher=slurm 'pair=range(0,2)'`: one SLURM job per (dataset, seed) of a stand-in
+    GUE suite (2 datasets x 1 seed), and the result card once the sweep returns, from the finished pairs."""
+    from tests.test_suite import COLLAPSING, LEARNABLE, suite_command, write_stand_in_gue
+
+    outputs = tmp_path / "outputs"
+    command = suite_command(write_stand_in_gue(tmp_path), outputs, "seeds=[1]", "max_retries=0")
+    command[2:2] = ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null",
+                    "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]
+    result = subprocess.run([*command, "pair=range(0,2)"], env=slurm, cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    suite_dir = outputs / "suite_gue" / "none-none"
+    submitted = (suite_dir / "multirun" / ".submitit").iterdir()
+    tasks = [path.name for path in submitted if re.fullmatch(r"\d+_\d+", path.name)]
+    assert len(tasks) == 2  # one job (of a SLURM job array) per pair
+    results = json.loads((suite_dir / "results.json").read_text())
+    assert results["datasets"][LEARNABLE]["n"] == 1 and results["missing"] == []
+    assert [(c["dataset"], c["seed"]) for c in results["collapsed"]] == [(COLLAPSING, 1)]
+    assert f"collapsed: {COLLAPSING} seed 1" in result.stdout
 
 
 def test_a_requeue_is_refused_while_the_old_start_still_holds_the_run_directory(slurm: dict[str, str],

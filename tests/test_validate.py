@@ -27,7 +27,7 @@ from tests.conftest import DEMO_FASTA, ROOT
 
 PRETRAINING_GROUPS = ("data", "model", "tokenizer", "masking", "optim", "trainer", "logger", "callbacks", "paths",
                       "experiment")
-GROUPS = (*PRETRAINING_GROUPS, "task")  # task: fine-tuning's own
+GROUPS = (*PRETRAINING_GROUPS, "task", "suite")  # task: fine-tuning's own; suite: suite.py's
 SEQUENCES = ("data=sequences", "data.path={CSV}")
 
 # (overrides, fragment of the error). Group choices (data=sequences) are composed, the rest applied to the
@@ -202,6 +202,9 @@ FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("seeds=[1,1]",), "seeds=[1, 1] repeats a seed; give distinct seeds, e.g. seeds=[1,2,3]"),
     (("seeds=[1,-2]",), "seeds=[1, -2] must list whole-number seeds in [0, 4294967295]"),
     (("max_epochs=0",), "max_epochs=0 must be >= 1; e.g. max_epochs=3"),
+    (("max_train_steps=0",), "max_train_steps=0 must be >= 1; or null (max_epochs decide)"),
+    (("warmup_steps=-5",), "warmup_steps=-5 must be >= 0; or null (optim.warmup_fraction)"),
+    (("eval_every_n_steps=0",), "eval_every_n_steps=0 must be >= 1; or null (every epoch)"),
     (("batch_size=0",), "batch_size=0 must be >= 1"),
     (("freeze_backbone=maybe",), "freeze_backbone='maybe' is not true or false"),
     (("dropout=1",), "dropout=1 must be in [0, 1)"),
@@ -228,6 +231,45 @@ FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("task.dev_fraction=0.5", "task.test_fraction=0.5"),
      "task.dev_fraction=0.5 + task.test_fraction=0.5 leave no training rows"),
     (("task.type=regression", "selection_metric=mcc"), "selection_metric='mcc' is not a regression metric"),
+]
+
+# The same for suite.py (configs/suite.yaml, suite=gue with pretrained=none unless the case sets it).
+SUITE_ROWS: list[tuple[tuple[str, ...], str]] = [
+    (("suite_dir=' '",), "suite_dir=' ' is empty"),
+    (("recipe=dnabert3",), "recipe='dnabert3' is not one of dnabert2, dnabert, none"),
+    (("datasets=[1]",), "datasets=[1] must list names (text)"),
+    (("groups=['']",), "groups=[''] must list names (text)"),
+    (("max_retries=-1",), "max_retries=-1 must be >= 0"),
+    (("pair=-1",), "pair=-1 must be >= 0"),
+    (("summarise=maybe",), "summarise='maybe' is not true or false"),
+    (("suite.name=a/b",), "suite.name='a/b' becomes a folder name"),
+    (("suite.layout=zip",), "suite.layout='zip' is not one of gue, genomic_benchmarks, nt, files"),
+    (("suite.data_dir={DIR}/GUE",), "GUE' does not exist; point it at an existing file or folder"),
+    (("suite.dev_fraction=0",), "suite.dev_fraction=0 must be in (0, 1)"),
+    (("suite.test_fraction=1",), "suite.test_fraction=1 must be in [0, 1)"),
+    (("suite.datasets=7",), "suite.datasets=7 is not a list"),
+    (("suite.datasets.0.name=a b",), "suite.datasets[0].name='a b' becomes a folder name"),
+    (("suite.datasets.0.group=",), "suite.datasets[0].group='' is empty"),
+    (("suite.datasets.0.path=",), "suite.datasets[0].path='' is empty"),
+    (("suite.datasets.0.metric=auc",), "suite.datasets[0].metric='auc' is not one of accuracy"),
+    *[row for recipe in ("dnabert2", "dnabert") for row in (
+        ((f"suite.recipes.{recipe}=7",), f"suite.recipes.{recipe}=7 is not a list"),
+        ((f"suite.recipes.{recipe}.0.datasets=some",), "must be all or a list of the suite's dataset names"),
+        ((f"suite.recipes.{recipe}.0.lr=0",), f"suite.recipes.{recipe}[0].lr=0 must be > 0"),
+        ((f"suite.recipes.{recipe}.0.global_batch_size=0",), "global_batch_size=0 must be >= 1"),
+        ((f"suite.recipes.{recipe}.0.max_positions=2",), "max_positions=2 must be >= 3"),
+        ((f"suite.recipes.{recipe}.0.max_epochs=0",), "max_epochs=0 must be >= 1"),
+        ((f"suite.recipes.{recipe}.0.max_train_steps=0",), "max_train_steps=0 must be >= 1"),
+        ((f"suite.recipes.{recipe}.0.warmup_steps=-1",), "warmup_steps=-1 must be >= 0"),
+        ((f"suite.recipes.{recipe}.0.eval_every_n_steps=0",), "eval_every_n_steps=0 must be >= 1"),
+    )],
+    (("datasets=[H3,H5]",), "datasets=['H5'] not in suite gue; choose from H3, H3K14ac"),
+    (("groups=[emp]", "datasets=[tf_0]"), "select no dataset of suite gue together; loosen one of them"),
+    (("datasets=[H3]", "seeds=[1,2]", "pair=2"), "pair=2: suite gue has 2 pairs with these settings"),
+    (("trainer.devices=2",), "suite.py trains each (dataset, seed) on one device, not 2"),
+    (("suite.published.source=",), "suite.published.source='' is empty"),
+    (("suite.published.scale=0",), "suite.published.scale=0 must be > 0"),
+    (("suite.published.models={{DNABERT-2: {{H3: high}}}}",), "entry 'DNABERT-2' must map dataset names to numbers"),
 ]
 
 
@@ -282,9 +324,26 @@ def test_each_bad_finetune_setting_is_one_clear_error(files, overrides: tuple[st
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("overrides", "fragment"), SUITE_ROWS,
+                         ids=[" ".join(overrides) for overrides, _ in SUITE_ROWS])
+def test_each_bad_suite_setting_is_one_clear_error(files, overrides: tuple[str, ...], fragment: str) -> None:
+    cfg = config_with("suite=gue", f"suite.data_dir={files['DIR']}", "pretrained=none",
+                      *(override.format(**files) for override in overrides), entry="suite")
+    with pytest.raises(DnabertError) as caught:
+        validate_config(cfg)
+    message = str(caught.value)
+    assert fragment.format(**files) in message
+    assert "\n" not in message
+
+
+def as_row_key(key: str) -> str:
+    """The row a concrete key falls under: list entries and recipe names become `*` (suite.recipes.*.*.lr)."""
+    return re.sub(r"^suite\.recipes\.\w+", "suite.recipes.*", re.sub(r"\.\d+(?=\.|$)", ".*", key))
+
+
 def test_every_row_of_the_schema_has_a_bad_case() -> None:
-    tried = {re.sub(r"\.\d+(?=\.)", ".*", o.split("=")[0].lstrip("+"))
-             for overrides, _ in ROWS + FINETUNE_ROWS for o in overrides}
+    tried = {as_row_key(o.split("=")[0].lstrip("+")) for overrides, _ in ROWS + FINETUNE_ROWS + SUITE_ROWS
+             for o in overrides}
     assert [setting.key for setting in SETTINGS if setting.key not in tried] == []
 
 
@@ -328,6 +387,22 @@ def test_shipped_configs_are_valid_and_every_value_has_a_row(files, monkeypatch,
 
 
 FINETUNE_OPTIONS = sorted(f"task={option.stem}" for option in (ROOT / "configs" / "task").glob("*.yaml"))
+
+
+SUITE_OPTIONS = sorted(f"suite={option.stem}" for option in (ROOT / "configs" / "suite").glob("*.yaml"))
+# The published scores are data (model -> dataset -> score), checked as one value.
+SUITE_DATA = re.compile(r"suite\.published\.models\..*")
+
+
+@pytest.mark.parametrize("option", SUITE_OPTIONS)
+def test_shipped_suite_configs_are_valid_and_every_value_has_a_row(files, option: str) -> None:
+    cfg = config_with(option, "pretrained=none", f"suite.data_dir={files['DIR']}", entry="suite")
+    validate_config(cfg)
+    rows = {setting.key for setting in SETTINGS}
+    uncovered = [as_row_key(key) for key in leaf_keys(cfg)]
+    uncovered = [key for key in uncovered if key not in rows and not NOT_SETTINGS.fullmatch(key)
+                 and not SUITE_DATA.fullmatch(key)]
+    assert uncovered == [], f"add rows to dnabert.run.validate.SETTINGS for {uncovered}"
 
 
 @pytest.mark.parametrize("option", FINETUNE_OPTIONS)

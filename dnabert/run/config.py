@@ -107,6 +107,12 @@ def backbone_name(pretrained: object) -> str:
     return f"{path.parent.name}-{path.name}"
 
 
+def suite_job_dir(suite_dir: str, pair: int | None) -> str:
+    """suite.py's run directory: the suite's folder, or for one job of a sweep (`pair=`) its own folder in it, so
+    that each job claims a directory of its own (dnabert.run.run_claim)."""
+    return suite_dir if pair is None else f"{suite_dir}/multirun/pair-{pair}"
+
+
 def register_resolvers() -> None:
     """Make the derived values usable in YAML: ${vocab_size:${k}}, ${accumulation:...}, ${mask_switch:...}."""
     resolvers = {
@@ -116,6 +122,7 @@ def register_resolvers() -> None:
         "precision": auto_precision,
         "wandb_run_id": _wandb_run_id_resolver,
         "backbone_name": backbone_name,
+        "suite_job_dir": suite_job_dir,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -264,6 +264,15 @@ def seeds_of(cfg: DictConfig) -> list[int]:
     return [int(seed) for seed in cfg.seeds] if cfg.get("seeds") else [int(cfg.seed)]
 
 
+def evaluation_schedule(cfg: DictConfig, max_steps: int) -> dict[str, Any]:
+    """The Trainer's dev schedule: every epoch, or every `eval_every_n_steps` optimiser steps across epochs (as the
+    DNABERT-2 scripts' `--eval_steps`); at most every max_steps, so a short run still evaluates once."""
+    every = cfg.get("eval_every_n_steps")
+    if not every:
+        return {"check_val_every_n_epoch": 1}
+    return {"check_val_every_n_epoch": None, "val_check_interval": min(int(every), max_steps)}
+
+
 def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: int, seed_dir: Path,
                    devices: int) -> dict[str, Any] | None:
     """Train one seed, evaluate its best-on-dev checkpoint on every split (on global rank 0; other ranks get {});
@@ -271,12 +280,16 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
     selection = selection_metric(cfg.selection_metric, data.labels.task_type)
     L.seed_everything(seed, workers=True, verbose=False)
     classifier = build_classifier(backbone, data.labels.num_outputs, seed, float(cfg.dropout))
+    optim = {**OmegaConf.to_container(cfg.optim, resolve=True), "warmup_steps": cfg.get("warmup_steps")}
     module = FineTuneModule(
-        classifier, data.labels.task_type, OmegaConf.to_container(cfg.optim, resolve=True), seed, selection,
+        classifier, data.labels.task_type, optim, seed, selection,
         freeze_backbone=bool(cfg.freeze_backbone), backbone=backbone.describe(), labels=list(data.labels.names),
     )
     task_loaders = TaskLoaders(data, int(cfg.batch_size), seed, int(cfg.num_workers))
     steps_per_epoch = math.ceil(len(data.splits["train"]) / (int(cfg.batch_size) * devices * cfg.trainer.num_nodes))
+    max_steps = int(cfg.max_epochs) * steps_per_epoch
+    if cfg.get("max_train_steps"):
+        max_steps = min(max_steps, int(cfg.max_train_steps))
     best = ModelCheckpoint(
         dirpath=seed_dir / "checkpoints", filename="best-epoch-{epoch:02d}", auto_insert_metric_name=False,
         monitor=f"dev/{selection}", mode="min" if selection in LOWER_IS_BETTER else "max", save_top_k=1,
@@ -289,8 +302,10 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
     trainer_cfg.pop("val_every_n_steps", None)
     trainer_cfg.update(
         devices=devices, precision=auto_precision(str(cfg.trainer.precision), cfg.trainer.accelerator),
-        max_epochs=int(cfg.max_epochs), max_steps=int(cfg.max_epochs) * steps_per_epoch,
-        check_val_every_n_epoch=1, use_distributed_sampler=True, default_root_dir=str(seed_dir),
+        # max_steps ends the run (max_epochs x steps per epoch, or max_train_steps): Lightning counts an epoch twice
+        # when it resumes from the checkpoint that the end-of-epoch dev evaluation saved, and would stop early.
+        max_epochs=-1, max_steps=max_steps, **evaluation_schedule(cfg, max_steps),
+        use_distributed_sampler=True, default_root_dir=str(seed_dir),
         callbacks=[best, StepProgressBar(), *cluster_callbacks(str(seed_dir))],
         logger=loggers or False, plugins=run_plugins(cfg.trainer.num_nodes, devices),
     )

@@ -36,6 +36,7 @@ from dnabert.data.datamodule import check_pack_row_tokens
 from dnabert.data.labelled import TASK_TYPES
 from dnabert.data.masking import MASKING_MODES
 from dnabert.data.sources import FORMATS
+from dnabert.data.suites import LAYOUTS
 from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.data.tokenizers.special import NUM_SPECIAL_TOKENS
 from dnabert.data.windows import LENGTH_RULES
@@ -50,7 +51,7 @@ from dnabert.run.config import (
     runs_on_gpu,
 )
 from dnabert.run.estimate import GPU_PEAK_FLOPS, peak_flops_for
-from dnabert.tasks.metrics import SELECTION_METRICS, selection_metric
+from dnabert.tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, SELECTION_METRICS, selection_metric
 
 # What is wrong with a value ("is empty"), with its own fix after "; " where the row's would not fit ("is not
 # readable; fix its permissions"), or None when the value is fine.
@@ -316,13 +317,55 @@ def _precisions() -> tuple[Any, ...]:
     return ("auto", *(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal)))
 
 
+def text_list(value: list, cfg: DictConfig) -> str | None:
+    return None if all(isinstance(name, str) and name for name in value) else "must list names (text)"
+
+
+def recipe_datasets(value: str | list, cfg: DictConfig) -> str | None:
+    if value == "all" or (isinstance(value, list) and not text_list(value, cfg)):
+        return None
+    return "must be all or a list of the suite's dataset names"
+
+
+def published_scores(value: dict, cfg: DictConfig) -> str | None:
+    for model, scores in value.items():
+        if not isinstance(scores, dict) or not all(_is_kind(v, NUMBER) for v in scores.values()):
+            return f"entry {model!r} must map dataset names to numbers"
+    return None
+
+
+def known_recipe(value: str, cfg: DictConfig) -> str | None:
+    """A preset of the suite's config (suite.recipes: the authors' names), or none (finetune.py's settings)."""
+    choices = [*OmegaConf.select(cfg, "suite.recipes", default={}), "none"]
+    return None if value in choices else f"is not one of {', '.join(choices)}"
+
+
+def suite_recipe_rows() -> tuple[Setting, ...]:
+    """The rows of every recipe's preset blocks (configs/suite/*.yaml, suite.recipes.<recipe>: a list of blocks)."""
+    key = "suite.recipes.*"
+    return (
+        Setting(key, LIST, "list preset blocks {datasets, lr, global_batch_size, ...}"),
+        Setting(f"{key}.*.datasets", (str, list), "e.g. datasets: [H3, H4] or all", check=recipe_datasets),
+        Setting(f"{key}.*.lr", NUMBER, "e.g. lr: 3.0e-5", within=POSITIVE),
+        Setting(f"{key}.*.global_batch_size", INT, "e.g. global_batch_size: 32", within=AT_LEAST_1),
+        Setting(f"{key}.*.max_positions", INT, "or null (the backbone's)", optional=True, within=Range(3)),
+        Setting(f"{key}.*.max_epochs", INT, "e.g. max_epochs: 3", within=AT_LEAST_1),
+        Setting(f"{key}.*.max_train_steps", INT, "or null", optional=True, within=AT_LEAST_1),
+        Setting(f"{key}.*.warmup_steps", INT, "or null (optim.warmup_fraction)", optional=True, within=NON_NEGATIVE),
+        Setting(f"{key}.*.eval_every_n_steps", INT, "or null (every epoch)", optional=True, within=AT_LEAST_1),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ the table
 _TO_FASTA = "point it at a FASTA file, e.g. data.fasta=/data/GRCh38.fa"
 SETTINGS: tuple[Setting, ...] = (
-    # top level (configs/train.yaml); fine-tuning names its experiment after task.name, which comes first
+    # top level (configs/train.yaml); fine-tuning (suites) names its experiment after task.name (suite.name), first
     Setting("task.name", TEXT, "name the task, e.g. task.name=promoters", check=folder_name),
+    Setting("suite.name", TEXT, "name the suite (suite.py names its experiment after it)", check=folder_name),
     Setting("experiment_name", TEXT, "pick an experiment (experiment=demo) or set experiment_name", check=folder_name),
     Setting("run_name", TEXT, "e.g. run_name=lr4e-4", check=folder_name),
+    Setting("suite_dir", TEXT, "point it at a writable folder (suite.py's paths.output_dir derives from it)",
+            check=not_blank),
     # before the rows whose defaults derive from it (model.vocab_size, data.k)
     Setting("tokenizer.k", INT, "set tokenizer.k to a supported k-mer size", choices=SUPPORTED_K),
     Setting("seed", INT, "e.g. seed=42", within=SEED),
@@ -449,6 +492,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seeds", LIST, "give distinct seeds, e.g. seeds=[1,2,3], or null (one run with seed)", optional=True,
             check=distinct_seeds),
     Setting("max_epochs", INT, "e.g. max_epochs=3", within=AT_LEAST_1),
+    Setting("max_train_steps", INT, "or null (max_epochs decide)", optional=True, within=AT_LEAST_1),
+    Setting("warmup_steps", INT, "or null (optim.warmup_fraction)", optional=True, within=NON_NEGATIVE),
+    Setting("eval_every_n_steps", INT, "or null (every epoch)", optional=True, within=AT_LEAST_1),
     Setting("batch_size", INT, "sequences per optimiser step per device, e.g. batch_size=32", within=AT_LEAST_1),
     Setting("freeze_backbone", BOOL, "use true (a linear probe) or false"),
     Setting("dropout", NUMBER, "e.g. dropout=0.1", within=PROBABILITY),
@@ -470,6 +516,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("task.type", TEXT, "auto tells regression from non-integer labels", choices=TASK_TYPES),
     Setting("task.sequence_column", TEXT, "name the column holding the sequences", check=not_blank),
     Setting("task.label_column", TEXT, "name the column holding the labels", check=not_blank),
+    # benchmark suites (configs/suite.yaml, configs/suite/*.yaml)
+    Setting("recipe", TEXT, "pick whose fine-tuning preset (suite.recipes), or none", check=known_recipe),
+    Setting("datasets", LIST, "e.g. datasets=[prom_300_all], or null (all)", optional=True, check=text_list),
+    Setting("groups", LIST, "e.g. groups=[prom_core], or null (all)", optional=True, check=text_list),
+    Setting("max_retries", INT, "reruns of a collapsed seed, e.g. max_retries=2", within=NON_NEGATIVE),
+    Setting("pair", INT, "one job's index, e.g. pair=0, or null (every pair)", optional=True, within=NON_NEGATIVE),
+    Setting("summarise", BOOL, "use true or false"),
+    Setting("suite.layout", TEXT, "how the suite's files are laid out", choices=LAYOUTS),
+    Setting("suite.data_dir", TEXT, "point it at the suite's folder (python -m dnabert.tools.fetch_suite)",
+            check=existing_path, on_disk=True),
+    Setting("suite.dev_fraction", NUMBER, "the share of train held out for dev where no dev file exists",
+            within=OPEN_FRACTION),
+    Setting("suite.test_fraction", NUMBER, "the share of train held out for test where no test file exists",
+            within=PROBABILITY),
+    Setting("suite.datasets", LIST, "list the datasets as {name, group, path, metric}"),
+    Setting("suite.datasets.*.name", TEXT, "name every dataset", check=folder_name),
+    Setting("suite.datasets.*.group", TEXT, "give every dataset a group", check=not_blank),
+    Setting("suite.datasets.*.path", TEXT, "give every dataset its path under suite.data_dir", check=not_blank),
+    Setting("suite.datasets.*.metric", TEXT, "the headline metric",
+            choices=(*CLASSIFICATION_METRICS, *REGRESSION_METRICS)),
+    *suite_recipe_rows(),
+    Setting("suite.published.source", TEXT, "name where the published scores come from, or null", optional=True,
+            check=not_blank),
+    Setting("suite.published.scale", NUMBER, "100 for scores given in percent, else 1", within=POSITIVE),
+    Setting("suite.published.models", (dict,), "map model names to {dataset: score}", check=published_scores),
     # trainer (configs/trainer/*.yaml)
     Setting("trainer.accelerator", TEXT, "use cpu, gpu or auto",
             choices=("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))),
@@ -654,6 +725,40 @@ def one_genome_source(cfg: DictConfig) -> None:
         raise DnabertError("No genome given: set data.fasta=/path/to/genome.fa (or data.genomes).")
 
 
+def suite_selection(cfg: DictConfig) -> list[str]:
+    """The names of the suite's datasets that `datasets=` and `groups=` select; an unknown name or an empty
+    selection is refused (dnabert.run.suite runs what this returns)."""
+    rows = cfg.suite.datasets
+    for setting, names, choices in (("datasets", cfg.datasets, [row.name for row in rows]),
+                                    ("groups", cfg.groups, list(dict.fromkeys(row.group for row in rows)))):
+        unknown = [name for name in names or () if name not in choices]
+        if unknown:
+            raise DnabertError(f"{setting}={unknown} not in suite {cfg.suite.name}; choose from {', '.join(choices)}.")
+    chosen = [row.name for row in rows if (not cfg.datasets or row.name in cfg.datasets)
+              and (not cfg.groups or row.group in cfg.groups)]
+    if not chosen:
+        raise DnabertError(f"datasets={list(cfg.datasets)} and groups={list(cfg.groups)} select no dataset of suite "
+                           f"{cfg.suite.name} together; loosen one of them.")
+    return chosen
+
+
+def pair_in_suite(cfg: DictConfig) -> None:
+    """`pair=` counts the (dataset, seed) jobs dataset by dataset, seed by seed."""
+    count = len(suite_selection(cfg)) * len(cfg.seeds)
+    if cfg.pair is not None and cfg.pair >= count:
+        raise DnabertError(f"pair={cfg.pair}: suite {cfg.suite.name} has {count} pairs with these settings (datasets "
+                           f"x seeds); use pair=0..{count - 1}, e.g. 'pair=range(0,{count})' with -m.")
+
+
+def one_device_per_pair(cfg: DictConfig) -> None:
+    """A suite's pairs decide retries on the results of the one before: every pair trains in one process."""
+    devices = declared_device_count(cfg.trainer.accelerator, cfg.trainer.devices) * cfg.trainer.num_nodes
+    if devices > 1:
+        raise DnabertError(f"suite.py trains each (dataset, seed) on one device, not {devices} (trainer.devices="
+                           f"{cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}); set trainer.devices=1 "
+                           "and run pairs side by side as SLURM jobs (-m hydra/launcher=slurm 'pair=range(0,N)').")
+
+
 AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("trainer",), trainer_arguments),
     Agreement(("trainer.accelerator", "trainer.devices"), devices_available, on_this_machine=True),
@@ -669,12 +774,14 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("probe.variants.vcf", "probe.variants.reference"), variant_probe_has_reference),
     Agreement(("task.dev", "task.test", "task.dev_fraction", "task.test_fraction"), task_has_train_and_dev),
     Agreement(("selection_metric", "task.type"), selection_fits_task),
+    Agreement(("pair", "seeds", "datasets", "groups", "suite.datasets"), pair_in_suite),
+    Agreement(("pair", "trainer.devices", "trainer.num_nodes"), one_device_per_pair),
 )
 
 
 # ------------------------------------------------------------------------------------------------ the walk
 def _concrete_keys(cfg: DictConfig, key: str) -> Iterator[str]:
-    """The keys `key` names in cfg: itself, or one per list entry for each `*`."""
+    """The keys `key` names in cfg: itself, or one per list entry (or group entry) for each `*`."""
     head, star, tail = key.partition(".*")
     if not star:
         yield key
@@ -683,6 +790,9 @@ def _concrete_keys(cfg: DictConfig, key: str) -> Iterator[str]:
     if isinstance(entries, ListConfig):
         for index in range(len(entries)):
             yield from _concrete_keys(cfg, f"{head}[{index}]{tail}")
+    elif isinstance(entries, DictConfig):
+        for name in entries:
+            yield from _concrete_keys(cfg, f"{head}.{name}{tail}")
 
 
 def _not_set(key: str) -> DnabertError:

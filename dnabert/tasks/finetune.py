@@ -183,7 +183,9 @@ class FineTuneModule(L.LightningModule):
         optim = self.optim_config
         optimizer = build_adamw(self.classifier, optim, str(self.trainer.precision))
         total_steps = int(self.trainer.estimated_stepping_batches)
-        warmup_steps = math.ceil(optim["warmup_fraction"] * total_steps)
+        warmup_steps = optim.get("warmup_steps")  # set: a number of steps (the DNABERT-2 scripts' presets)
+        if warmup_steps is None:
+            warmup_steps = math.ceil(optim["warmup_fraction"] * total_steps)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
