@@ -4,7 +4,6 @@ file is cached by settings and genome identity."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from dnabert.errors import DnabertError
 from dnabert.tools.bpe import main
 from tests.conftest import windows_in_rows
 from tests.dnabert2_release import PUBLISHED_ORDER, in_project_order, train_published_tokenizer, write_original_release
-from tests.training_runs import assert_same_weights, final_weights, metric_by_step, train
+from tests.training_runs import assert_same_weights
 
 VOCAB = 300  # small: trains in well under a second, still hundreds of merges
 TRAIN_BP = 60_000
@@ -253,32 +252,6 @@ def test_token_masking_rate_and_replacements() -> None:
     assert replacements.min() >= NUM_SPECIAL_TOKENS and replacements.max() < vocab
     assert replacements.max() > 3000  # drawn over the whole vocabulary, not the 4^k k-mer range of k=3..5
     assert torch.equal(masked_ids[~masked], input_ids[~masked])
-
-
-# The DNABERT-2 family (dnabert.models.dnabert2) when it is in the tree; until then BERT on the same BPE data path.
-RUN_MODEL = "dnabert2_tiny" if importlib.util.find_spec("dnabert.models.dnabert2") else "tiny"
-RUN = ("experiment=dnabert2_demo", f"model={RUN_MODEL}", "tokenizer.train_bp=200000", "tokenizer.vocab_size=512",
-       "tokenizer.window_bp=300", "max_steps=8", "trainer.val_every_n_steps=4", "data.num_workers=0")
-
-
-@pytest.mark.slow
-def test_dnabert2_demo_sized_run_resumes_exactly(tmp_path: Path) -> None:
-    """Train 8 steps; a second run started from the first one's step-4 checkpoint reuses the cached tokenizer and
-    ends with the same weights and losses. The report judges the run against ln V of its BPE vocabulary."""
-    output = train(tmp_path, "full", *RUN)
-    assert "Training a BPE tokenizer (vocabulary 512)" in output and "vocabulary 512 (BPE)" in output
-    full = tmp_path / "dnabert2_demo" / "full"
-    step_4 = full / "checkpoints" / "step-0000004.ckpt"
-    output = train(tmp_path, "resumed", *RUN, f"ckpt_path='{step_4}'")
-    assert "(cached)" in output and "Training a BPE tokenizer" not in output
-    assert "Training from step 4 " in output
-    resumed = tmp_path / "dnabert2_demo" / "resumed"
-    assert_same_weights(final_weights(resumed), final_weights(full))
-    for metric in ("train/loss", "val/loss", "lr"):
-        expected = {s: v for s, v in metric_by_step(full, metric).items() if s >= 4}
-        assert metric_by_step(resumed, metric) == pytest.approx(expected, rel=1e-6, abs=1e-7), metric
-    report = (full / "report.md").read_text()
-    assert f"| uniform baseline | {np.log(507):.4f} (ln(507)) |" in report  # 512 tokens less the 5 specials
 
 
 def test_dnabert2_paper_recipe_and_estimate(compose_config, genome: Path) -> None:
