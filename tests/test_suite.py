@@ -109,9 +109,9 @@ def test_a_bad_suite_setting_is_one_line_before_anything_starts(tmp_path: Path) 
 
 
 def test_the_recipes_give_each_dataset_its_script_settings(tmp_path: Path) -> None:
-    """The finetune.py settings a pair gets: DNABERT-2's run_dnabert2.sh for mouse TF (1000 steps at most, 30 warm-up
-    steps, 30 tokens) and DNABERT's run_dnabert1.sh for covid (9 epochs, global batch 8 x 4 GPUs x 4 accumulation);
-    recipe=none keeps the command line's."""
+    """The finetune.py settings a pair gets: DNABERT-2's finetune/scripts/run_dnabert2.sh for mouse TF (1000 steps
+    at most, 30 warm-up steps, 30 tokens) and DNABERT's finetune/scripts/run_dnabert1.sh for covid (9 epochs, global
+    batch 8 x 4 GPUs x 4 accumulation); recipe=none keeps the command line's."""
     from hydra import compose, initialize_config_dir
 
     from dnabert.run.suite import SuiteDataset, pair_config
