@@ -362,3 +362,15 @@ def test_a_bpe_model_directory_scores_through_the_command_line_as_in_process(tmp
     expected = [row.score if row.score is not None else math.nan for row in rows]
     np.testing.assert_allclose(table["score"].to_numpy(dtype=float), expected, atol=1e-5)
     assert table["status"].tolist() == [row.status for row in rows] and SCORED in table["status"].tolist()
+
+
+def test_the_bundled_variants_match_the_bundled_genome_and_all_score(tmp_path: Path, exported_backbone: Path) -> None:
+    """data/variants/chr22_random_snvs.vcf (the README's example) fits data/genomes/human_chr22_20-21M.fa: every
+    REF is the FASTA's base and every row is scored."""
+    vcf = ROOT / "data" / "variants" / "chr22_random_snvs.vcf"
+    out = tmp_path / "scores.tsv"
+    assert main([str(exported_backbone), str(ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"), str(vcf),
+                 str(out)]) == 0
+    table = pd.read_csv(out, sep="\t")
+    assert len(table) == len(read_vcf(vcf)) == 24
+    assert set(table["status"]) == {SCORED} and table["score"].notna().all()
