@@ -20,6 +20,11 @@ DEMO_FASTA = ROOT / "data" / "genomes" / "human_chr22_20-21M.fa"
 
 os.environ.setdefault("DNABERT_ROOT", str(ROOT))
 register_resolvers()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n`: one test process per core already; a second torch thread in each (and in the runs they start)
+    # would only wait for a busy core, which makes the tests' tiny models many times slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
