@@ -73,7 +73,8 @@ def resolve_targets(encoder: nn.Module, family: ModelFamily, configured: list[st
 
 
 def _example_suffix(layers: list[str]) -> str:
-    deepest = max(layers, key=lambda name: name.count("."), default="")
+    """The last of the deepest layers, by its last two names (`output.dense`)."""
+    deepest = max(reversed(layers), key=lambda name: name.count("."), default="")
     return ".".join(deepest.split(".")[-2:])
 
 

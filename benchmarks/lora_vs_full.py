@@ -1,0 +1,111 @@
+"""LoRA adapters against full fine-tuning on the bundled promoter task: trainable parameters, what a seed saves,
+wall and CPU time, test MCC over seeds.
+
+Each variant is one `python finetune.py` run (all seeds, one after another, 3 epochs, the defaults of
+configs/finetune.yaml) in a fresh subprocess on the same backbone; the CPU time is the subprocess's user + system
+time, which another job on the machine inflates less than the wall time. "saved" is what a seed needs beyond the
+backbone: the whole exported model (hf_model/model.safetensors) for full fine-tuning, the adapter folder
+(adapter weights + head) for LoRA. The ratios are LoRA's over full fine-tuning's.
+
+    python train.py experiment=demo                                     # the backbone (a few minutes on a CPU)
+    python -m benchmarks.lora_vs_full --pretrained outputs/demo/default
+    python -m benchmarks.lora_vs_full --pretrained outputs/demo/default --seeds 1 2 3 --lora-lr 1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_variant(name: str, overrides: list[str], pretrained: str, seeds: list[int], out: Path) -> dict:
+    """One finetune.py run; its wall and CPU seconds and its results.json."""
+    command = [sys.executable, str(ROOT / "finetune.py"), f"pretrained={pretrained}",
+               f"seeds=[{','.join(map(str, seeds))}]", f"run_name={name}", f"paths.output_root={out}", *overrides]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if finished.returncode != 0:
+        sys.exit(f"{name} failed ({' '.join(command)}):\n{finished.stderr[-3000:]}")
+    run_dir = next(out.glob(f"*/{name}"))
+    results = json.loads((run_dir / "results.json").read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"name": name, "overrides": overrides, "wall_s": wall, "cpu_s": cpu, "run_dir": run_dir,
+            "results": results, "saved_bytes": saved_bytes(run_dir / f"seed_{seeds[0]}")}
+
+
+def saved_bytes(seed_dir: Path) -> int:
+    """The adapter folder of a LoRA seed, else the exported model's weights."""
+    adapter = seed_dir / "adapter"
+    if adapter.is_dir():
+        return sum(path.stat().st_size for path in adapter.iterdir() if path.suffix in (".safetensors", ".json"))
+    return (seed_dir / "hf_model" / "model.safetensors").stat().st_size
+
+
+def summary(variant: dict) -> dict:
+    results = variant["results"]
+    test_mcc = [seed["metrics"]["test"]["mcc"] for seed in results["seeds"]]
+    return {"trainable": results["seeds"][0]["parameters"]["trainable"],
+            "total": results["seeds"][0]["parameters"]["total"],
+            "mcc_mean": statistics.fmean(test_mcc), "mcc_sd": statistics.stdev(test_mcc) if len(test_mcc) > 1 else 0.0,
+            "mcc": test_mcc}
+
+
+def table(variants: list[dict]) -> str:
+    full = summary(variants[0])
+    lines = ["| variant | trainable parameters | saved per seed | wall | CPU | test MCC (mean ± sd) | per seed |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for variant in variants:
+        row = summary(variant)
+        ratio = variant is not variants[0]
+
+        def vs(value: float, reference: float) -> str:
+            return f" ({value / reference:.3g}x)" if ratio else ""
+
+        lines.append(
+            f"| {variant['name']} ({' '.join(variant['overrides']) or 'defaults'}) "
+            f"| {row['trainable']:,} of {row['total']:,}{vs(row['trainable'], full['trainable'])} "
+            f"| {variant['saved_bytes'] / 1e6:.3f} MB{vs(variant['saved_bytes'], variants[0]['saved_bytes'])} "
+            f"| {variant['wall_s']:.0f} s{vs(variant['wall_s'], variants[0]['wall_s'])} "
+            f"| {variant['cpu_s']:.0f} s{vs(variant['cpu_s'], variants[0]['cpu_s'])} "
+            f"| {row['mcc_mean']:.3f} ± {row['mcc_sd']:.3f} | {', '.join(f'{m:.3f}' for m in row['mcc'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pretrained", required=True, help="the backbone: a run directory, .ckpt or model folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--lora-lr", type=float, default=1e-3,
+                        help="a second LoRA run at this learning rate (LoRA usually wants a higher one); 0: none")
+    parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary folder)")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="lora_vs_full."))
+    variants = [("full", []), ("lora", ["adapter=lora"])]
+    if args.lora_lr:
+        variants.append(("lora_lr", ["adapter=lora", f"optim.lr={args.lora_lr:g}"]))
+    measured = []
+    for name, overrides in variants:
+        measured.append(run_variant(name, overrides, args.pretrained, args.seeds, out))
+        print(f"{name}: {measured[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    print(f"backbone {args.pretrained}, task prom_core, seeds {args.seeds}, 3 epochs; torch {torch.__version__}, "
+          f"{platform.machine()} {platform.processor() or ''}, runs in {out}")
+    print(table(measured))
+
+
+if __name__ == "__main__":
+    main()
