@@ -71,10 +71,10 @@ def table(variants: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---|---|"]
     for variant in variants:
         row = summary(variant)
-        ratio = variant is not variants[0]
 
-        def vs(value: float, reference: float) -> str:
-            return f" ({value / reference:.3g}x)" if ratio else ""
+        def vs(value: float, reference: float, variant: dict = variant) -> str:
+            """The ratio to full fine-tuning, on the other rows."""
+            return f" ({value / reference:.3g}x)" if variant is not variants[0] else ""
 
         lines.append(
             f"| {variant['name']} ({' '.join(variant['overrides']) or 'defaults'}) "
