@@ -10,6 +10,9 @@ backbone: the whole exported model (hf_model/model.safetensors) for full fine-tu
     python train.py experiment=demo                                     # the backbone (a few minutes on a CPU)
     python -m benchmarks.lora_vs_full --pretrained outputs/demo/default
     python -m benchmarks.lora_vs_full --pretrained outputs/demo/default --seeds 1 2 3 --lora-lr 1e-3
+
+Last, one training step of each, timed alternately in one process: the time ratio that a loaded machine disturbs
+least (the runs' wall and CPU times move with whatever else runs).
 """
 
 from __future__ import annotations
@@ -86,15 +89,46 @@ def table(variants: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def interleaved_step_ratio(pretrained: str, steps: int) -> tuple[float, float]:
+    """Median seconds of one training step (forward, backward, AdamW; batch 32 of the task's 70 bp sequences) of
+    full fine-tuning and of LoRA, measured alternately in one process so that another job's load hits both alike."""
+    from dnabert.run.finetuning import build_classifier, resolve_backbone
+    from dnabert.tasks.pretrain import build_adamw
+
+    backbone = resolve_backbone(pretrained, None, {})
+    settings = {"r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": None}
+    optim = {"lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "fused": False}
+    models = [build_classifier(backbone, 2, 0, 0.1, adapter).train() for adapter in (None, settings)]
+    optimizers = [build_adamw(model, optim) for model in models]
+    input_ids = torch.randint(5, backbone.config["vocab_size"], (32, 67))
+    labels = torch.randint(0, 2, (32,))
+    times: list[list[float]] = [[], []]
+    for step in range(steps + 2):  # the first two of each warm up
+        for index, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(input_ids, torch.arange(32), 32), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if step >= 2:
+                times[index].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrained", required=True, help="the backbone: a run directory, .ckpt or model folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--lora-lr", type=float, default=1e-3,
                         help="a second LoRA run at this learning rate (LoRA usually wants a higher one); 0: none")
+    parser.add_argument("--steps", type=int, default=40, help="training steps of each, interleaved, for the ratio")
     parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="lora_vs_full."))
+    full_step, lora_step = interleaved_step_ratio(args.pretrained, args.steps)
+    step_line = (f"one training step (batch 32, interleaved, median of {args.steps}): full {full_step * 1e3:.1f} ms, "
+                 f"LoRA {lora_step * 1e3:.1f} ms ({lora_step / full_step:.2f}x)")
+    print(step_line, file=sys.stderr, flush=True)
     variants = [("full", []), ("lora", ["adapter=lora"])]
     if args.lora_lr:
         variants.append(("lora_lr", ["adapter=lora", f"optim.lr={args.lora_lr:g}"]))
@@ -105,6 +139,7 @@ def main() -> None:
     print(f"backbone {args.pretrained}, task prom_core, seeds {args.seeds}, 3 epochs; torch {torch.__version__}, "
           f"{platform.machine()} {platform.processor() or ''}, runs in {out}")
     print(table(measured))
+    print(step_line)
 
 
 if __name__ == "__main__":
