@@ -208,6 +208,13 @@ FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("batch_size=0",), "batch_size=0 must be >= 1"),
     (("freeze_backbone=maybe",), "freeze_backbone='maybe' is not true or false"),
     (("dropout=1",), "dropout=1 must be in [0, 1)"),
+    (("adapter=prefix",), "adapter='prefix' is not one of none, lora; use none (train all weights) or lora"),
+    (("lora.r=0",), "lora.r=0 must be >= 1; the adapter's rank"),
+    (("lora.alpha=0",), "lora.alpha=0 must be > 0"),
+    (("lora.dropout=1",), "lora.dropout=1 must be in [0, 1)"),
+    (("lora.dropout=-0.1",), "lora.dropout=-0.1 must be in [0, 1)"),
+    (("lora.target_modules=query",), "lora.target_modules='query' is not a list (or null); list layer names"),
+    (("lora.target_modules=[]",), "lora.target_modules=[] must list layer names"),
     (("max_positions=2",), "max_positions=2 must be >= 3"),
     (("selection_metric=auc",), "selection_metric='auc' is not one of accuracy, f1, mcc"),
     (("num_workers=-1",), "num_workers=-1 must be >= 0"),
@@ -231,6 +238,8 @@ FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("task.dev_fraction=0.5", "task.test_fraction=0.5"),
      "task.dev_fraction=0.5 + task.test_fraction=0.5 leave no training rows"),
     (("task.type=regression", "selection_metric=mcc"), "selection_metric='mcc' is not a regression metric"),
+    (("adapter=lora", "freeze_backbone=true"), "adapter=lora with freeze_backbone=true: the adapter trains inside "
+     "the encoder"),
 ]
 
 # The same for suite.py (configs/suite.yaml, suite=gue with pretrained=none unless the case sets it).

@@ -98,6 +98,7 @@ class ConvFamily(ModelFamily):
     name = "tests.third_family:FAMILY"  # the import path: what model.family says and checkpoints store
     label = "gated convolution"
     tokenizer = "kmer"
+    lora_targets = ("conv",)  # no linear layer in the encoder: LoRA adapts the gated convolution
 
     def config_class(self) -> type:
         return ConvConfig

@@ -61,6 +61,9 @@ class ModelFamily(ABC):
     directory_fallback: bool = False  # claims any model directory no other family recognises
     layouts: tuple[str, ...] = ("original",)  # export layouts, the default first
     paper_run: dict[str, Any] | None = None  # the published run: the estimate CLI's defaults (None: not offered)
+    # The encoder layers `adapter=lora` adapts when lora.target_modules is null: module names or dotted suffixes
+    # of them, as peft matches them. None: every nn.Linear of the encoder, by its last name.
+    lora_targets: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------------------------------- building
     @abstractmethod

@@ -76,9 +76,11 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 def _check_replaceable(out_dir: Path) -> None:
-    """An export replaces an earlier export (it has config.json), never a folder of something else."""
+    """An export replaces an earlier export (it has config.json; a LoRA adapter folder, adapter_config.json), never
+    a folder of something else."""
     if out_dir.is_file() or (
-        out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file()
+        out_dir.is_dir() and any(out_dir.iterdir())
+        and not any((out_dir / name).is_file() for name in ("config.json", "adapter_config.json"))
     ):
         raise DnabertError(
             f"{out_dir} exists and is not an earlier export; choose a new output directory."

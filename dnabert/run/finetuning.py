@@ -48,6 +48,15 @@ from dnabert.data.tokenizers.kmer import SUPPORTED_K, vocab_size
 from dnabert.errors import DnabertError
 from dnabert.models import DEFAULT_FAMILY, family_of_checkpoint, family_of_directory, get_family
 from dnabert.models.interop import plain
+from dnabert.run.adapters import (
+    ADAPTER_DIR,
+    adapter_settings,
+    add_lora,
+    lora_settings,
+    merged,
+    parameter_counts,
+    save_adapter,
+)
 from dnabert.run.callbacks import StepProgressBar
 from dnabert.run.checkpoints import checkpoint_step, find_resume_checkpoint, read_checkpoint
 from dnabert.run.cluster import check_launch, cluster_callbacks
@@ -190,14 +199,18 @@ def tokenizer_for(backbone: Backbone) -> Tokenize:
     return kmer_tokenizer(backbone.k)
 
 
-def build_classifier(backbone: Backbone, num_outputs: int, seed: int, dropout: float) -> SequenceClassifier:
+def build_classifier(backbone: Backbone, num_outputs: int, seed: int, dropout: float,
+                     adapter: dict[str, Any] | None = None) -> SequenceClassifier:
     """Random encoder and head from `seed`, then the pretrained weights: the head starts the same whatever the
-    backbone, so `pretrained=none` and `pretrained=<run>` differ only in the encoder's initial weights."""
+    backbone, so `pretrained=none` and `pretrained=<run>` differ only in the encoder's initial weights. `adapter`
+    (LoRA settings, dnabert.run.adapters) then wraps the encoder: only the adapter and the head train."""
     torch.manual_seed(seed)
     encoder = build_encoder(backbone)
     classifier = SequenceClassifier(encoder, num_outputs, dropout=dropout,
                                     initializer_range=backbone.config.get("initializer_range", 0.02))
     load_weights(encoder, backbone)
+    if adapter is not None:
+        add_lora(classifier, backbone.family, adapter)
     return classifier
 
 
@@ -279,11 +292,12 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
     None when training stopped before the end (preemption)."""
     selection = selection_metric(cfg.selection_metric, data.labels.task_type)
     L.seed_everything(seed, workers=True, verbose=False)
-    classifier = build_classifier(backbone, data.labels.num_outputs, seed, float(cfg.dropout))
+    classifier = build_classifier(backbone, data.labels.num_outputs, seed, float(cfg.dropout), lora_settings(cfg))
     optim = {**OmegaConf.to_container(cfg.optim, resolve=True), "warmup_steps": cfg.get("warmup_steps")}
     module = FineTuneModule(
         classifier, data.labels.task_type, optim, seed, selection,
         freeze_backbone=bool(cfg.freeze_backbone), backbone=backbone.describe(), labels=list(data.labels.names),
+        adapter=adapter_settings(classifier),
     )
     task_loaders = TaskLoaders(data, int(cfg.batch_size), seed, int(cfg.num_workers))
     steps_per_epoch = math.ceil(len(data.splits["train"]) / (int(cfg.batch_size) * devices * cfg.trainer.num_nodes))
@@ -330,7 +344,13 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
     result = {
         "seed": seed, "best_epoch": int(chosen["epoch"]), "best_checkpoint": best_path.name,
         "selection_metric": f"dev/{selection}", "metrics": evaluated, "dev_history": module.dev_history,
+        "parameters": parameter_counts(classifier),
     }
+    if module.hparams.adapter is not None:  # the adapter and head alone; hf_model/ gets them merged in
+        result["adapter"] = str(save_adapter(classifier, seed_dir / ADAPTER_DIR, {
+            "backbone": backbone.describe(), "task_type": data.labels.task_type, "labels": list(data.labels.names),
+            "dropout": float(cfg.dropout)}))
+        classifier = merged(classifier)
     if cfg.export:
         export_classifier(classifier, backbone.describe(), data.labels, seed_dir / "hf_model",
                           card_config={"task": OmegaConf.to_container(cfg.task, resolve=True), "seed": seed})
@@ -364,8 +384,11 @@ def run_finetune(cfg: DictConfig) -> Path | None:
     max_positions = window_positions(backbone, cfg.max_positions)
     data = load_task(cfg.task, backbone, max_positions)
     seeds = seeds_of(cfg)
+    trained = "a linear probe" if cfg.freeze_backbone else "all weights"
+    if cfg.adapter != "none":
+        trained = f"a LoRA adapter (r={cfg.lora.r}) and the head"
     log.info("fine-tune %s on task %s (%s, %d outputs; train %d, dev %d, test %d sequences), backbone %s, "
-             "seeds %s; run directory %s", "a linear probe" if cfg.freeze_backbone else "all weights", cfg.task.name,
+             "seeds %s; run directory %s", trained, cfg.task.name,
              data.labels.task_type, data.labels.num_outputs, *(len(data.splits.get(s, ())) for s in SPLITS),
              backbone.label(), seeds, run_dir)
     per_seed = []
@@ -383,7 +406,8 @@ def run_finetune(cfg: DictConfig) -> Path | None:
     results = {
         "task": cfg.task.name, "task_type": data.labels.task_type, "labels": list(data.labels.names),
         "splits": data.sources, "pretrained": backbone.source, "family": backbone.family, "k": backbone.k,
-        "freeze_backbone": bool(cfg.freeze_backbone), "selection_metric": per_seed[0]["selection_metric"],
+        "freeze_backbone": bool(cfg.freeze_backbone), "adapter": lora_settings(cfg),
+        "selection_metric": per_seed[0]["selection_metric"],
         "seeds": per_seed, "mean": mean, "sd": sd,
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

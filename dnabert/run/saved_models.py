@@ -27,6 +27,7 @@ from dnabert.models.interop import (
     prefix_renamed,
     write_replacing,
 )
+from dnabert.run.adapters import add_lora, merged
 from dnabert.run.checkpoints import read_checkpoint
 from dnabert.tasks.finetune import SequenceClassifier
 
@@ -89,16 +90,20 @@ def export_classifier(classifier: torch.nn.Module, backbone: dict, labels: Any, 
 
 
 def load_classifier_checkpoint(path: Path) -> tuple[torch.nn.Module, dict, Any]:
-    """Rebuild a fine-tuned classifier from its Lightning checkpoint: ``(classifier, backbone, labels)``."""
+    """Rebuild a fine-tuned classifier from its Lightning checkpoint: ``(classifier, backbone, labels)``; a LoRA
+    run's comes back with its adapter merged into the weights (a plain classifier, as exports need)."""
     content = read_checkpoint(path)
     hyper_parameters = plain(content["hyper_parameters"])
     backbone = hyper_parameters["backbone"]
     labels = LabelSpace(hyper_parameters["task_type"], tuple(hyper_parameters.get("labels") or ()))
     encoder = get_family(backbone["family"]).build_encoder(backbone["config"])
     classifier = SequenceClassifier(encoder, labels.num_outputs)
+    adapter = hyper_parameters.get("adapter")
+    if adapter:
+        add_lora(classifier, backbone["family"], adapter)
     state = {key.removeprefix("classifier."): value for key, value in content["state_dict"].items()}
     load_strict(classifier, state, str(path))
-    return classifier, backbone, labels
+    return (merged(classifier) if adapter else classifier), backbone, labels
 
 
 # The reverse of CLASSIFIER_RENAMES (the pooler's prefix before the backbone's, which contains it).

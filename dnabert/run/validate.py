@@ -236,6 +236,10 @@ def names_list(value: list, cfg: DictConfig) -> str | None:
     return "must list contig names (text), e.g. [chrX,chrY]"
 
 
+def layer_names(value: list, cfg: DictConfig) -> str | None:
+    return None if value and all(isinstance(name, str) and name for name in value) else "must list layer names"
+
+
 def distinct_seeds(value: list, cfg: DictConfig) -> str | None:
     if not all(_is_kind(seed, INT) and seed in SEED for seed in value):
         return f"must list whole-number seeds {SEED}"
@@ -497,6 +501,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("eval_every_n_steps", INT, "or null (every epoch)", optional=True, within=AT_LEAST_1),
     Setting("batch_size", INT, "sequences per optimiser step per device, e.g. batch_size=32", within=AT_LEAST_1),
     Setting("freeze_backbone", BOOL, "use true (a linear probe) or false"),
+    Setting("adapter", TEXT, "use none (train all weights) or lora (a LoRA adapter and the head)",
+            choices=("none", "lora")),
+    Setting("lora.r", INT, "the adapter's rank, e.g. lora.r=8", within=AT_LEAST_1),
+    Setting("lora.alpha", NUMBER, "the update's scale is alpha / r, e.g. lora.alpha=16", within=POSITIVE),
+    Setting("lora.dropout", NUMBER, "e.g. lora.dropout=0.05", within=PROBABILITY),
+    Setting("lora.target_modules", LIST, "list layer names, e.g. lora.target_modules=[query,value], or null (the "
+            "family's default)", optional=True, check=layer_names),
     Setting("dropout", NUMBER, "e.g. dropout=0.1", within=PROBABILITY),
     Setting("max_positions", INT, "tokens per window incl. [CLS]/[SEP], or null (the backbone's)", optional=True,
             within=Range(3)),
@@ -662,6 +673,14 @@ def task_has_train_and_dev(cfg: DictConfig) -> None:
                            "(their sum must be below 1).")
 
 
+def adapter_trains_in_the_backbone(cfg: DictConfig) -> None:
+    """A LoRA adapter lives in the encoder; freezing the encoder would freeze it too and leave a linear probe."""
+    if cfg.adapter != "none" and cfg.freeze_backbone:
+        raise DnabertError(f"adapter={cfg.adapter} with freeze_backbone=true: the adapter trains inside the encoder "
+                           "(whose own weights it already keeps frozen); use freeze_backbone=false, or adapter=none "
+                           "for a linear probe.")
+
+
 def selection_fits_task(cfg: DictConfig) -> None:
     """A regression metric would pick nothing in a classification task (and the reverse); auto is known later."""
     if cfg.task.type != "auto":
@@ -776,6 +795,7 @@ AGREEMENTS: tuple[Agreement, ...] = (
     Agreement(("selection_metric", "task.type"), selection_fits_task),
     Agreement(("pair", "seeds", "datasets", "groups", "suite.datasets"), pair_in_suite),
     Agreement(("pair", "trainer.devices", "trainer.num_nodes"), one_device_per_pair),
+    Agreement(("adapter", "freeze_backbone"), adapter_trains_in_the_backbone),
 )
 
 

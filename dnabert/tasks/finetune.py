@@ -98,9 +98,11 @@ class FineTuneModule(L.LightningModule):
         freeze_backbone: bool = False,
         backbone: dict[str, Any] | None = None,
         labels: list[str] | None = None,
+        adapter: dict[str, Any] | None = None,
     ) -> None:
         """``backbone``: what rebuilds the classifier for export (family, k, model config); ``labels``: class names
-        in id order (none for regression)."""
+        in id order (none for regression); ``adapter``: the LoRA settings the classifier's encoder carries (None:
+        none), for the same rebuild."""
         super().__init__()
         self.save_hyperparameters(ignore=["classifier"])
         self.classifier = classifier

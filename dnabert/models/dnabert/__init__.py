@@ -40,6 +40,9 @@ class DnaBertFamily(ModelFamily):
     directory_fallback = True  # any transformers BERT directory with a k-mer vocabulary (released DNABERT weights)
     layouts = ("original", "multimolecule")
     paper_run = dict(preset="bert_base", max_tokens=512, global_batch=2000, micro_batch=10, max_steps=120_000)
+    # Every linear layer: attention q/k/v, its output and the feed-forward's two (attention.output.dense,
+    # intermediate.dense, output.dense) -- closer to full fine-tuning than q/v alone (QLoRA, Dettmers et al. 2023).
+    lora_targets = ("query", "key", "value", "dense")
 
     def config_class(self) -> type:
         return _model().DnaBertConfig

@@ -41,6 +41,9 @@ class DnaBert2Family(ModelFamily):
     # DNABERT-2's micro-batch is not published (4096 sequences per step on 8 GPUs); 64 x 8 accumulation is an
     # assumption that only affects the memory line.
     paper_run = dict(preset="base", max_tokens=128, global_batch=4096, micro_batch=64, max_steps=500_000)
+    # Every linear layer: the fused q/k/v projection (there is no query/value module), the attention output and
+    # the gated feed-forward's two.
+    lora_targets = ("Wqkv", "dense", "gated_layers", "wo")
 
     def config_class(self) -> type:
         return _model().DnaBert2Config
