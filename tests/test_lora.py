@@ -21,8 +21,16 @@ from dnabert.errors import DnabertError
 from dnabert.models import get_family
 from dnabert.models.dnabert.model import DnaBertConfig
 from dnabert.models.interop import prefix_renamed
-from dnabert.run.adapters import load_adapter
-from dnabert.run.finetuning import Backbone, TaskLoaders, build_classifier, build_encoder, fine_tune_seed, load_task
+from dnabert.run.adapters import load_adapter, lora_settings, parameter_counts
+from dnabert.run.finetuning import (
+    Backbone,
+    TaskLoaders,
+    build_classifier,
+    build_encoder,
+    fine_tune_seed,
+    load_task,
+    resolve_backbone,
+)
 from dnabert.run.saved_models import CLASSIFIER_RENAMES, load_classifier_checkpoint
 from dnabert.tasks.finetune import predict
 from tests.conftest import ROOT
@@ -164,3 +172,15 @@ def test_finetune_cli_refuses_a_missing_target_with_exit_2_before_training(bpe_f
     assert lines[-1].startswith("dnabert: error: lora.target_modules: 'query' matches no layer of the DNABERT-2")
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "out").glob("*/*/seed_*"))  # nothing trained, no seed folder
+
+
+def test_the_readme_parameter_counts_are_the_demo_backbones() -> None:
+    """The README's adapter figures for the demo's backbone (finetune.py's defaults, the demo's architecture): full
+    fine-tuning trains 1,004,290 parameters, `adapter=lora` 53,634 (the adapter and the head)."""
+    cfg = compose_finetune("adapter=lora")
+    backbone = resolve_backbone("none", int(cfg.tokenizer.k), dict(cfg.model))
+    full = parameter_counts(build_classifier(backbone, 2, SEED, 0.1))
+    lora = parameter_counts(build_classifier(backbone, 2, SEED, 0.1, lora_settings(cfg)))
+    assert (full["trainable"], lora["trainable"]) == (1_004_290, 53_634)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "with 53,634 of 1,004,290 parameters trained" in readme
