@@ -39,7 +39,7 @@ munged --force --socket="$BASE/munge/munge.socket.2" --key-file="$BASE/munge/mun
   --pid-file="$BASE/run/munged.pid" --log-file="$BASE/log/munged.log" --seed-file="$BASE/munge/munged.seed"
 for _ in $(seq 100); do [ -S "$BASE/munge/munge.socket.2" ] && break; sleep 0.1; done
 
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # the machine's cores, not one test process's thread limit
 sed -e "s|@HOST@|$(hostname -s)|g" -e "s|@CPUS@|$cpus|g" -e "s|@BASE@|$BASE|g" \
     -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" \
     "$HERE/slurm.conf.in" > "$BASE/slurm.conf"
