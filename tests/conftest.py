@@ -87,3 +87,15 @@ def windows_in_rows(input_ids: torch.Tensor) -> list[tuple[int, ...]]:
         starts = [index for index, token in enumerate(real) if token == CLS_ID] + [len(real)]
         windows += [tuple(real[start:end]) for start, end in zip(starts, starts[1:], strict=False)]
     return windows
+
+
+def write_text(path: Path, text: str, bgzip: bool = False) -> Path:
+    """A text file as it is, or compressed with bgzip (BGZF, what samtools and tabix write)."""
+    if bgzip:
+        from Bio import bgzf  # only the tests that write bgzip files need Biopython
+
+        with bgzf.BgzfWriter(str(path), "wb") as handle:
+            handle.write(text.encode())
+    else:
+        path.write_text(text)
+    return path

@@ -16,12 +16,12 @@ import numpy as np
 import pyfaidx
 import pytest
 import torch
-from Bio import bgzf
 
 from dnabert.data import genome as genome_module
 from dnabert.data.genome import Genome, GenomeSource, HeldOut, held_out_split
 from dnabert.data.tokenizers.kmer import encode_nucleotides
 from dnabert.errors import DnabertError
+from tests.conftest import write_text
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "genomes"
 
@@ -45,12 +45,7 @@ def write_fasta(path: Path, records: dict[str, str], width: int = 60, bgzip: boo
         f">{name} description\n" + "".join(seq[i : i + width] + "\n" for i in range(0, len(seq), width))
         for name, seq in records.items()
     )
-    if bgzip:
-        with bgzf.BgzfWriter(str(path), "wb") as handle:
-            handle.write(text.encode())
-    else:
-        path.write_text(text)
-    return path
+    return write_text(path, text, bgzip)
 
 
 def parse_fasta(path: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from Bio import bgzf
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import roc_auc_score
 from tokenizers import trainers
@@ -34,7 +33,7 @@ from dnabert.run.probe import DownstreamProbe, VariantProbe
 from dnabert.run.training import probe_callbacks
 from dnabert.run.variants import SCORED, VariantScorer
 from dnabert.tools.score_variants import main, scorer_for
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_text
 
 THIRD_FAMILY = "tests.third_family:FAMILY"
 COMPLEMENT = str.maketrans("ACGT", "TGCA")
@@ -59,12 +58,7 @@ def write_fasta(path: Path, contigs: dict[str, str]) -> Path:
 def write_vcf(path: Path, records: list[tuple], bgzip: bool = False) -> Path:
     text = VCF_HEADER + "".join("\t".join(map(str, (chrom, pos, name, ref, alt, ".", ".", info))) + "\n"
                                 for chrom, pos, name, ref, alt, info in records)
-    if bgzip:
-        with bgzf.BgzfWriter(str(path), "wb") as handle:
-            handle.write(text.encode())
-    else:
-        path.write_text(text)
-    return path
+    return write_text(path, text, bgzip)
 
 
 def random_dna(length: int, seed: int) -> str:
@@ -253,8 +247,7 @@ def test_rows_that_cannot_be_scored_say_why_and_bgzip_inputs_and_parquet_give_th
     packed = write_vcf(tmp_path / "v.vcf.gz", records, bgzip=True)
     assert main([str(exported_backbone), str(fasta), str(plain), str(tmp_path / "plain.tsv")]) == 0
     packed_fasta = tmp_path / "g.fa.gz"
-    with bgzf.BgzfWriter(str(packed_fasta), "wb") as handle:
-        handle.write(fasta.read_bytes())
+    write_text(packed_fasta, fasta.read_text(), bgzip=True)
     assert main([str(exported_backbone), str(packed_fasta), str(packed), str(tmp_path / "packed.parquet")]) == 0
     table = pd.read_csv(tmp_path / "plain.tsv", sep="\t")
     assert list(table.columns) == ["chrom", "pos", "id", "ref", "alt", "score", "status", "note"]

@@ -23,27 +23,11 @@ from dnabert.data.vcf import read_vcf
 from dnabert.errors import DnabertError, command_line
 
 if TYPE_CHECKING:
-    import torch
 
     from dnabert.run.finetuning import Backbone
     from dnabert.run.variants import VariantScore, VariantScorer
 
 OUTPUT_SUFFIXES = (".tsv", ".parquet")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto`: the first GPU when there is one, else the CPU; any other torch device name as it is."""
-    import torch  # with the model: a bad file is reported without waiting seconds for torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise DnabertError(f"--device {name} is not a device; use auto, cpu, cuda or cuda:N.") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DnabertError(f"--device {name}: this machine has no CUDA GPU; use --device cpu (or auto).")
-    return device
 
 
 def scorer_for(backbone: Backbone, positions: int | None = None) -> VariantScorer:
@@ -118,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DnabertError(f"no contig of {args.variants} ({', '.join(sorted(contigs)[:3])} ...) is in "
                            f"{args.reference} ({', '.join(list(reference.lengths)[:3])} ...); give the reference "
                            "the VCF was called against, or rename the contigs (e.g. bcftools annotate --rename-chrs).")
+    from dnabert.run.inference import resolve_device  # with the model: bad files are reported before torch loads
+
     device = resolve_device(args.device)
     # Imported once the inputs are known to be good: Lightning and transformers take seconds to import.
     from tqdm import tqdm
