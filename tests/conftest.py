@@ -28,10 +28,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with end-to-end runs (marked slow or slurm) first: `pytest -n` hands out files in this order, so the
-    longest start early instead of keeping one process busy after the others have finished."""
-    long_files = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("slurm")}
-    items.sort(key=lambda item: item.path not in long_files)
+    """Files with end-to-end runs first, the SLURM ones (minutes of submitted jobs) before those marked slow:
+    `pytest -n` hands out files in this order, so the longest start early instead of keeping one process busy
+    after the others have finished."""
+    marks = {"slurm": 0, "slow": 1}
+    rank = {}
+    for item in items:
+        for mark, order in marks.items():
+            if item.get_closest_marker(mark):
+                rank[item.path] = min(rank.get(item.path, order), order)
+    items.sort(key=lambda item: rank.get(item.path, len(marks)))
 
 
 @pytest.fixture(autouse=True)

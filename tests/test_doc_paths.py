@@ -24,6 +24,7 @@ FILE_NAME = re.compile(r"(?<![\w./<>-])([\w*-]+\.(?:py|md|yaml|sh|tsv))\b(?![\w/
 ALLOWED = {
     "report.md", "overrides.yaml", "summary.md",  # written by a run (or by the GPU benchmark session)
     "results.md", "compare.md",  # written by suite.py / dnabert.tools.suite_summary and suite_compare
+    "variants.tsv",  # written by dnabert.tools.score_variants (the README's example)
     "train.tsv", "dev.tsv", "test.tsv", "my_task.tsv", "configs/data/my_species.yaml",  # users' files
 }
 
