@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 from dnabert.data.suites import dataset_files
 from dnabert.errors import DnabertError
 from dnabert.run.suite_stats import collapse_reason, paired_difference, suite_wilcoxon, summarise
 from dnabert.tools import fetch_suite, suite_compare
+from tests.conftest import ROOT
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -206,3 +208,12 @@ def test_genomic_benchmarks_and_nt_layouts_become_tables(tmp_path: Path) -> None
         dataset_files("nt", nt, tmp_path / "cache" / "nt2")
     with pytest.raises(DnabertError, match="lacks .*train.csv"):
         dataset_files("gue", gb, tmp_path / "cache" / "gue")
+
+
+def test_the_published_gue_scores_average_to_the_papers_28_dataset_means() -> None:
+    """The per-dataset scores recorded from the DNABERT-2 paper's table reproduce its stated averages over the 28
+    datasets (DNABERT 6-mer 60.51, NT-2500M-multi 66.93, DNABERT-2 66.80): a misread cell would move one."""
+    models = yaml.safe_load((ROOT / "configs" / "suite" / "gue.yaml").read_text())["published"]["models"]
+    averages = {name: round(sum(scores.values()) / len(scores), 2) for name, scores in models.items()}
+    assert {name: len(scores) for name, scores in models.items()} == dict.fromkeys(models, 28)
+    assert averages == {"DNABERT (6-mer)": 60.51, "NT-2500M-multi": 66.93, "DNABERT-2": 66.80}
