@@ -27,19 +27,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with end-to-end runs first, the SLURM ones (minutes of submitted jobs) before those marked slow:
-    `pytest -n` hands out files in this order, so the longest start early instead of keeping one process busy
-    after the others have finished."""
-    marks = {"slurm": 0, "slow": 1}
-    rank = {}
-    for item in items:
-        for mark, order in marks.items():
-            if item.get_closest_marker(mark):
-                rank[item.path] = min(rank.get(item.path, order), order)
-    items.sort(key=lambda item: rank.get(item.path, len(marks)))
-
-
 @pytest.fixture(autouse=True)
 def hermetic_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep tools from writing into the user's home: caches and wandb go to a temporary folder."""

@@ -73,13 +73,15 @@ def test_a_killed_offline_run_logs_each_step_once(tmp_path: Path) -> None:
     """Killed (SIGKILL) after wandb holds steps past the newest checkpoint, then resumed: across the run's offline
     folders, which `wandb sync <run dir>/wandb/offline-run-*-<id>` uploads as one run, each metric has each step
     once, with the values of the CSV history (read from wandb's own transaction logs)."""
-    overrides = ("logger=wandb", "max_steps=24")
+    # Checkpoints 12 steps apart: the kill lands past the step-12 checkpoint with ten steps to spare before the next,
+    # however far the test's polling lags behind training.
+    overrides = ("logger=wandb", "max_steps=36", "callbacks.model_checkpoint.every_n_train_steps=12")
     # wandb writes its transaction log every 15 s by default; often here, so that the kill can wait for it.
     env = {"WANDB__TRANSACTION_LOG_FLUSH_INTERVAL": "0.1"}
     process = start_training(tmp_path, "killed", *overrides, env=env)
     directory = run_dir(tmp_path, "killed")
     deadline = time.monotonic() + 180
-    while logged_steps(run_logs(directory / "wandb", "*")).get("train/loss", -1) < 9:  # checkpoints: 4, 8, 12
+    while logged_steps(run_logs(directory / "wandb", "*")).get("train/loss", -1) < 13:  # checkpoints: 12, 24, 36
         assert process.poll() is None and time.monotonic() < deadline, process.log_path.read_text()[-4000:]
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)  # train.py only: its wandb service ends by itself
@@ -103,7 +105,7 @@ def test_a_killed_offline_run_logs_each_step_once(tmp_path: Path) -> None:
         assert len(steps) == len(set(steps)), f"{metric} logged twice at a step: {sorted(steps)}"
         logged = {int(row[STEP_KEY]): row[metric] for row in rows if metric in row}
         assert logged == pytest.approx(metric_by_step(directory, metric), rel=1e-6), metric
-    assert sorted(int(row[STEP_KEY]) for row in rows if "train/loss" in row) == list(range(24))
+    assert sorted(int(row[STEP_KEY]) for row in rows if "train/loss" in row) == list(range(36))
 
 
 def test_a_resumed_online_run_holds_what_its_summary_shows() -> None:
