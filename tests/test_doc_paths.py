@@ -22,7 +22,7 @@ REPO_PATH = re.compile(rf"(?<![\w./<>-])((?:{'|'.join(TOP_FOLDERS)})/[\w./*-]*[\
 FILE_NAME = re.compile(r"(?<![\w./<>-])([\w*-]+\.(?:py|md|yaml|sh|tsv))\b(?![\w/-])")
 # Named on purpose although they are not in the repository.
 ALLOWED = {
-    "report.md", "overrides.yaml", "summary.md",  # written by a run (or by the GPU benchmark session)
+    "report.md", "overrides.yaml", "summary.md",  # written by a run (or by benchmarks/gpu_session.sh)
     "results.md", "compare.md",  # written by suite.py / dnabert.tools.suite_summary and suite_compare
     "variants.tsv",  # written by dnabert.tools.score_variants (the README's example)
     "train.tsv", "dev.tsv", "test.tsv", "my_task.tsv", "configs/data/my_species.yaml",  # users' files

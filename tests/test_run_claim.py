@@ -223,7 +223,7 @@ def test_a_run_killed_with_sigkill_leaves_no_claim_and_its_rerun_resumes(tmp_pat
 
 
 def end_group(process: subprocess.Popen) -> None:
-    """Kill what is left of a run started in its own session (its data worker)."""
+    """Kill what is left of a run started as its own process group (start_new_session: its data worker too)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
 

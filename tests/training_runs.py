@@ -45,7 +45,8 @@ def start_training(output_root: Path, run_name: str, *overrides: str, env: dict[
     output_root.mkdir(parents=True, exist_ok=True)
     number = len(list(output_root.glob(f"{run_name}.*.log")))
     log = open(output_root / f"{run_name}.{number}.log", "w")  # noqa: SIM115  (closed when the process is waited)
-    # Own session: a run that hangs is killed with all its ranks and data workers (see `finish`).
+    # Its own process group (start_new_session=True): a run that hangs is killed with all its ranks and data
+    # workers (see `finish`).
     process = subprocess.Popen(train_command(output_root, run_name, *overrides, base=base), stdout=log,
                                stderr=subprocess.STDOUT, cwd=cwd or ROOT, env={**os.environ, **(env or {})},
                                start_new_session=True)
