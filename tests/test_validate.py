@@ -200,6 +200,7 @@ ROWS: list[tuple[tuple[str, ...], str]] = [
 FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("pretrained={DIR}/outputs/demo/defualt",), "defualt' does not exist; give a pretraining run directory, a .ckpt"),
     (("seeds=[1,1]",), "seeds=[1, 1] repeats a seed; give distinct seeds, e.g. seeds=[1,2,3]"),
+    (("seeds=[]",), "seeds=[] lists no seed; give distinct seeds, e.g. seeds=[1,2,3]"),
     (("seeds=[1,-2]",), "seeds=[1, -2] must list whole-number seeds in [0, 4294967295]"),
     (("max_epochs=0",), "max_epochs=0 must be >= 1; e.g. max_epochs=3"),
     (("max_train_steps=0",), "max_train_steps=0 must be >= 1; or null (max_epochs decide)"),
@@ -244,6 +245,7 @@ FINETUNE_ROWS: list[tuple[tuple[str, ...], str]] = [
 
 # The same for suite.py (configs/suite.yaml, suite=gue with pretrained=none unless the case sets it).
 SUITE_ROWS: list[tuple[tuple[str, ...], str]] = [
+    (("seeds=[]",), "seeds=[] lists no seed; give distinct seeds"),
     (("suite_dir=' '",), "suite_dir=' ' is empty"),
     (("recipe=dnabert3",), "recipe='dnabert3' is not one of dnabert2, dnabert, none"),
     (("datasets=[1]",), "datasets=[1] must list names (text)"),

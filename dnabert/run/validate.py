@@ -241,6 +241,8 @@ def layer_names(value: list, cfg: DictConfig) -> str | None:
 
 
 def distinct_seeds(value: list, cfg: DictConfig) -> str | None:
+    if not value:  # an empty list would train nothing (a suite: a card over no run)
+        return "lists no seed"
     if not all(_is_kind(seed, INT) and seed in SEED for seed in value):
         return f"must list whole-number seeds {SEED}"
     return "repeats a seed" if len(set(value)) != len(value) else None
