@@ -333,26 +333,29 @@ def test_exported_classifier_loads_in_transformers_and_multimolecule_with_equal_
 @pytest.mark.parametrize("task_type", ["regression", "multi-class"])
 def test_finetune_cli_trains_regression_and_multiclass_tasks_end_to_end(tmp_path: Path, task_type: str) -> None:
     """Through the command line, as a user runs it: the label kind is detected, its metrics are reported, the
-    checkpoint is chosen by its selection metric, and the export carries the head transformers needs."""
+    checkpoint is chosen by its selection metric (the default for regression; the lowest dev loss, as the suites'
+    presets ask, for multi-class), and the export carries the head transformers needs."""
     table = pd.read_csv(PROM_CORE, sep="\t").sample(n=120, random_state=1)
     gc = table["sequence"].map(lambda s: (s.count("G") + s.count("C")) / len(s))
     table["label"] = gc.round(4) if task_type == "regression" else pd.cut(gc, 3, labels=["at", "mid", "gc"])
     table.to_csv(task := tmp_path / "task.csv", index=False)
     command = [sys.executable, str(ROOT / "finetune.py"), "pretrained=none", "task=file", f"task.train={task}",
                "task.dev_fraction=0.25", "task.test_fraction=0.25", "max_epochs=3", "batch_size=16", "optim.lr=1e-3",
-               "seed=3", "tokenizer.k=3", "logger=none", f"paths.output_root={tmp_path}", *TINY_OVERRIDES]
+               "seed=3", "tokenizer.k=3", "logger=none", f"paths.output_root={tmp_path}", *TINY_OVERRIDES,
+               *(["selection_metric=loss"] if task_type == "multi-class" else [])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "finetune_custom" / "none" / "results.json").read_text())
     (seed,) = results["seeds"]
-    expected = {"regression": ({"mse", "pearson", "spearman"}, "spearman", []),
-                "multi-class": ({"accuracy", "f1", "mcc", "precision", "recall", "auroc", "aupr"}, "mcc",
+    expected = {"regression": ({"mse", "pearson", "spearman", "loss"}, "spearman", []),
+                "multi-class": ({"accuracy", "f1", "mcc", "precision", "recall", "auroc", "aupr", "loss"}, "loss",
                                 ["at", "gc", "mid"])}
     metric_names, selection, labels = expected[task_type]
     assert results["task_type"] == task_type.replace("multi-class", "classification")
     assert results["selection_metric"] == f"dev/{selection}" and results["labels"] == labels
     assert set(seed["metrics"]["test"]) == metric_names
-    assert seed["best_epoch"] == max(seed["dev_history"], key=lambda entry: entry[selection])["epoch"]
+    best = (min if selection == "loss" else max)(seed["dev_history"], key=lambda entry: entry[selection])
+    assert seed["best_epoch"] == best["epoch"]
     seed_dir = tmp_path / "finetune_custom" / "none" / "seed_3"
     config = transformers.AutoConfig.from_pretrained(seed_dir / "hf_model")
     if task_type == "regression":

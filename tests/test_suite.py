@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT
 
@@ -93,6 +94,11 @@ def test_suite_retries_and_reports_a_collapse_and_skips_finished_pairs_after_sig
     assert f"- {COLLAPSING} seed 1: seed 1: constant predictions" in card
     assert f"| {LEARNABLE} | prom_core | mcc | {100 * learnable['mean']:.2f} ±" in card
     assert "| 68.90 | 70.33 | 69.37 |" in card  # DNABERT (6-mer), NT-2500M-multi, DNABERT-2 on prom_core_all
+    # published averages over the datasets both have: here prom_core_all alone (the collapsed one has no mean)
+    assert results["published_average"]["DNABERT-2"] == {"published": pytest.approx(0.6937),
+                                                         "this_backbone": learnable["mean"], "datasets": 1}
+    assert (f"Over the 1 dataset(s) DNABERT-2 has: DNABERT-2 69.37, this backbone {100 * learnable['mean']:.2f}."
+            in card)
     assert (suite_dir / "results.png").stat().st_size > 0
     assert f"collapsed: {COLLAPSING} seed 1, {COLLAPSING} seed 2" in rerun.stdout
 
@@ -110,8 +116,9 @@ def test_a_bad_suite_setting_is_one_line_before_anything_starts(tmp_path: Path) 
 
 def test_the_recipes_give_each_dataset_its_script_settings(tmp_path: Path) -> None:
     """The finetune.py settings a pair gets: DNABERT-2's finetune/scripts/run_dnabert2.sh for mouse TF (1000 steps
-    at most, 30 warm-up steps, 30 tokens) and DNABERT's finetune/scripts/run_dnabert1.sh for covid (9 epochs, global
-    batch 8 x 4 GPUs x 4 accumulation); recipe=none keeps the command line's."""
+    at most, 30 warm-up steps, 30 tokens, the checkpoint of lowest dev loss as its train.py keeps) and DNABERT's
+    finetune/scripts/run_dnabert1.sh for covid (9 epochs, global batch 8 x 4 GPUs x 4 accumulation); recipe=none
+    keeps the command line's."""
     from hydra import compose, initialize_config_dir
 
     from dnabert.run.suite import SuiteDataset, pair_config
@@ -122,14 +129,17 @@ def test_the_recipes_give_each_dataset_its_script_settings(tmp_path: Path) -> No
                                                           "pretrained=none", "max_epochs=1"])
         pair = pair_config(cfg, dataset, {"train": tmp_path / "train.csv", "dev": tmp_path / "dev.csv"}, 1001,
                            tmp_path / "run")
-        keys = ("max_epochs", "max_train_steps", "warmup_steps", "eval_every_n_steps", "max_positions", "batch_size")
+        keys = ("max_epochs", "max_train_steps", "warmup_steps", "eval_every_n_steps", "max_positions", "batch_size",
+                "selection_metric")
         return {key: pair[key] for key in keys} | {"lr": pair.optim.lr, "seeds": list(pair.seeds),
                                                    "test": pair.task.test, "dir": pair.paths.output_dir}
 
     mouse = SuiteDataset("mouse_0", "tf_mouse", "mouse/0", "mcc")
     assert settings("dnabert2", mouse) == {"max_epochs": 5, "max_train_steps": 1000, "warmup_steps": 30,
                                            "eval_every_n_steps": 200, "max_positions": 30, "batch_size": 32,
-                                           "lr": 3e-5, "seeds": [1001], "test": None, "dir": str(tmp_path / "run")}
+                                           "selection_metric": "loss", "lr": 3e-5, "seeds": [1001], "test": None,
+                                           "dir": str(tmp_path / "run")}
     covid = settings("dnabert", SuiteDataset("covid", "virus", "virus/covid", "f1"))
     assert (covid["max_epochs"], covid["batch_size"], covid["max_positions"]) == (9, 128, 512)
     assert settings("none", mouse)["max_epochs"] == 1 and settings("none", mouse)["warmup_steps"] is None
+    assert settings("none", mouse)["selection_metric"] is None  # finetune.py's: dev MCC

@@ -217,3 +217,20 @@ def test_the_published_gue_scores_average_to_the_papers_28_dataset_means() -> No
     averages = {name: round(sum(scores.values()) / len(scores), 2) for name, scores in models.items()}
     assert {name: len(scores) for name, scores in models.items()} == dict.fromkeys(models, 28)
     assert averages == {"DNABERT (6-mer)": 60.51, "NT-2500M-multi": 66.93, "DNABERT-2": 66.80}
+
+
+def test_every_suites_published_scores_name_its_datasets_and_cover_what_their_sources_give() -> None:
+    """Which datasets each source scores (a name missing from a suite would drop a score from the card unseen):
+    GUE's table all 28; genomic_benchmarks' CNN all 9 and HyenaDNA 8 (no drosophila_enhancers_stark); the NT
+    authors' figure all 18, except DNABERT-1 without splice acceptors and donors. Scores lie in (0, scale]."""
+    expected_gaps = {"gue": {}, "genomic_benchmarks": {"HyenaDNA": {"drosophila_enhancers_stark"}},
+                     "nt": {"DNABERT (6-mer)": {"splice_sites_acceptors", "splice_sites_donors"}}}
+    for suite, gaps in expected_gaps.items():
+        config = yaml.safe_load((ROOT / "configs" / "suite" / f"{suite}.yaml").read_text())
+        names = {row["name"] for row in config["datasets"]}
+        published = config["published"]
+        assert published["source"] and published["models"], suite
+        for model, scores in published["models"].items():
+            assert names - set(scores) == gaps.get(model, set()), (suite, model)
+            assert set(scores) <= names and all(0 < value <= published["scale"] for value in scores.values())
+    assert len(yaml.safe_load((ROOT / "configs" / "suite" / "nt.yaml").read_text())["datasets"]) == 18

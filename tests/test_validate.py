@@ -281,6 +281,9 @@ SUITE_ROWS: list[tuple[tuple[str, ...], str]] = [
     (("suite.published.source=",), "suite.published.source='' is empty"),
     (("suite.published.scale=0",), "suite.published.scale=0 must be > 0"),
     (("suite.published.models={{DNABERT-2: {{H3: high}}}}",), "entry 'DNABERT-2' must map dataset names to numbers"),
+    (("suite.published.models={{DNABERT-2: {{H3: 0.7, H5: 0.5}}}}",),
+     "entry 'DNABERT-2' names H5, not datasets of suite.datasets"),
+    (("suite.recipes.dnabert2.0.selection_metric=auc",), "selection_metric='auc' is not one of accuracy, f1, mcc"),
 ]
 
 

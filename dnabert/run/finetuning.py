@@ -67,7 +67,7 @@ from dnabert.run.saved_models import checkpoint_file, export_classifier, load_ch
 from dnabert.run.training import MODEL_LEVERS, build_loggers, quiet_lightning_logs, run_plugins
 from dnabert.run.validate import validate_config
 from dnabert.tasks.finetune import FineTuneModule, SequenceClassifier, predict
-from dnabert.tasks.metrics import LOWER_IS_BETTER, selection_metric, split_metrics
+from dnabert.tasks.metrics import LOWER_IS_BETTER, selection_metric
 
 log = logging.getLogger("dnabert")
 SPLITS = ("train", "dev", "test")
@@ -338,7 +338,7 @@ def fine_tune_seed(cfg: DictConfig, backbone: Backbone, data: TaskData, seed: in
     evaluated, predictions = {}, {}
     for name in data.splits:
         outputs, targets = predict(classifier, task_loaders.loader(name), module.device)
-        evaluated[name] = split_metrics(outputs, targets, data.labels.task_type)
+        evaluated[name] = module.split_scores(outputs, targets)
         predictions[f"{name}_outputs"], predictions[f"{name}_targets"] = outputs.numpy(), targets.numpy()
     np.savez_compressed(seed_dir / "predictions.npz", **predictions)
     result = {

@@ -39,7 +39,7 @@ RETRY_SEED_STEP = 1000  # a retry's seed: far from the configured ones, the same
 # A recipe block's keys and the finetune.py setting each one sets (and global_batch_size: batch_size, one device).
 PRESET_SETTINGS = {"lr": "optim.lr", "max_positions": "max_positions", "max_epochs": "max_epochs",
                    "max_train_steps": "max_train_steps", "warmup_steps": "warmup_steps",
-                   "eval_every_n_steps": "eval_every_n_steps"}
+                   "eval_every_n_steps": "eval_every_n_steps", "selection_metric": "selection_metric"}
 
 
 @dataclass(frozen=True)

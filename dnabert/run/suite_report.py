@@ -77,10 +77,12 @@ def collect(suite_dir: Path) -> dict[str, Any]:
         groups[group] = {"mean": statistics.fmean(means) if means else None, "datasets": len(means)}
     means = [entry["mean"] for entry in datasets.values() if entry["mean"] is not None]
     published_average = {}
-    for model in meta["published"]["models"]:
-        scores = [e["published"][model] for e in datasets.values() if model in e["published"]]
-        if len(scores) == len(datasets):
-            published_average[model] = statistics.fmean(scores)
+    for model in meta["published"]["models"]:  # over the datasets both have: a model may lack some (a paper's gaps)
+        shared = [e for e in datasets.values() if model in e["published"] and e["mean"] is not None]
+        if shared:
+            published_average[model] = {"published": statistics.fmean(e["published"][model] for e in shared),
+                                        "this_backbone": statistics.fmean(e["mean"] for e in shared),
+                                        "datasets": len(shared)}
     return {**{key: meta[key] for key in ("suite", "pretrained", "recipe", "seeds", "max_retries")},
             "published_source": meta["published"].get("source"), "datasets": datasets, "groups": groups,
             "average": statistics.fmean(means) if means else None, "average_over": len(means),
@@ -110,7 +112,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {group} | {percent(g['mean'])} | {g['datasets']} |" for group, g in results["groups"].items()]
     average = f"{percent(results['average'])} over {results['average_over']} of {len(results['datasets'])} datasets"
     lines += ["", f"Suite average: {average}."]
-    lines += [f"Published average over the same datasets, {model}: {percent(value)}."
+    lines += [f"Over the {value['datasets']} dataset(s) {model} has: {model} {percent(value['published'])}, "
+              f"this backbone {percent(value['this_backbone'])}."
               for model, value in results["published_average"].items()]
     lines += ["", f"Collapsed ({len(results['collapsed'])}):"]
     lines += [f"- {c['dataset']} seed {c['seed']}: " + "; ".join(c["tries"])

@@ -334,9 +334,15 @@ def recipe_datasets(value: str | list, cfg: DictConfig) -> str | None:
 
 
 def published_scores(value: dict, cfg: DictConfig) -> str | None:
+    """model -> {dataset: score}; a dataset name the suite lacks (a typo) would drop its score from the card."""
+    rows = OmegaConf.select(cfg, "suite.datasets", default=None) or []
+    names = {str(row.get("name")) for row in rows if isinstance(row, DictConfig)}
     for model, scores in value.items():
         if not isinstance(scores, dict) or not all(_is_kind(v, NUMBER) for v in scores.values()):
             return f"entry {model!r} must map dataset names to numbers"
+        unknown = sorted(set(scores) - names)
+        if unknown:
+            return f"entry {model!r} names {', '.join(unknown)}, not datasets of suite.datasets"
     return None
 
 
@@ -359,6 +365,8 @@ def suite_recipe_rows() -> tuple[Setting, ...]:
         Setting(f"{key}.*.max_train_steps", INT, "or null", optional=True, within=AT_LEAST_1),
         Setting(f"{key}.*.warmup_steps", INT, "or null (optim.warmup_fraction)", optional=True, within=NON_NEGATIVE),
         Setting(f"{key}.*.eval_every_n_steps", INT, "or null (every epoch)", optional=True, within=AT_LEAST_1),
+        Setting(f"{key}.*.selection_metric", TEXT, "the dev metric that picks the checkpoint, e.g. loss, or null (mcc)",
+                optional=True, choices=SELECTION_METRICS),
     )
 
 

@@ -132,6 +132,10 @@ class FineTuneModule(L.LightningModule):
             return F.mse_loss(outputs.squeeze(-1).float(), targets.float())
         return F.cross_entropy(outputs.float(), targets)
 
+    def split_scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """A whole split's metrics and its loss: any of them can choose the checkpoint, and the report shows it."""
+        return {**split_metrics(outputs, targets, self.task_type), "loss": float(self.loss(outputs, targets))}
+
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Dropout from (seed, step): a resumed run and a run from another backbone draw the same masks."""
         torch.manual_seed(derive_seed(self.seed, self.global_step))
@@ -154,8 +158,7 @@ class FineTuneModule(L.LightningModule):
         self._dev_outputs.clear()
         if self.trainer.world_size > 1:
             outputs, targets = (self.unshard(t) for t in (outputs, targets))
-        metrics = split_metrics(outputs, targets, self.task_type)
-        metrics["loss"] = float(self.loss(outputs, targets))
+        metrics = self.split_scores(outputs, targets)
         self.log_dict({f"dev/{name}": value for name, value in metrics.items()}, prog_bar=False)
         if not self.trainer.sanity_checking:
             self.dev_history.append({"epoch": self.current_epoch, **metrics})
