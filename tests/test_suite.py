@@ -103,6 +103,30 @@ def test_suite_retries_and_reports_a_collapse_and_skips_finished_pairs_after_sig
     assert f"collapsed: {COLLAPSING} seed 1, {COLLAPSING} seed 2" in rerun.stdout
 
 
+def test_several_sweeps_on_one_node_share_the_pairs_and_each_pair_runs_once(tmp_path: Path) -> None:
+    """One node, several devices, no scheduler: one `-m 'pair=range(i,N,k)'` sweep per device (Hydra's basic
+    launcher runs its pairs one after another), all at once on the same suite folder. Every pair runs in exactly
+    one of them, and the card from all the pairs is there when the last sweep returns."""
+    outputs = tmp_path / "outputs"
+    command = suite_command(write_stand_in_gue(tmp_path), outputs, f"datasets=[{LEARNABLE}]", "seeds=[1,2,3,4]",
+                            "max_retries=0")
+    command[2:2] = ["-m"]
+    sweeps = [subprocess.Popen([*command, f"pair=range({device},4,2)"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for device in (0, 1)]
+    for sweep in sweeps:
+        _, stderr = sweep.communicate(timeout=600)
+        assert sweep.returncode == 0, stderr[-3000:]
+    suite_dir = outputs / "suite_gue" / "none-none"
+    logs = {path.parent.name: path.read_text() for path in (suite_dir / "multirun").glob("pair-*/suite.log")}
+    assert sorted(logs) == ["pair-0", "pair-1", "pair-2", "pair-3"]
+    for index, log in logs.items():  # pair i is seed i + 1, trained by its own job and by no other
+        seed = int(index.removeprefix("pair-")) + 1
+        assert f"starting a fine-tune with seed {seed} " in log and "skipped" not in log
+    assert sorted(path.name for path in (suite_dir / LEARNABLE).glob("seed_*")) == [f"seed_{s}" for s in range(1, 5)]
+    results = json.loads((suite_dir / "results.json").read_text())
+    assert results["datasets"][LEARNABLE]["n"] == 4 and results["missing"] == []
+
+
 def test_a_bad_suite_setting_is_one_line_before_anything_starts(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     result = subprocess.run(suite_command(write_stand_in_gue(tmp_path), outputs, "groups=[prom_300]"),

@@ -88,6 +88,7 @@ def pair_config(cfg: DictConfig, dataset: SuiteDataset, files: dict[str, Path], 
                      "test_fraction": float(cfg.suite.get("test_fraction", 0.0)),
                      "split_seed": 0, "type": "auto", "sequence_column": "sequence", "label_column": "label"}
         pair.seed, pair.seeds = run_seed, [run_seed]
+        pair.pair = None  # the sweep's index counts the suite's pairs, not this one fine-tune's (validate.py)
         for key, value in preset(cfg, dataset).items():
             OmegaConf.update(pair, key, value)
         pair.paths.output_dir = str(run_dir)
