@@ -22,6 +22,7 @@ from scipy import stats
 
 from dnabert.data.suites import dataset_files
 from dnabert.errors import DnabertError
+from dnabert.run.suite_report import collect, markdown
 from dnabert.run.suite_stats import collapse_reason, paired_difference, suite_wilcoxon, summarise
 from dnabert.tools import fetch_suite, suite_compare
 from tests.conftest import ROOT
@@ -74,6 +75,48 @@ def test_collapse_is_constant_predictions_or_dev_mcc_at_most_zero() -> None:
     assert collapse_reason("classification", varied, {"mcc": 0.3}) is None
     assert "constant outputs" in collapse_reason("regression", np.ones((4, 1)), {"spearman": 0.0})
     assert collapse_reason("regression", np.arange(4.0)[:, None], {"spearman": 0.5}) is None
+
+
+def write_pairs(folder: Path, scores: dict[str, dict[int, float | None]], groups: dict[str, str],
+                published: dict[str, dict[str, float]]) -> Path:
+    """A suite folder as suite.py leaves it: suite.json and one pair record per (dataset, seed); None: collapsed."""
+    seeds = sorted({seed for values in scores.values() for seed in values})
+    meta = {"suite": "s", "pretrained": "b", "recipe": "r", "seeds": seeds, "max_retries": 0,
+            "datasets": [{"name": name, "group": groups[name], "metric": "mcc"} for name in scores],
+            "published": {"source": "a table", "scale": 1, "models": published}}
+    (folder / "suite.json").write_text(json.dumps(meta))
+    for name, values in scores.items():
+        (folder / name).mkdir()
+        for seed, value in values.items():
+            attempt = {"seed": seed, "run_dir": "-", "collapsed": "dev MCC 0 <= 0" if value is None else None,
+                       "metrics": {"test": {"mcc": value}}}
+            record = {"dataset": name, "group": groups[name], "seed": seed, "task_type": "classification",
+                      "status": "collapsed" if value is None else "ok", "attempts": [attempt]}
+            (folder / name / f"pair_{seed}.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_groups_and_the_suite_average_carry_a_spread_over_seeds_and_published_means(tmp_path: Path) -> None:
+    """Per group and for the suite: the mean of dataset means, the sd over seeds of the per-seed means (from the
+    seeds every scored dataset has: a collapsed seed drops out), and each published model's mean over the datasets
+    it has; a model without some datasets is compared with this backbone on the ones it has."""
+    scores = {"a": {1: 0.50, 2: 0.60, 3: 0.70}, "b": {1: 0.30, 2: None, 3: 0.50}, "c": {1: 0.90, 2: 0.80, 3: 0.85}}
+    published = {"M": {"a": 0.55, "b": 0.45, "c": 0.95}, "N": {"a": 0.65}}
+    results = collect(write_pairs(tmp_path, scores, {"a": "g", "b": "g", "c": "h"}, published))
+    g, h = results["groups"]["g"], results["groups"]["h"]
+    assert g["mean"] == pytest.approx((0.60 + 0.40) / 2) and (g["datasets"], g["of"], g["seeds"]) == (2, 2, 2)
+    assert g["sd_over_seeds"] == pytest.approx(np.std([(0.50 + 0.30) / 2, (0.70 + 0.50) / 2], ddof=1))
+    assert h["sd_over_seeds"] == pytest.approx(np.std([0.90, 0.80, 0.85], ddof=1)) and h["seeds"] == 3
+    assert g["published"] == {"M": {"mean": pytest.approx(0.50), "datasets": 2},
+                              "N": {"mean": pytest.approx(0.65), "datasets": 1}}
+    per_seed_suite = [np.mean([0.50, 0.30, 0.90]), np.mean([0.70, 0.50, 0.85])]  # seed 2 collapsed on b
+    assert results["average"] == pytest.approx((0.60 + 0.40 + 0.85) / 3)
+    assert results["average_sd_over_seeds"] == pytest.approx(np.std(per_seed_suite, ddof=1))
+    assert results["published_average"]["N"] == {"published": pytest.approx(0.65),
+                                                 "this_backbone": pytest.approx(0.60), "datasets": 1}
+    card = markdown(results)
+    assert f"| g | 50.00 ± {100 * g['sd_over_seeds']:.2f} (2 seeds) | 2 of 2 | 50.00 | 65.00 (1) |" in card
+    assert "Over the 1 dataset(s) N has: N 65.00, this backbone 60.00." in card
 
 
 # ------------------------------------------------------------------------------------------------ compare

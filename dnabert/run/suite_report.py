@@ -1,10 +1,10 @@
 """A suite's result card from its finished pairs: results.json, results.md and results.png in the suite folder.
 
 Per dataset: the headline metric on test (dev where a dataset has no test split) over the seeds that did not
-collapse, as mean +- sd (n), beside the published scores of the suite's config; per group the mean of its
-datasets' means; the suite average over the datasets with a result. Collapsed pairs (every try collapsed) are
-listed by name and left out of every mean; pairs that collapsed and then succeeded with another seed are listed
-too. Pairs not finished yet are counted as missing.
+collapse, as mean +- sd (n), beside the published scores of the suite's config; per group and for the suite the
+mean of the datasets' means, its sd over seeds (of the per-seed means) and each published model's mean. Collapsed
+pairs (every try collapsed) are listed by name and left out of every mean; pairs that collapsed and then succeeded
+with another seed are listed too. Pairs not finished yet are counted as missing.
 """
 
 from __future__ import annotations
@@ -71,10 +71,11 @@ def collect(suite_dir: Path) -> dict[str, Any]:
         entry["published"] = {model: scores[name] / scale for model, scores in meta["published"]["models"].items()
                               if name in scores}
         datasets[name] = entry
+    models = list(meta["published"]["models"])
     groups = {}
     for group in dict.fromkeys(entry["group"] for entry in datasets.values()):
-        means = [e["mean"] for e in datasets.values() if e["group"] == group and e["mean"] is not None]
-        groups[group] = {"mean": statistics.fmean(means) if means else None, "datasets": len(means)}
+        members = [e for e in datasets.values() if e["group"] == group]
+        groups[group] = {**mean_over(members, meta["seeds"]), "published": published_means(members, models)}
     means = [entry["mean"] for entry in datasets.values() if entry["mean"] is not None]
     published_average = {}
     for model in meta["published"]["models"]:  # over the datasets both have: a model may lack some (a paper's gaps)
@@ -83,14 +84,48 @@ def collect(suite_dir: Path) -> dict[str, Any]:
             published_average[model] = {"published": statistics.fmean(e["published"][model] for e in shared),
                                         "this_backbone": statistics.fmean(e["mean"] for e in shared),
                                         "datasets": len(shared)}
+    overall = mean_over(list(datasets.values()), meta["seeds"])
     return {**{key: meta[key] for key in ("suite", "pretrained", "recipe", "seeds", "max_retries")},
             "published_source": meta["published"].get("source"), "datasets": datasets, "groups": groups,
             "average": statistics.fmean(means) if means else None, "average_over": len(means),
+            "average_sd_over_seeds": overall["sd_over_seeds"], "average_seeds": overall["seeds"],
             "published_average": published_average, "collapsed": collapsed, "retried": retried, "missing": missing}
+
+
+def mean_over(entries: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """The mean of the datasets' means, and its spread over seeds: the sd of the per-seed means over the datasets,
+    from the seeds every dataset with a result has (a seed that collapsed on one dataset is left out)."""
+    scored = [entry for entry in entries if entry["mean"] is not None]
+    complete = [seed for seed in seeds if all(seed in entry["values"] for entry in scored)]
+    per_seed = [statistics.fmean(entry["values"][seed] for entry in scored) for seed in complete] if scored else []
+    return {"mean": statistics.fmean(entry["mean"] for entry in scored) if scored else None,
+            "datasets": len(scored), "of": len(entries),
+            "sd_over_seeds": statistics.stdev(per_seed) if len(per_seed) > 1 else None, "seeds": len(per_seed)}
+
+
+def published_means(entries: list[dict[str, Any]], models: list[str]) -> dict[str, dict[str, Any]]:
+    """Per model, the mean of its published scores over these datasets and how many of them it has."""
+    means = {}
+    for model in models:
+        scores = [entry["published"][model] for entry in entries if model in entry["published"]]
+        if scores:
+            means[model] = {"mean": statistics.fmean(scores), "datasets": len(scores)}
+    return means
 
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
+
+
+def spread_cell(summary: dict[str, Any]) -> str:
+    sd = summary["sd_over_seeds"]
+    return percent(summary["mean"]) + ("" if sd is None else f" ± {percent(sd)} ({summary['seeds']} seeds)")
+
+
+def published_cell(published: dict[str, Any] | None, datasets: int) -> str:
+    if published is None:
+        return "-"
+    return percent(published["mean"]) + ("" if published["datasets"] == datasets else f" ({published['datasets']})")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -108,9 +143,17 @@ def markdown(results: dict[str, Any]) -> str:
         published = [percent(entry["published"].get(model)) for model in models]
         lines.append(f"| {name} | {entry['group']} | {entry['metric']} | {ours} | {entry['n']} | "
                      + " | ".join(published) + " |")
-    lines += ["", "| group | mean of dataset means | datasets |", "|---|---|---|"]
-    lines += [f"| {group} | {percent(g['mean'])} | {g['datasets']} |" for group, g in results["groups"].items()]
+    lines += ["", "Per group, the mean of the datasets' means ± the sd over seeds of the per-seed means; a published "
+              "model's mean over the datasets it has (how many, where fewer):", "",
+              "| group | this backbone | datasets | " + " | ".join(models) + " |",
+              "|---|---|---|" + "---|" * len(models)]
+    for group, g in results["groups"].items():
+        published = [published_cell(g["published"].get(model), g["of"]) for model in models]
+        lines.append(f"| {group} | {spread_cell(g)} | {g['datasets']} of {g['of']} | " + " | ".join(published) + " |")
     average = f"{percent(results['average'])} over {results['average_over']} of {len(results['datasets'])} datasets"
+    if results["average_sd_over_seeds"] is not None:
+        average += (f", ± {percent(results['average_sd_over_seeds'])} over {results['average_seeds']} seeds "
+                    "(the sd of the per-seed suite means)")
     lines += ["", f"Suite average: {average}."]
     lines += [f"Over the {value['datasets']} dataset(s) {model} has: {model} {percent(value['published'])}, "
               f"this backbone {percent(value['this_backbone'])}."
