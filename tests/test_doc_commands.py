@@ -37,6 +37,7 @@ from unittest import mock
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import RangeSweep
 
 ROOT = Path(__file__).resolve().parents[1]
 # The user guide and the front page; slurm/README.md documents the sbatch scripts with commands of the same kinds.
@@ -46,7 +47,7 @@ FENCE = re.compile(r"^(\s*)(```+|~~~+)")
 DEFINED_CONFIG = re.compile(r"^#\s*(configs/[\w/]+\.yaml)\s*$")
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p"}
 HYDRA_FLAGS = {"--resolve", "-m", "--multirun"}
-SHELL_SEPARATORS = {"&&", "||", ";", "|"}
+SHELL_SEPARATORS = {"&&", "||", ";", "|", "&"}
 REDIRECTIONS = {"<", ">", ">>", "2>"}
 CONFIG_NAMES = {"train.py": "train", "finetune.py": "finetune", "suite.py": "suite"}
 
@@ -79,7 +80,7 @@ def fenced_blocks(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def shell_commands(path: Path) -> Iterator[DocCommand]:
-    """The simple commands of every fenced block: `\\` continuations joined, split at `&&`, `;` and pipes."""
+    """The simple commands of every fenced block: `\\` continuations joined, split at `&&`, `;`, `&` and pipes."""
     source = str(path.relative_to(ROOT))
     for start, body in fenced_blocks(path):
         index = 0
@@ -269,10 +270,13 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def single_runs(overrides: list[str]) -> list[list[str]]:
-    """A multirun's sweeps (`optim.lr=2e-4,4e-4`) as single runs: each swept value once, other sweeps at their first."""
+    """A multirun's sweeps (`optim.lr=2e-4,4e-4`) as single runs: each swept value once, other sweeps at their first;
+    a range (`pair=range(0,140,4)`, numbers of one kind) at its first and last value."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     values = {index: list(override.sweep_string_iterator())
               for index, override in enumerate(parsed) if override.is_sweep_override()}
+    values = {index: swept[:1] + swept[1:][-1:] if isinstance(parsed[index].value(), RangeSweep) else swept
+              for index, swept in values.items()}
     if not values:
         return [overrides]
     first = {index: f"{parsed[index].get_key_element()}={swept[0]}" for index, swept in values.items()}
