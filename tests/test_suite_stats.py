@@ -80,6 +80,7 @@ def test_collapse_is_constant_predictions_or_dev_mcc_at_most_zero() -> None:
 def write_pairs(folder: Path, scores: dict[str, dict[int, float | None]], groups: dict[str, str],
                 published: dict[str, dict[str, float]]) -> Path:
     """A suite folder as suite.py leaves it: suite.json and one pair record per (dataset, seed); None: collapsed."""
+    folder.mkdir(exist_ok=True)
     seeds = sorted({seed for values in scores.values() for seed in values})
     meta = {"suite": "s", "pretrained": "b", "recipe": "r", "seeds": seeds, "max_retries": 0,
             "datasets": [{"name": name, "group": groups[name], "metric": "mcc"} for name in scores],
@@ -117,6 +118,8 @@ def test_groups_and_the_suite_average_carry_a_spread_over_seeds_and_published_me
     card = markdown(results)
     assert f"| g | 50.00 ± {100 * g['sd_over_seeds']:.2f} (2 seeds) | 2 of 2 | 50.00 | 65.00 (1) |" in card
     assert "Over the 1 dataset(s) N has: N 65.00, this backbone 60.00." in card
+    unpublished = markdown(collect(write_pairs(tmp_path / "none", scores, {"a": "g", "b": "g", "c": "h"}, {})))
+    assert "| dataset | group | metric | this backbone | n |\n|---|---|---|---|---|\n" in unpublished  # no empty column
 
 
 # ------------------------------------------------------------------------------------------------ compare

@@ -128,6 +128,12 @@ def published_cell(published: dict[str, Any] | None, datasets: int) -> str:
     return percent(published["mean"]) + ("" if published["datasets"] == datasets else f" ({published['datasets']})")
 
 
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |"
+                                                                            for row in rows]
+
+
 def markdown(results: dict[str, Any]) -> str:
     models = list(dict.fromkeys(m for e in results["datasets"].values() for m in e["published"]))
     lines = [f"# Suite {results['suite']}: {results['pretrained']} (recipe {results['recipe']})", "",
@@ -135,21 +141,20 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['max_retries']} times and never averaged in."]
     if models:
         lines.append(f"Published: {results['published_source']}.")
-    lines += ["", "| dataset | group | metric | this backbone | n | " + " | ".join(models) + " |",
-              "|---|---|---|---|---|" + "---|" * len(models)]
+    rows = []
     for name, entry in results["datasets"].items():
         ours = "-" if entry["mean"] is None else (
             percent(entry["mean"]) + ("" if entry["sd"] is None else f" ± {percent(entry['sd'])}"))
-        published = [percent(entry["published"].get(model)) for model in models]
-        lines.append(f"| {name} | {entry['group']} | {entry['metric']} | {ours} | {entry['n']} | "
-                     + " | ".join(published) + " |")
-    lines += ["", "Per group, the mean of the datasets' means ± the sd over seeds of the per-seed means; a published "
-              "model's mean over the datasets it has (how many, where fewer):", "",
-              "| group | this backbone | datasets | " + " | ".join(models) + " |",
-              "|---|---|---|" + "---|" * len(models)]
-    for group, g in results["groups"].items():
-        published = [published_cell(g["published"].get(model), g["of"]) for model in models]
-        lines.append(f"| {group} | {spread_cell(g)} | {g['datasets']} of {g['of']} | " + " | ".join(published) + " |")
+        rows.append([name, entry["group"], entry["metric"], ours, str(entry["n"]),
+                     *(percent(entry["published"].get(model)) for model in models)])
+    lines += ["", *table(["dataset", "group", "metric", "this backbone", "n", *models], rows)]
+    lines += ["", "Per group, the mean of the datasets' means ± the sd over seeds of the per-seed means"
+              + ("; a published model's mean over the datasets it has (how many, where fewer)" if models else "")
+              + ":", ""]
+    rows = [[group, spread_cell(g), f"{g['datasets']} of {g['of']}",
+             *(published_cell(g["published"].get(model), g["of"]) for model in models)]
+            for group, g in results["groups"].items()]
+    lines += table(["group", "this backbone", "datasets", *models], rows)
     average = f"{percent(results['average'])} over {results['average_over']} of {len(results['datasets'])} datasets"
     if results["average_sd_over_seeds"] is not None:
         average += (f", ± {percent(results['average_sd_over_seeds'])} over {results['average_seeds']} seeds "
