@@ -215,6 +215,50 @@ def test_fetch_verifies_checksums_unpacks_and_refuses_a_mismatch(served, tmp_pat
     assert f"sha256 {sha256(folder / 'test.fna')} (unverified" in capsys.readouterr().out
 
 
+def test_fetch_counts_the_sequences_per_class_where_the_registry_records_them(served, tmp_path, capsys) -> None:
+    """An archive that unpacks to fewer sequences, or to another class, than the publisher's tables is refused
+    after the fetch; --check counts a folder already there and downloads nothing."""
+    base, folder = served
+    with zipfile.ZipFile(folder / "tiny_v0.zip", "w") as archive:
+        for name, text in (("positive/1", "ACGT"), ("positive/2", "AACC"), ("negative/1", "GGTT")):
+            archive.writestr(f"tiny/train/{name}.txt", text)
+    files = [{"url": f"{base}/tiny_v0.zip", "sha256": sha256(folder / "tiny_v0.zip"), "save": "t.zip",
+              "unpack": "zip"}]
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(json.dumps({
+        "whole": {"files": files, "sequences": {"tiny": {"train": {"negative": 1, "positive": 2}}}},
+        "short": {"files": files, "sequences": {"tiny": {"train": {"negative": 1, "positive": 3}}}},
+        "plain": {"files": files}}))
+
+    assert fetch_suite.main(["whole", str(tmp_path / "whole"), "--registry", str(registry)]) == 0
+    assert "whole: 1 dataset(s) hold the publisher's number of sequences" in capsys.readouterr().out
+    assert fetch_suite.main(["short", str(tmp_path / "short"), "--registry", str(registry)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "does not hold the publisher's sequences per class (train {'negative': 1, " \
+        "'positive': 2} instead of {'negative': 1, 'positive': 3})" in error, error
+
+    (tmp_path / "whole" / "tiny" / "train" / "negative" / "1.txt").unlink()  # a folder damaged since
+    assert fetch_suite.main(["whole", str(tmp_path / "whole"), "--check", "--registry", str(registry)]) == 2
+    assert "train {'negative': 0, 'positive': 2} instead of" in capsys.readouterr().err
+    assert fetch_suite.main(["whole", str(tmp_path / "none"), "--check", "--registry", str(registry)]) == 2
+    assert "none/tiny is missing" in capsys.readouterr().err
+    assert fetch_suite.main(["plain", str(tmp_path / "whole"), "--check", "--registry", str(registry)]) == 2
+    assert "records no sequence counts for suite plain" in capsys.readouterr().err
+
+
+def test_the_genomic_benchmarks_counts_add_up_to_the_sizes_hyenadna_lists() -> None:
+    """The registry's per-class counts (the publisher's tables) against an independent listing: the dataset sizes
+    in HyenaDNA's README (8 datasets; drosophila_enhancers_stark is not among them)."""
+    counts = fetch_suite.load_registry()["genomic_benchmarks"]["sequences"]
+    totals = {name: sum(sum(classes.values()) for classes in splits.values()) for name, splits in counts.items()}
+    hyenadna = {"dummy_mouse_enhancers_ensembl": 1210, "demo_coding_vs_intergenomic_seqs": 100_000,
+                "demo_human_or_worm": 100_000, "human_enhancers_cohn": 27791, "human_enhancers_ensembl": 154842,
+                "human_ensembl_regulatory": 289061, "human_nontata_promoters": 36131, "human_ocr_ensembl": 174756}
+    assert {name: totals[name] for name in hyenadna} == hyenadna
+    config = yaml.safe_load((ROOT / "configs" / "suite" / "genomic_benchmarks.yaml").read_text())
+    assert set(counts) == {row["name"] for row in config["datasets"]}
+
+
 def test_the_shipped_registry_records_no_invented_checksum() -> None:
     """Every sha256 is either unknown (null) or a 64-digit hex string; the known ones are the NT H3 files' git-lfs
     object ids of the dataset's revision 1eb5300."""

@@ -51,6 +51,13 @@ def dataset_files(layout: str, dataset_dir: Path, cache_dir: Path) -> dict[str, 
     return {split: path for split, path in files.items() if path.is_file()}
 
 
+def class_counts(dataset_dir: Path) -> dict[str, dict[str, int]]:
+    """Sequences per split and class of a dataset in the genomic_benchmarks layout (<split>/<class>/<id>.txt)."""
+    return {split.name: {folder.name: sum(1 for _ in folder.glob("*.txt"))
+                         for folder in sorted(split.iterdir()) if folder.is_dir()}
+            for split in sorted(dataset_dir.iterdir()) if split.is_dir()}
+
+
 def _class_folders(split_dir: Path) -> list[tuple[str, str]]:
     classes = sorted(path for path in split_dir.iterdir() if path.is_dir()) if split_dir.is_dir() else []
     if not classes:
