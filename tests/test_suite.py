@@ -127,6 +127,50 @@ def test_several_sweeps_on_one_node_share_the_pairs_and_each_pair_runs_once(tmp_
     assert results["datasets"][LEARNABLE]["n"] == 4 and results["missing"] == []
 
 
+def write_stand_in(suite: str, root: Path) -> str:
+    """One dataset of `suite` in its original layout (A/T-only vs G/C-only 40-mers); returns its name."""
+    rng = random.Random(1)
+    rows = {split: [("".join(rng.choice("GC" if label else "AT") for _ in range(40)), label)
+                    for label in (0, 1) for _ in range(size)] for split, size in (("train", 40), ("test", 8))}
+    if suite == "genomic_benchmarks":  # <dataset>/<split>/<class>/<id>.txt
+        for split, pairs in rows.items():
+            for index, (sequence, label) in enumerate(pairs):
+                folder = root / "human_nontata_promoters" / split / ("positive" if label else "negative")
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{index}.txt").write_text(sequence)
+        return "human_nontata_promoters"
+    (root / "promoter_tata").mkdir(parents=True)  # <task>/<split>.fna, headers ending in |<label>
+    for split, pairs in rows.items():
+        (root / "promoter_tata" / f"{split}.fna").write_text(
+            "".join(f">{split}_{index}|{label}\n{sequence}\n" for index, (sequence, label) in enumerate(pairs)))
+    return "promoter_tata"
+
+
+@pytest.mark.parametrize("suite", ["genomic_benchmarks", "nt"])
+def test_the_other_suites_run_from_their_original_layouts_with_the_authors_preset(tmp_path: Path,
+                                                                                 suite: str) -> None:
+    """suite=genomic_benchmarks and suite=nt through the CLI as shipped (recipe=dnabert2: LR 3e-5, 50 warm-up steps,
+    the lowest dev loss), on a stand-in in the original layout: dev is a seeded tenth of train, the checkpoint is
+    chosen by dev loss, and the card puts the published scores beside the run."""
+    dataset = write_stand_in(suite, tmp_path / "data")
+    command = [sys.executable, str(ROOT / "suite.py"), f"suite={suite}", f"suite.data_dir={tmp_path / 'data'}",
+               f"datasets=[{dataset}]", "seeds=[1]", "max_retries=0", *TINY, "export=false",
+               f"paths.output_root={tmp_path / 'outputs'}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    suite_dir = tmp_path / "outputs" / f"suite_{suite}" / "none-dnabert2"
+    run = json.loads((suite_dir / dataset / "seed_1" / "results.json").read_text())
+    assert run["selection_metric"] == "dev/loss" and run["splits"]["dev"].endswith("(8 rows, split seed 0)")
+    (attempt,) = json.loads((suite_dir / dataset / "pair_1.json").read_text())["attempts"]
+    assert set(attempt["metrics"]) == {"train", "dev", "test"} and "loss" in attempt["metrics"]["test"]
+    card = (suite_dir / "results.md").read_text()
+    # group and headline metric, then the published scores: CNN, HyenaDNA; DNABERT, NT-2500M-multi, DNABERT-2, HyenaDNA
+    group, metric, published = {"genomic_benchmarks": ("promoters", "accuracy", "| 84.60 | 96.60 |"),
+                                 "nt": ("promoter", "mcc", "| 91.00 | 92.00 | 91.00 | 88.00 |")}[suite]
+    row = next(line for line in card.splitlines() if line.startswith(f"| {dataset} |"))
+    assert row.startswith(f"| {dataset} | {group} | {metric} |") and row.endswith(published)
+
+
 def test_a_bad_suite_setting_is_one_line_before_anything_starts(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     result = subprocess.run(suite_command(write_stand_in_gue(tmp_path), outputs, "groups=[prom_300]"),
