@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from dnabert.data.datamodule import ignore_scheduler_signals
-from dnabert.run.cluster import end_data_workers, failed_first
+from dnabert.run.cluster import end_data_workers, end_launched_ranks, failed_first
 from tests.training_runs import run_dir, start_training, wait_for
 
 
@@ -53,6 +53,29 @@ def test_data_workers_that_ignore_sigterm_are_ended_without_a_second_error() -> 
     end_data_workers()
     assert not any(worker.is_alive() for worker in workers)
     assert failed_first()  # no process group: this process is the only one that can have failed
+
+
+def test_the_launched_ranks_are_killed_without_lightnings_observer_killing_their_launcher() -> None:
+    """The failing launcher kills the ranks it started; Lightning's child-process observer, polling every 5 s,
+    must not then see a killed child and SIGKILL the launcher while it reports the error (the run ended with -9
+    instead of the traceback and exit 1 when the report took longer than the poll). Processes stand in for both."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher_process, rank = (subprocess.Popen(["sleep", "60"]) for _ in range(2))
+    launcher = _SubprocessScriptLauncher(LightningEnvironment(), num_processes=2, num_nodes=1)
+    launcher.procs.append(rank)
+    observer = _ChildProcessObserver(main_pid=launcher_process.pid, child_processes=launcher.procs)
+    try:
+        end_launched_ranks(launcher)
+        assert rank.returncode == -signal.SIGKILL  # killed and reaped
+        assert observer._run() is True  # nothing left to watch: the observer stops
+        time.sleep(0.2)
+        assert launcher_process.poll() is None  # and did not kill the launcher
+    finally:
+        launcher_process.kill()
+        launcher_process.wait()
 
 
 def ended(process: subprocess.Popen) -> str:

@@ -226,8 +226,21 @@ class EndRunOnCrash(L.Callback):
             os._exit(1)  # its own error is a consequence; Lightning's clean-up would wait for the dead peer
         launcher = trainer.strategy.launcher
         if isinstance(launcher, _SubprocessScriptLauncher):
-            launcher.kill(signal.SIGKILL)
+            end_launched_ranks(launcher)
         finalize_loggers_quietly(trainer, exception)
+
+
+def end_launched_ranks(launcher: _SubprocessScriptLauncher) -> None:
+    """Kill the ranks this process launched, reap them, and forget them. Lightning's child-process observer
+    watches the same list (`launcher.procs`): a killed child left in it makes the observer SIGKILL this process too
+    while it still reports the error, which then ends with -9 instead of its traceback and exit 1."""
+    launcher.kill(signal.SIGKILL)
+    for process in launcher.procs:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # unkillable (uninterruptible I/O): the observer may still end it
+            return
+    launcher.procs.clear()
 
 
 def finalize_loggers_quietly(trainer: L.Trainer, exception: BaseException) -> None:
