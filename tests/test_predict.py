@@ -16,10 +16,11 @@ from dnabert.data.labelled import LabelSpace
 from dnabert.data.tokenizers.bpe import new_bpe_tokenizer, save_bpe
 from dnabert.data.tokenizers.kmer import NUCLEOTIDES
 from dnabert.data.tokenizers.special import SPECIAL_TOKENS
+from dnabert.models import get_family
 from dnabert.run.finetuning import Backbone, build_encoder, run_finetune, tokenizer_for
 from dnabert.run.inference import LoadedModel, SequenceSource, tokenise, write_predictions
 from dnabert.tasks.finetune import SequenceClassifier
-from dnabert.tools import predict
+from dnabert.tools import export, predict
 from tests.conftest import ROOT
 
 PROM_CORE = ROOT / "data" / "tasks" / "prom_core.tsv"
@@ -68,8 +69,11 @@ def test_predict_reproduces_the_fine_tuning_runs_test_predictions(family: str, t
     expected = torch.softmax(torch.from_numpy(written["test_outputs"]), dim=-1).numpy()
     test = pd.read_csv(task["test"], sep="\t")
     checkpoint = next((seed_dir / "checkpoints").glob("best-*.ckpt"))
-    for source, out in ((seed_dir, "seed.parquet"), (seed_dir / "hf_model", "export.parquet"),
-                        (checkpoint, "checkpoint.csv")):
+    sources = [(seed_dir, "seed.parquet"), (seed_dir / "hf_model", "export.parquet"), (checkpoint, "checkpoint.csv")]
+    for layout in get_family(family).layouts[1:]:  # the other export layouts read back too
+        assert export.main([str(checkpoint), str(tmp_path / layout), "--layout", layout]) == 0
+        sources.append((tmp_path / layout, f"{layout}.csv"))
+    for source, out in sources:
         assert predict.main([str(source), str(task["test"]), str(tmp_path / out), "--batch-size", str(BATCH)]) == 0
         table = pd.read_parquet(tmp_path / out) if out.endswith(".parquet") else pd.read_csv(tmp_path / out,
                                                                                               dtype={"label": str})

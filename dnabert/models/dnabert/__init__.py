@@ -84,7 +84,7 @@ class DnaBertFamily(ModelFamily):
         return ClassifierCard(f"DNABERT k={k}", "k-mer", tokens, model_class)
 
     def import_classifier(self, directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-        """The original layout (the default export); MultiMolecule's is refused."""
+        """Either layout: the original (the default export) and MultiMolecule's."""
         return _interop().import_classifier(Path(directory))
 
     def import_directory(self, directory: Path, k: int | None) -> torch.nn.Module:

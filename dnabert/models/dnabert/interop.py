@@ -11,7 +11,8 @@
   classes, so the files follow the installed version of that package; it must be installed to use the layout.
 
 Fine-tuned classifiers go to either layout (``classifier_writer``; ``dnabert.run.saved_models.export_classifier``
-picks the family and writes the card).
+picks the family and writes the card) and read back from either (``import_classifier``: the multimolecule one
+through its tokenizer files, without the package).
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def multimolecule_rows(multimolecule_tokens: Sequence[str], k: int) -> torch.Ten
     except KeyError as err:
         raise DnabertError(
             f"MultiMolecule's {k}-mer vocabulary has token {err} that DNABERT lacks; this multimolecule version "
-            "is not supported for export (0.2.2 is)."
+            "is not supported (0.2.2 is)."
         ) from err
 
 
@@ -233,19 +234,50 @@ def classifier_writer(state_dict: dict, backbone: dict, head: dict, dropout: flo
 
 
 def import_classifier(directory: Path) -> tuple[dict, dict, dict]:
-    """A fine-tuned classifier in the original layout (transformers' ``BertForSequenceClassification``, what
-    ``classifier_writer`` writes by default) read back: (backbone, state dict, head); see
-    ``ModelFamily.import_classifier``."""
+    """A fine-tuned classifier written by ``classifier_writer`` read back, from either layout: transformers'
+    ``BertForSequenceClassification`` (the default) or MultiMolecule's ``DnaBertForSequencePrediction``:
+    (backbone, state dict under transformers' BERT names, head); see ``ModelFamily.import_classifier``."""
     config_json = json.loads((directory / "config.json").read_text())
-    if "BertForSequenceClassification" not in (config_json.get("architectures") or []):
-        raise DnabertError(f"{directory} is not a BertForSequenceClassification export (architectures "
-                           f"{config_json.get('architectures')}); pass the seed folder or its checkpoint instead.")
+    architectures = config_json.get("architectures") or []
+    if "DnaBertForSequencePrediction" in architectures:
+        return _import_multimolecule_classifier(directory, config_json)
+    if "BertForSequenceClassification" not in architectures:
+        raise DnabertError(f"{directory} is not a BertForSequenceClassification or DnaBertForSequencePrediction "
+                           f"export (architectures {architectures}); pass the seed folder or its checkpoint instead.")
     config = DnaBertConfig.from_hf_config(BertConfig.from_pretrained(directory))
     k = next((candidate for candidate in SUPPORTED_K if vocab_size(candidate) == config.vocab_size), None)
     if k is None:
         raise DnabertError(f"{directory}: vocabulary of {config.vocab_size} rows is not a DNABERT k-mer vocabulary.")
     backbone = {"family": "dnabert", "k": k, "config": config.to_dict(), "tokenizer": None}
     return backbone, read_weights(directory), classifier_head(config_json)
+
+
+def _import_multimolecule_classifier(directory: Path, config_json: dict) -> tuple[dict, dict, dict]:
+    """The multimolecule layout read back without the multimolecule package: its k and k-mer order from the
+    tokenizer files, every vocabulary row moved back to DNABERT's order (its `<null>` row, a copy of `<unk>`,
+    dropped), the names back to BERT's."""
+    tokenizer_config = directory / "tokenizer_config.json"
+    k = json.loads(tokenizer_config.read_text()).get("nmers") if tokenizer_config.is_file() else None
+    if k not in SUPPORTED_K or not (directory / "vocab.txt").is_file():
+        raise DnabertError(f"{directory}: a DnaBertForSequencePrediction export needs its tokenizer_config.json "
+                           "(nmers) and vocab.txt; pass the seed folder or its checkpoint instead.")
+    rows = multimolecule_rows((directory / "vocab.txt").read_text().split(), k).tolist()  # theirs -> DNABERT id
+    dnabert_order = torch.tensor([rows.index(token) for token in range(vocab_size(k))])
+    config = DnaBertConfig(
+        vocab_size=vocab_size(k), hidden_size=config_json["hidden_size"],
+        num_hidden_layers=config_json["num_hidden_layers"], num_attention_heads=config_json["num_attention_heads"],
+        intermediate_size=config_json["intermediate_size"],
+        max_position_embeddings=config_json["max_position_embeddings"],
+        type_vocab_size=config_json.get("type_vocab_size", 2), hidden_dropout_prob=config_json["hidden_dropout"],
+        attention_probs_dropout_prob=config_json["attention_dropout"], layer_norm_eps=config_json["layer_norm_eps"],
+        initializer_range=config_json["initializer_range"], hidden_act=config_json["hidden_act"])
+    back = tuple((new, old) for old, new in (*MULTIMOLECULE_RENAMES, *MULTIMOLECULE_HEAD_RENAMES))
+    state_dict = {}
+    for key, value in read_weights(directory).items():
+        name = prefix_renamed(key, back).replace("layer_norm", "LayerNorm")
+        state_dict[name] = value[dnabert_order] if name in VOCAB_ROW_KEYS else value
+    backbone = {"family": "dnabert", "k": k, "config": config.to_dict(), "tokenizer": None}
+    return backbone, state_dict, classifier_head(config_json)
 
 
 def _model_card(config: DnaBertConfig, k: int, layout: str, card_config: dict | None) -> str:
