@@ -76,9 +76,8 @@ def collect(suite_dir: Path) -> dict[str, Any]:
     for group in dict.fromkeys(entry["group"] for entry in datasets.values()):
         members = [e for e in datasets.values() if e["group"] == group]
         groups[group] = {**mean_over(members, meta["seeds"]), "published": published_means(members, models)}
-    means = [entry["mean"] for entry in datasets.values() if entry["mean"] is not None]
     published_average = {}
-    for model in meta["published"]["models"]:  # over the datasets both have: a model may lack some (a paper's gaps)
+    for model in models:  # over the datasets both have: a model may lack some (a paper's gaps)
         shared = [e for e in datasets.values() if model in e["published"] and e["mean"] is not None]
         if shared:
             published_average[model] = {"published": statistics.fmean(e["published"][model] for e in shared),
@@ -87,7 +86,7 @@ def collect(suite_dir: Path) -> dict[str, Any]:
     overall = mean_over(list(datasets.values()), meta["seeds"])
     return {**{key: meta[key] for key in ("suite", "pretrained", "recipe", "seeds", "max_retries")},
             "published_source": meta["published"].get("source"), "datasets": datasets, "groups": groups,
-            "average": statistics.fmean(means) if means else None, "average_over": len(means),
+            "average": overall["mean"], "average_over": overall["datasets"],
             "average_sd_over_seeds": overall["sd_over_seeds"], "average_seeds": overall["seeds"],
             "published_average": published_average, "collapsed": collapsed, "retried": retried, "missing": missing}
 
@@ -100,7 +99,7 @@ def mean_over(entries: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]
     per_seed = [statistics.fmean(entry["values"][seed] for entry in scored) for seed in complete] if scored else []
     return {"mean": statistics.fmean(entry["mean"] for entry in scored) if scored else None,
             "datasets": len(scored), "of": len(entries),
-            "sd_over_seeds": statistics.stdev(per_seed) if len(per_seed) > 1 else None, "seeds": len(per_seed)}
+            "sd_over_seeds": summarise(per_seed).sd if per_seed else None, "seeds": len(per_seed)}
 
 
 def published_means(entries: list[dict[str, Any]], models: list[str]) -> dict[str, dict[str, Any]]:
