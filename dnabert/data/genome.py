@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pyfaidx
@@ -113,7 +114,7 @@ class _FastaFile:
             raise DnabertError(f"FASTA file {path} does not exist; check the genome's `fasta` setting.")
         if not os.access(path, os.R_OK):
             raise DnabertError(f"FASTA file {path} is not readable; fix its permissions.")
-        self.bgzip = _is_gzip(path)
+        self.bgzip = is_gzip(path)
         index_dir = _index_dir(path, cache_dir)
         # What is read: the file itself, or the plain copy of a bgzip file (whose .fai sits beside the copy).
         self.plain = _decompressed_copy(path, index_dir) if self.bgzip else path
@@ -203,9 +204,16 @@ class _FastaFile:
         return {**self.__dict__, "_pid": None, "_memmap": None}
 
 
-def _is_gzip(path: Path) -> bool:
+def is_gzip(path: Path) -> bool:
+    """gzip or bgzip by the file's magic bytes, not its name."""
     with path.open("rb") as handle:
         return handle.read(2) == b"\x1f\x8b"
+
+
+def open_text(path: Path, errors: str = "strict") -> TextIO:
+    """A text handle on a plain, gzip or bgzip file (gzip reads BGZF too: a series of gzip members)."""
+    return gzip.open(path, "rt", encoding="utf-8", errors=errors) if is_gzip(path) else path.open(
+        encoding="utf-8", errors=errors)
 
 
 def _is_bgzf(path: Path) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dnabert.data.genome import open_text
 from dnabert.errors import DnabertError
 
 FIXED_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
@@ -42,11 +43,7 @@ def _info(text: str) -> dict[str, str]:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    with path.open("rb") as probe:
-        compressed = probe.read(2) == b"\x1f\x8b"
-    # gzip reads bgzip too: a BGZF file is a series of gzip members.
-    opener = gzip.open if compressed else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         yield from handle
 
 

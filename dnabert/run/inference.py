@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from dnabert.data.genome import open_text
 from dnabert.data.labelled import (
     LabelSpace,
     Tokenize,
@@ -113,7 +113,7 @@ class SequenceSource:
     def _detect(self) -> str:
         if self._table_suffix() in TABLE_SUFFIXES:
             return "table"
-        with _open_text(self.path) as handle:
+        with open_text(self.path, errors="replace") as handle:
             first = next((line for line in handle if line.strip()), "")
         return "fasta" if first.lstrip().startswith(">") else "lines"
 
@@ -157,7 +157,7 @@ class SequenceSource:
         if self.input_format == "fasta":
             yield from _fasta_records(self.path)
         elif self.input_format == "lines":
-            with _open_text(self.path) as handle:
+            with open_text(self.path, errors="replace") as handle:
                 rows = (line.strip() for line in handle)
                 yield from ((str(index), row) for index, row in enumerate(row for row in rows if row))
         else:
@@ -204,17 +204,10 @@ class SequenceSource:
                         self.skipped)
 
 
-def _open_text(path: Path):
-    """A text handle on a plain or gzip/bgzip file (by its magic bytes, not its name)."""
-    with open(path, "rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", errors="replace") if gzipped else open(path, errors="replace")  # noqa: SIM115
-
-
 def _fasta_records(path: Path) -> Iterator[tuple[str, str]]:
     """(first word of the header, sequence) of each FASTA record, the lines of a record joined."""
     name, parts, index = None, [], 0
-    with _open_text(path) as handle:
+    with open_text(path, errors="replace") as handle:
         for line in handle:
             line = line.strip()
             if not line:
